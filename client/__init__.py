@@ -1,0 +1,1 @@
+"""Client library for the meshdemo user service: discovery, balancing, pooling, retries."""

@@ -1,0 +1,1 @@
+"""meshdemo: code generated from protos/ (never edit by hand)."""

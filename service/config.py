@@ -1,0 +1,220 @@
+"""The service's configuration: one frozen, validated value per process.
+
+Every setting has a command-line flag and a ``MESH_*`` environment variable
+with the same meaning; a flag wins over the variable, the variable over the
+default. The Helm chart and the local mesh set the same variable names (a test
+holds them together). Tracing is configured by the standard ``OTEL_*``
+variables, read by the OpenTelemetry SDK itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "ServiceConfig", "build_parser", "load_config"]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the flag and variable."""
+
+
+def _setting(
+    default: Any,
+    env: str,
+    help: str,
+    *,
+    flag: str | None = None,
+    check: Callable[[Any], str | None] | None = None,
+) -> Any:
+    return field(default=default, metadata={"env": env, "help": help, "flag": flag, "check": check})
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number from 0 to 65535"
+
+
+def _metrics_port(value: int) -> str | None:
+    return None if -1 <= value <= 65535 else "must be -1 (off) or a port number from 0 to 65535"
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _at_least(minimum: float) -> Callable[[float], str | None]:
+    return lambda value: None if value >= minimum else f"must be at least {minimum}"
+
+
+def _store_url(value: str) -> str | None:
+    ok = value.startswith(("sqlite:///", "postgresql://", "postgres://"))
+    return None if ok else "must be sqlite:///FILE or postgresql://USER@HOST:PORT/DB"
+
+
+def _log_level(value: str) -> str | None:
+    levels = {"DEBUG", "INFO", "WARNING", "ERROR"}
+    return None if value.upper() in levels else f"must be one of {sorted(levels)}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """All settings of one replica. Build it with :func:`load_config`."""
+
+    host: str = _setting("127.0.0.1", "MESH_HOST", "address to bind (0.0.0.0 or [::] in a pod)")
+    port: int = _setting(50051, "MESH_PORT", "gRPC port; 0 binds an ephemeral port", check=_port)
+    metrics_port: int = _setting(
+        9464, "MESH_METRICS_PORT", "Prometheus /metrics port on the same host; 0 ephemeral, -1 off",
+        check=_metrics_port,
+    )
+    store: str = _setting(
+        "sqlite:///meshdemo.db", "MESH_STORE",
+        "store URL: sqlite:///FILE (several local replicas may share it) or postgresql://...",
+        check=_store_url,
+    )
+    auth_secret: str = field(
+        default="", repr=False,
+        metadata={"env": "MESH_AUTH_SECRET", "flag": None, "check": None,
+                  "help": "HS256 secret for bearer JWTs (environment only, never a flag)"},
+    )
+    auth_secret_file: str = _setting(
+        "", "MESH_AUTH_SECRET_FILE", "file holding the JWT secret (a mounted Secret)"
+    )
+    auth_disabled: bool = _setting(
+        False, "MESH_AUTH_DISABLED", "accept calls without tokens (logged as a warning)",
+        flag="--no-auth",
+    )
+    replica_name: str = _setting(
+        "", "MESH_REPLICA_NAME", "name of this replica in logs and chats (default: host name)"
+    )
+    drain_delay: float = _setting(
+        5.0, "MESH_DRAIN_DELAY",
+        "seconds between NOT_SERVING and stopping on SIGTERM, so endpoint removal propagates",
+        check=_non_negative,
+    )
+    shutdown_grace: float = _setting(
+        10.0, "MESH_SHUTDOWN_GRACE", "seconds in-flight RPCs get to finish when stopping",
+        check=_non_negative,
+    )
+    max_connection_age: float = _setting(
+        300.0, "MESH_MAX_CONNECTION_AGE",
+        "seconds before a connection is asked to go away, so clients rebalance; 0 = never",
+        check=_non_negative,
+    )
+    max_connection_age_grace: float = _setting(
+        30.0, "MESH_MAX_CONNECTION_AGE_GRACE",
+        "seconds calls on an aged connection get to finish", check=_non_negative,
+    )
+    keepalive_min_ping_interval: float = _setting(
+        10.0, "MESH_KEEPALIVE_MIN_PING_INTERVAL",
+        "shortest client keepalive ping interval accepted, in seconds", check=_at_least(1.0),
+    )
+    max_concurrent_rpcs: int = _setting(
+        1000, "MESH_MAX_CONCURRENT_RPCS",
+        "RPCs served at once; more are refused with RESOURCE_EXHAUSTED", check=_positive,
+    )
+    health_interval: float = _setting(
+        2.0, "MESH_HEALTH_INTERVAL", "seconds between store probes behind the health status",
+        check=_positive,
+    )
+    reflection: bool = _setting(True, "MESH_REFLECTION", "serve gRPC server reflection")
+    log_level: str = _setting("INFO", "MESH_LOG_LEVEL", "log level", check=_log_level)
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{_flag_of(f)} / {f.metadata['env']}: {message}"
+            for f in dataclasses.fields(self)
+            if f.metadata.get("check") and (message := f.metadata["check"](getattr(self, f.name)))
+        ]
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+
+    @property
+    def replica(self) -> str:
+        """The replica's name: the configured one or the host name."""
+        return self.replica_name or socket.gethostname()
+
+    def jwt_secret(self) -> str:
+        """The secret from MESH_AUTH_SECRET or the secret file; empty when unset."""
+        if self.auth_secret:
+            return self.auth_secret
+        if self.auth_secret_file:
+            try:
+                return Path(self.auth_secret_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read MESH_AUTH_SECRET_FILE: {exc}") from exc
+        return ""
+
+
+def _flag_of(f: dataclasses.Field[Any]) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
+    kind = type(f.default)
+    try:
+        if kind is bool:
+            return _parse_bool(raw)
+        return kind(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{f.metadata['env']}={raw!r}: {exc}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``python -m service``; every flag names its variable."""
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description="Run one replica of the meshdemo.v1 UserService.",
+        epilog="Tracing: the standard OTEL_* variables (OTEL_SERVICE_NAME, "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG); "
+        "no endpoint means no export.",
+    )
+    for f in dataclasses.fields(ServiceConfig):
+        if f.name == "auth_secret":
+            continue
+        help_text = f"{f.metadata['help']} (env {f.metadata['env']}; default {f.default!r})"
+        if isinstance(f.default, bool):
+            action = argparse.BooleanOptionalAction if f.metadata.get("flag") is None else "store_const"
+            if action == "store_const":
+                parser.add_argument(_flag_of(f), dest=f.name, action="store_const", const=True,
+                                    default=None, help=help_text)
+            else:
+                parser.add_argument(_flag_of(f), dest=f.name, action=action, default=None,
+                                    help=help_text)
+            continue
+        parser.add_argument(_flag_of(f), dest=f.name, type=type(f.default), default=None,
+                            help=help_text, metavar=f.name.upper())
+    return parser
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> ServiceConfig:
+    """Build the config from flags, then ``MESH_*`` variables, then defaults."""
+    env = os.environ if environ is None else environ
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(ServiceConfig):
+        if args.get(f.name) is not None:
+            values[f.name] = args[f.name]
+        elif f.metadata["env"] in env:
+            values[f.name] = _convert(f, env[f.metadata["env"]])
+    return ServiceConfig(**values)
