@@ -1,0 +1,94 @@
+"""Health: the stock grpc.health.v1 aio servicer, driven by store probes.
+
+The status of both the overall service ("") and ``meshdemo.v1.UserService``
+is SERVING only while the store answers. ``enter_graceful_shutdown`` turns
+both to NOT_SERVING for good (the first step of the shutdown protocol).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from grpc_health.v1 import health, health_pb2
+
+from service.store import Store, StoreUnavailable
+
+__all__ = ["SERVICE_NAME", "HealthReporter"]
+
+SERVICE_NAME = "meshdemo.v1.UserService"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+log = logging.getLogger("meshdemo.health")
+
+
+class HealthReporter:
+    """Owns the health servicer and the task that probes the store."""
+
+    def __init__(self, store: Store, *, interval: float, probe_timeout: float = 1.0) -> None:
+        self.servicer = health.aio.HealthServicer()
+        self._store = store
+        self._interval = interval
+        self._probe_timeout = probe_timeout
+        self._serving: bool | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._shutting_down = False
+
+    @property
+    def serving(self) -> bool:
+        """Whether the last published status was SERVING."""
+        return bool(self._serving)
+
+    async def start(self) -> None:
+        """Probe once (so the first status is known), then keep probing in the background."""
+        await self.probe()
+        self._task = asyncio.create_task(self._run(), name="health-probe")
+
+    async def probe(self) -> bool:
+        """Ping the store once and publish the result; returns whether it answered."""
+        try:
+            await asyncio.wait_for(self._store.ping(), self._probe_timeout)
+        except (StoreUnavailable, TimeoutError, OSError) as exc:
+            ok = False
+            reason = str(exc) or type(exc).__name__
+        else:
+            ok, reason = True, ""
+        await self._publish(ok, reason)
+        return ok
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.probe()
+
+    async def _publish(self, serving: bool, reason: str) -> None:
+        if self._shutting_down or serving == self._serving:
+            return
+        self._serving = serving
+        status = _SERVING if serving else _NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.servicer.set(name, status)
+        if serving:
+            log.info("health SERVING")
+        else:
+            log.warning("health NOT_SERVING: store unavailable", extra={"reason": reason})
+
+    async def enter_graceful_shutdown(self) -> None:
+        """NOT_SERVING for good; later probes change nothing."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        self._serving = False
+        await self.stop()
+        await self.servicer.enter_graceful_shutdown()
+        log.info("health NOT_SERVING: shutting down")
+
+    async def stop(self) -> None:
+        """Stop probing (idempotent)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
