@@ -1,0 +1,245 @@
+"""Start-up, health, limits and the shutdown protocol of real replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from meshdemo.v1 import user_pb2, user_pb2_grpc
+from service.config import ServiceConfig
+from service.testing import ReplicaProcess, admin_token, reader_token, serve
+
+READER = (("authorization", f"Bearer {reader_token()}"),)
+SERVICE = "meshdemo.v1.UserService"
+
+
+def _run_service(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MESH_")}
+    full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        env=full_env, capture_output=True, text=True, timeout=30, check=False,
+    )
+
+
+def test_help_lists_every_setting_and_its_variable() -> None:
+    out = _run_service("--help", env={}).stdout
+    import dataclasses
+
+    for f in dataclasses.fields(ServiceConfig):
+        assert f.metadata["env"] in out, f.name
+    assert "--port" in out and "--store" in out and "--metrics-port" in out and "OTEL_" in out
+
+
+def test_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    result = _run_service(
+        "--port", "0", "--metrics-port", "-1", "--store", f"sqlite:///{tmp_path}/x.db", env={}
+    )
+    assert result.returncode == 2
+    assert "MESH_AUTH_SECRET" in result.stdout + result.stderr
+
+
+def test_invalid_flag_value_names_flag_and_variable() -> None:
+    result = _run_service("--port", "70000", env={})
+    assert result.returncode == 2
+    assert "--port / MESH_PORT" in result.stderr
+
+
+@pytest.mark.slow
+async def test_auth_switched_off_explicitly_starts_and_warns(tmp_path: Path) -> None:
+    replica = ReplicaProcess(
+        "127.0.0.2", store_url=f"sqlite:///{tmp_path}/a.db",
+        env={"MESH_AUTH_SECRET": ""}, args=["--no-auth"],
+    )
+    async with replica:
+        async with grpc.aio.insecure_channel(replica.address) as ch:
+            stub = user_pb2_grpc.UserServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.GetUser(user_pb2.GetUserRequest(id="x"))
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # no token needed
+    warnings = [e for e in replica.logs if e.get("level") == "WARNING"]
+    assert any("switched off" in e.get("message", "") for e in warnings)
+
+
+async def _watch(address: str) -> AsyncIterator[int]:
+    async with grpc.aio.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        async for reply in stub.Watch(health_pb2.HealthCheckRequest(service=SERVICE)):
+            yield reply.status
+
+
+@pytest.mark.slow
+async def test_sigterm_turns_not_serving_drains_finishes_in_flight_and_exits_zero(
+    tmp_path: Path,
+) -> None:
+    replica = ReplicaProcess(
+        "127.0.0.2", store_url=f"sqlite:///{tmp_path}/s.db",
+        env={"MESH_DRAIN_DELAY": "1.0", "MESH_SHUTDOWN_GRACE": "5"},
+    )
+    async with replica:
+        statuses: list[int] = []
+        watch = _watch(replica.address)
+        statuses.append(await anext(watch))
+        async with grpc.aio.insecure_channel(replica.address) as ch:
+            chat = user_pb2_grpc.UserServiceStub(ch).Chat(metadata=READER)
+            await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="before")))
+            assert (await chat.read()).message.text == "before"
+            exit_code = asyncio.create_task(replica.terminate())
+            statuses.append(await asyncio.wait_for(anext(watch), 5))
+            # In the drain and grace periods the open stream keeps working.
+            await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="during")))
+            assert (await chat.read()).message.text == "during"
+            await chat.done_writing()
+            assert await chat.code() == grpc.StatusCode.OK
+            assert await exit_code == 0
+        await watch.aclose()
+    assert statuses == [
+        health_pb2.HealthCheckResponse.SERVING,
+        health_pb2.HealthCheckResponse.NOT_SERVING,
+    ]
+    messages = [e.get("message") for e in replica.logs]
+    assert messages.index("draining") < messages.index("stopping") < messages.index("stopped")
+
+
+async def test_graceful_stop_lets_in_flight_streams_finish_within_grace() -> None:
+    async with serve("127.0.0.1", shutdown_grace=3.0) as server:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            chat = user_pb2_grpc.UserServiceStub(ch).Chat(metadata=READER)
+            await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="a")))
+            await chat.read()
+            stopping = asyncio.create_task(server.replica.shutdown(drain_delay=0))
+            await asyncio.sleep(0.2)
+            await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="b")))
+            assert (await chat.read()).message.text == "b"
+            await chat.done_writing()
+            assert await chat.code() == grpc.StatusCode.OK
+            await stopping
+
+
+async def test_beyond_max_concurrent_rpcs_is_resource_exhausted() -> None:
+    async with serve("127.0.0.1", max_concurrent_rpcs=2) as server:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            stub = user_pb2_grpc.UserServiceStub(ch)
+            chats = [stub.Chat(metadata=READER) for _ in range(2)]
+            for chat in chats:
+                await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="hold")))
+                await chat.read()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.GetUser(user_pb2.GetUserRequest(id="x"), metadata=READER)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for chat in chats:
+                await chat.done_writing()
+                await chat.code()
+
+
+async def test_connections_older_than_max_age_are_closed() -> None:
+    async with serve("127.0.0.1", max_connection_age=0.5, max_connection_age_grace=0.5) as server:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            chat = user_pb2_grpc.UserServiceStub(ch).Chat(metadata=READER)
+            await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="x")))
+            await chat.read()
+            # Past age + grace the stream is cut so the client must reconnect
+            # (and re-resolve); new calls on the same channel still work.
+            assert await asyncio.wait_for(chat.code(), 10) == grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await user_pb2_grpc.UserServiceStub(ch).GetUser(
+                    user_pb2.GetUserRequest(id="x"), metadata=READER
+                )
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_reflection_lists_the_services() -> None:
+    async with serve("127.0.0.1") as server:
+        def list_services() -> list[str]:
+            with grpc.insecure_channel(server.address) as ch:
+                return list(ProtoReflectionDescriptorDatabase(ch).get_services())
+
+        services = await asyncio.to_thread(list_services)
+    assert {SERVICE, "grpc.health.v1.Health"} <= set(services)
+
+
+async def test_metrics_endpoint_counts_calls() -> None:
+    async with serve("127.0.0.1", metrics_port=0) as server:
+        assert server.replica.metrics_port
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await user_pb2_grpc.UserServiceStub(ch).GetUser(
+                    user_pb2.GetUserRequest(id="nope"), metadata=READER
+                )
+        url = f"http://127.0.0.1:{server.replica.metrics_port}/metrics"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    assert 'grpc_method="GetUser"' in body
+    assert 'grpc_code="NOT_FOUND"' in body
+
+
+async def test_a_client_on_another_grpc_implementation_calls_everything() -> None:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "node_modules" / "@grpc" / "grpc-js").exists():
+        pytest.skip("grpc-js not installed: run `npm ci` (CI does)")
+    async with serve("127.0.0.1") as server:
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(root / "tests" / "interop" / "client.mjs"), server.address, admin_token(),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    seen = json.loads(out)
+    assert seen["fetched"]["id"] == seen["created"]["id"]
+    assert seen["created"]["roles"] == ["ROLE_ADMIN"]
+    assert seen["listed"] == 1 and seen["listed_tokens"]
+    assert seen["batch"] == 2
+    assert seen["chat"][0]["text"] == "hello from grpc-js" and seen["chat"][0]["has_timestamp"]
+    assert seen["not_found_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert seen["health"] == "SERVING"
+    assert {SERVICE, "grpc.health.v1.Health"} <= set(seen["services"])
+
+
+POSTGRES_URL = os.environ.get("MESH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.mark.postgres
+async def test_health_follows_the_store_when_the_database_goes_away() -> None:
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("MESH_TEST_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
+    name = f"meshdemo_health_{uuid.uuid4().hex[:10]}"
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    async with admin:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            async with serve("127.0.0.1", store_url=f"{base}/{name}", health_interval=0.2) as server:
+                watch = _watch(server.address)
+                assert await anext(watch) == health_pb2.HealthCheckResponse.SERVING
+                await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                    (name,),
+                )
+                assert await asyncio.wait_for(anext(watch), 10) == (
+                    health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                assert await asyncio.wait_for(anext(watch), 15) == (
+                    health_pb2.HealthCheckResponse.SERVING
+                )
+                await watch.aclose()
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
