@@ -7,6 +7,7 @@ and asks for an early re-resolution when an endpoint fails.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -54,7 +55,9 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
         host, sep, rest = text[1:].partition("]")
         if not sep:
             raise TargetError(f"unclosed '[' in {text!r}")
-        port_text = rest[1:] if rest.startswith(":") else ""
+        if rest and not rest.startswith(":"):
+            raise TargetError(f"unexpected {rest!r} after ']' in {text!r}")
+        port_text = rest[1:]
     elif text.count(":") == 1:
         host, _, port_text = text.partition(":")
     else:
@@ -65,7 +68,7 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
         if default_port is None:
             raise TargetError(f"no port in {text!r}")
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise TargetError(f"bad port in {text!r}")
     return host, int(port_text)
 
@@ -98,7 +101,7 @@ class StaticResolver:
         if not addresses:
             raise TargetError("static:/// needs at least one host:port")
         self._addresses = addresses
-        self._closed = False
+        self._closed = asyncio.Event()
 
     @classmethod
     def from_target(cls, path: str) -> StaticResolver:
@@ -107,14 +110,18 @@ class StaticResolver:
         return cls(frozenset(Address(*parse_hostport(p)) for p in parts))
 
     async def updates(self) -> AsyncIterator[frozenset[Address]]:
-        if not self._closed:
-            yield self._addresses
+        # The set never changes, but the iterator ends only at close(), as the
+        # protocol says: a consumer reads the end as "resolver closed".
+        if self._closed.is_set():
+            return
+        yield self._addresses
+        await self._closed.wait()
 
     def resolve_now(self) -> None:
         return None
 
     async def close(self) -> None:
-        self._closed = True
+        self._closed.set()
 
     def __repr__(self) -> str:
         return f"StaticResolver({sorted(map(str, self._addresses))})"
@@ -128,6 +135,8 @@ def resolver_for(target: str) -> Resolver:
     if "://" not in target:
         target = "dns:///" + target
     parts = urlsplit(target)
+    if parts.query or parts.fragment:
+        raise TargetError(f"unexpected query or fragment in {target!r}")
     path = parts.path.lstrip("/")
     if parts.scheme == "static":
         return StaticResolver.from_target(path)

@@ -1,0 +1,233 @@
+"""``dns:///name:port`` and ``dns://server:port/name:port``: A and AAAA records.
+
+Every A and AAAA record of the name is one endpoint on the target's port.
+The name is re-resolved when the answer's TTL runs out (clamped to
+``[min_ttl, max_ttl]``) and soon after ``resolve_now()``, never more often
+than once per ``min_interval``. A name that does not exist, or has no
+address records, resolves to the empty set; a DNS failure (timeout, SERVFAIL,
+refused) keeps the last known set and is retried with backoff.
+
+Without an authority the system configuration (``/etc/resolv.conf``) is used,
+search domains and ``ndots`` included, as the C library would. With an
+authority only that server is asked and the name is taken as absolute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random as _random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import dns.asyncresolver
+import dns.exception
+import dns.message
+import dns.resolver
+
+from client._discovery_backoff import DiscoveryBackoff
+from client._feed import FeedResolver
+from client._resolver import Address, TargetError, _is_ip, parse_hostport
+
+__all__ = ["DEFAULT_DNS_SERVER_PORT", "DEFAULT_TARGET_PORT", "DnsResolver"]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_DNS_SERVER_PORT = 53
+# The port of the name when the target gives none. gRPC would use 443; this
+# project's service listens on 50051 (ServiceConfig's default), so a bare
+# ``dns:///meshdemo`` reaches it.
+DEFAULT_TARGET_PORT = 50051
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    addresses: frozenset[Address]
+    ttl: float
+
+
+class DnsResolver(FeedResolver):
+    """Publishes the A and AAAA records of one name as endpoints.
+
+    Args:
+        host: The name to resolve, or an IP literal (published as is, no query).
+        port: The port of every endpoint.
+        server: ``(ip, port)`` of the only DNS server to ask; None for the
+            system configuration with its search domains.
+        min_ttl: Shortest wait in seconds before re-resolving a fresh answer.
+        max_ttl: Longest wait in seconds before re-resolving, whatever the TTL.
+        min_interval: At most one resolution per this many seconds, whatever
+            ``resolve_now()`` asks.
+        query_timeout: Seconds one resolution (A and AAAA, all retries) may take.
+        backoff: Delays after consecutive failed resolutions.
+        clock: Monotonic seconds; injected for tests.
+        sleep: Waits the given seconds; injected for tests.
+        random: Floats in ``[0, 1)`` for backoff jitter; injected for tests.
+        dns_resolver: A configured ``dns.asyncresolver.Resolver`` to use instead
+            of one built from ``server`` or the system configuration.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        server: tuple[str, int] | None = None,
+        min_ttl: float = 1.0,
+        max_ttl: float = 30.0,
+        min_interval: float = 1.0,
+        query_timeout: float = 5.0,
+        backoff: DiscoveryBackoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        random: Callable[[], float] = _random.random,
+        dns_resolver: dns.asyncresolver.Resolver | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 < min_ttl <= max_ttl:
+            raise ValueError(f"need 0 < min_ttl <= max_ttl, got {min_ttl}, {max_ttl}")
+        if min_interval < 0 or query_timeout <= 0:
+            raise ValueError("min_interval must be >= 0 and query_timeout > 0")
+        if server is not None and not _is_ip(server[0]):
+            raise TargetError(f"the DNS server must be an IP address, got {server[0]!r}")
+        self._host = host
+        self._port = port
+        self._server = server
+        self._min_ttl = min_ttl
+        self._max_ttl = max_ttl
+        self._min_interval = min_interval
+        self._query_timeout = query_timeout
+        self._backoff = backoff or DiscoveryBackoff()
+        self._clock = clock
+        self._sleep = sleep
+        self._random = random
+        self._dns = dns_resolver
+        self._wake = asyncio.Event()
+        self._last_query: float | None = None
+
+    @classmethod
+    def from_target(cls, netloc: str, path: str, **options: Any) -> DnsResolver:
+        """Build from the authority and path of a ``dns:`` target.
+
+        Args:
+            netloc: ``""`` for the system resolver, else ``ip[:port]`` (port 53
+                by default) of the DNS server to ask.
+            path: ``name[:port]`` (port ``DEFAULT_TARGET_PORT`` by default).
+            **options: Keyword arguments for the constructor.
+
+        Raises:
+            TargetError: A malformed name, port or server.
+        """
+        host, port = parse_hostport(path, DEFAULT_TARGET_PORT)
+        server = parse_hostport(netloc, DEFAULT_DNS_SERVER_PORT) if netloc else None
+        return cls(host, port, server=server, **options)
+
+    def resolve_now(self) -> None:
+        """Ask for a resolution soon; calls are coalesced and rate-limited."""
+        self._wake.set()
+
+    def __repr__(self) -> str:
+        server = str(Address(*self._server)) if self._server else ""
+        return f"DnsResolver(dns://{server}/{Address(self._host, self._port)})"
+
+    async def _run(self) -> None:
+        if _is_ip(self._host):
+            # An IP literal is its own answer: no query, nothing ever changes.
+            self._publish(frozenset({Address(self._host, self._port)}))
+            return
+        failures = 0
+        while True:
+            await self._respect_min_interval()
+            self._wake.clear()  # every request made so far is served by this query
+            self._last_query = self._clock()
+            try:
+                answer = await self._resolve()
+            except (dns.exception.DNSException, OSError) as exc:
+                failures += 1
+                delay = self._backoff.delay(failures, self._random)
+                _log.warning(
+                    "%r: resolution failed (%d in a row), keeping %d endpoint(s), "
+                    "retry in %.1fs: %s",
+                    self,
+                    failures,
+                    len(self.current or ()),
+                    delay,
+                    str(exc) or type(exc).__name__,
+                )
+                # A failing server is not asked sooner because of resolve_now().
+                await self._sleep(delay)
+                continue
+            failures = 0
+            self._publish(answer.addresses)
+            await self._wait_for_refresh(answer.ttl)
+
+    async def _respect_min_interval(self) -> None:
+        if self._last_query is None:
+            return
+        gap = self._last_query + self._min_interval - self._clock()
+        if gap > 0:
+            await self._sleep(gap)
+
+    async def _wait_for_refresh(self, ttl: float) -> None:
+        """Return when the clamped TTL has run out or ``resolve_now()`` was called."""
+        delay = min(max(ttl, self._min_ttl), self._max_ttl)
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (sleeper, waker):
+                waiter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiter
+
+    async def _resolve(self) -> _Answer:
+        resolver = self._resolver()
+        try:
+            answers = await resolver.resolve_name(
+                self._host,
+                search=self._server is None,
+                raise_on_no_answer=False,
+                lifetime=self._query_timeout,
+            )
+        except dns.resolver.NXDOMAIN as exc:
+            _log.info("%r: no such name (NXDOMAIN)", self)
+            return _Answer(frozenset(), _negative_ttl(exc, self._max_ttl))
+        addresses = frozenset(Address(ip, self._port) for ip in answers.addresses())
+        if not addresses:
+            _log.info("%r: the name has no A or AAAA records", self)
+        ttl = min(answer.chaining_result.minimum_ttl for answer in answers.values())
+        return _Answer(addresses, float(ttl))
+
+    def _resolver(self) -> dns.asyncresolver.Resolver:
+        if self._dns is None:
+            self._dns = _make_resolver(self._server)
+        return self._dns
+
+
+def _make_resolver(server: tuple[str, int] | None) -> dns.asyncresolver.Resolver:
+    """A dnspython resolver for ``server``, or from the system configuration.
+
+    Raises:
+        dns.resolver.NoResolverConfiguration: No server and no usable resolv.conf.
+    """
+    if server is None:
+        return dns.asyncresolver.Resolver()
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [server[0]]
+    resolver.port = server[1]
+    return resolver
+
+
+def _negative_ttl(exc: dns.resolver.NXDOMAIN, default: float) -> float:
+    """How long an NXDOMAIN may be cached: the SOA minimum (RFC 2308), else ``default``."""
+    ttls: list[float] = []
+    responses: dict[object, object] = exc.kwargs.get("responses") or {}
+    for response in responses.values():
+        if isinstance(response, dns.message.QueryMessage):
+            with contextlib.suppress(dns.exception.DNSException):
+                ttls.append(response.resolve_chaining().minimum_ttl)
+    return min(ttls, default=default)
