@@ -1,1 +1,95 @@
-"""Client library for the meshdemo user service: discovery, balancing, pooling, retries."""
+"""Client library for the meshdemo user service: discovery, balancing, pooling, retries.
+
+The public surface lives here; the modules behind it (``client._name``) are private.
+"""
+
+from client._chat import ChatSession
+from client._client import (
+    DEFAULT_ATTEMPT_TIMEOUTS,
+    DEFAULT_DEADLINES,
+    MAX_BATCH,
+    ROLES,
+    ClientStats,
+    NewUserSpec,
+    UserClient,
+)
+from client._endpoint import (
+    EjectionConfig,
+    Endpoint,
+    EndpointState,
+    EndpointStats,
+    PoolConfig,
+)
+from client._errors import (
+    AlreadyExistsError,
+    CallCancelledError,
+    DeadlineExceededError,
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    MeshError,
+    NotFoundError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+    from_rpc_error,
+)
+from client._interceptors import CallMetrics, MethodStats, TokenProvider
+from client._picker import PICKERS, Candidate, Picker, make_picker
+from client._pool import EndpointSet, NoEndpointError
+from client._resolver import Address, Resolver, StaticResolver, TargetError, resolver_for
+from client._retry import RetryBudget, RetryPolicy
+from client._token import mint_token
+
+__all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
+    # The client
+    "UserClient",
+    "ChatSession",
+    "NewUserSpec",
+    "ClientStats",
+    "DEFAULT_DEADLINES",
+    "DEFAULT_ATTEMPT_TIMEOUTS",
+    "MAX_BATCH",
+    "ROLES",
+    "mint_token",
+    # Configuration
+    "PoolConfig",
+    "EjectionConfig",
+    "RetryPolicy",
+    "RetryBudget",
+    "TokenProvider",
+    # Discovery
+    "Address",
+    "Resolver",
+    "StaticResolver",
+    "TargetError",
+    "resolver_for",
+    # Balancing and pooling
+    "Candidate",
+    "Picker",
+    "PICKERS",
+    "make_picker",
+    "Endpoint",
+    "EndpointSet",
+    "EndpointState",
+    "EndpointStats",
+    "NoEndpointError",
+    # Metrics
+    "CallMetrics",
+    "MethodStats",
+    # Errors
+    "MeshError",
+    "InvalidArgumentError",
+    "FieldViolation",
+    "NotFoundError",
+    "AlreadyExistsError",
+    "UnauthenticatedError",
+    "PermissionDeniedError",
+    "ResourceExhaustedError",
+    "UnavailableError",
+    "DeadlineExceededError",
+    "CallCancelledError",
+    "InternalError",
+    "from_rpc_error",
+]

@@ -1,0 +1,599 @@
+"""The public client: :class:`UserClient`, one logical call at a time over the endpoint set.
+
+One logical call is: a deadline (per method, overridable per call), one
+tracing span, and the retry loop of ``client._retry``; each attempt picks an
+endpoint (another one after a failure, when there is one), leases a channel
+from its pool, and reports the outcome to the endpoint (outlier ejection) and
+to the endpoint set (re-resolution on UNAVAILABLE). Errors surface as
+``client._errors`` exceptions, mapped in one place (:func:`_raise_mapped`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, TracerProvider
+
+from client._chat import ChatSession
+from client._endpoint import EjectionConfig, Endpoint, EndpointStats, Lease, PoolConfig
+from client._errors import MeshError, from_rpc_error
+from client._interceptors import CallMetrics, MethodStats, TokenProvider, client_interceptors
+from client._picker import Picker
+from client._pool import EndpointSet, NoEndpointError
+from client._resolver import Resolver, resolver_for
+from client._retry import Attempt, AttemptFailed, RetryBudget, RetryPolicy, call_with_retries
+from meshdemo.v1 import user_pb2
+
+__all__ = [
+    "DEFAULT_ATTEMPT_TIMEOUTS",
+    "DEFAULT_DEADLINES",
+    "MAX_BATCH",
+    "ROLES",
+    "ClientStats",
+    "NewUserSpec",
+    "UserClient",
+]
+
+T = TypeVar("T")
+
+#: Seconds a whole logical call may take, per method (None: no deadline).
+DEFAULT_DEADLINES: Mapping[str, float | None] = {
+    "GetUser": 2.0,
+    "CreateUser": 5.0,
+    "ListUsers": 30.0,
+    "BatchCreateUsers": 30.0,
+    "Chat": None,
+}
+#: Seconds one attempt may take, per method (None: the time left to the deadline).
+#: A stalled replica then costs one attempt timeout, not the whole deadline.
+DEFAULT_ATTEMPT_TIMEOUTS: Mapping[str, float | None] = {
+    "GetUser": 0.5,
+    "CreateUser": 2.0,
+    "ListUsers": None,
+    "BatchCreateUsers": None,
+}
+#: Most users one BatchCreateUsers call may carry (the service's limit too).
+MAX_BATCH = 1000
+#: Role names of the client API and their proto values.
+ROLES: Mapping[str, user_pb2.Role.ValueType] = {
+    "user": user_pb2.ROLE_USER,
+    "admin": user_pb2.ROLE_ADMIN,
+    "moderator": user_pb2.ROLE_MODERATOR,
+}
+# ListUsers page sizes as the service reads them: 0 means 100, more than 1000 means 1000.
+_DEFAULT_PAGE = 100
+_MAX_PAGE = 1000
+_SERVICE = "meshdemo.v1.UserService"
+
+
+@dataclass(frozen=True, slots=True)
+class NewUserSpec:
+    """One user to create in a batch; ``request_id`` is generated when None."""
+
+    name: str
+    email: str
+    age: int
+    roles: Sequence[str] = ("user",)
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """A snapshot of the client.
+
+    Attributes:
+        endpoints: Every endpoint (active, then draining): state, channels, counts.
+        calls: Logical calls started.
+        retries: Retries made (attempts after the first).
+        failures: Logical calls that ended in an error.
+        methods: Per-method attempt counters and latency (from the metrics interceptor).
+    """
+
+    endpoints: tuple[EndpointStats, ...]
+    calls: int
+    retries: int
+    failures: int
+    methods: Mapping[str, MethodStats] = field(default_factory=dict)
+
+
+def role_values(roles: Iterable[str]) -> list[user_pb2.Role.ValueType]:
+    """Proto role values of role names; ValueError for an unknown name."""
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise ValueError(f"unknown role(s) {unknown}; known: {sorted(ROLES)}")
+    return [ROLES[r] for r in roles]
+
+
+def _create_request(spec: NewUserSpec) -> user_pb2.CreateUserRequest:
+    return user_pb2.CreateUserRequest(
+        name=spec.name,
+        email=spec.email,
+        age=spec.age,
+        roles=role_values(spec.roles),
+        request_id=spec.request_id or uuid.uuid4().hex,
+    )
+
+
+def _raise_mapped(err: grpc.RpcError) -> NoReturn:
+    """The client's one boundary from grpc errors to ``client._errors`` exceptions."""
+    raise from_rpc_error(err) from err
+
+
+def _unavailable(message: str) -> grpc.aio.AioRpcError:
+    """A local UNAVAILABLE for failures before anything reached the wire."""
+    empty = grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, empty, empty, message, None)
+
+
+class _ListCursor:
+    """Where a ListUsers listing stands: the resume token and what is left of the page."""
+
+    def __init__(self, page_token: str, page_size: int) -> None:
+        self.token = page_token
+        self.page_size = page_size
+        # Negative sizes go to the server unchanged, which refuses them.
+        self.left = min(page_size or _DEFAULT_PAGE, _MAX_PAGE) if page_size >= 0 else None
+        self.received = 0
+
+    def request(self) -> user_pb2.ListUsersRequest:
+        size = self.page_size if self.left is None else self.left
+        return user_pb2.ListUsersRequest(page_size=size, page_token=self.token)
+
+    def advance(self, token: str) -> None:
+        self.token = token
+        self.received += 1
+        if self.left is not None:
+            self.left -= 1
+
+    @property
+    def done(self) -> bool:
+        return self.left == 0
+
+
+class _End:
+    """Marks the end of a listing in the hand-over queue."""
+
+
+_END = _End()
+
+
+class UserClient:
+    """Client of the user service: discovery, health, balancing, pooling and retries.
+
+    Use it as an async context manager (or call :meth:`close`)::
+
+        async with UserClient("dns:///users.mesh:50051", token=token) as client:
+            user = await client.get_user("u-1")
+
+    Args:
+        target: ``static:///h:p,h:p``, ``dns:///name:port``, ``dns://server/name:port``
+            or ``k8s:///service.namespace:port``.
+        token: A bearer token sent on every call.
+        policy: Picker name: least_conn, least_conn_full, round_robin, random.
+        retry: Base retry policy; its ``per_attempt_timeout``, when set, applies to
+            every unary method instead of ``attempt_timeouts``.
+        pool: Channel pool settings per endpoint.
+        deadlines: Per-method deadlines in seconds, over :data:`DEFAULT_DEADLINES`.
+        tracer_provider: OpenTelemetry provider for the logical and attempt spans
+            (the global one when None).
+        token_provider: Called per attempt for the token (refreshable); wins over ``token``.
+        ejection: Outlier ejection settings.
+        attempt_timeouts: Per-method attempt timeouts, over :data:`DEFAULT_ATTEMPT_TIMEOUTS`.
+        resolver: A resolver to use instead of the one ``target`` names.
+        budget: Retry budget shared by this client's calls (a default one when None).
+        clock: Monotonic seconds (deadlines, ejection); a seam for tests.
+        rng: Random source (picker, backoff jitter).
+        tracing: Whether to create spans at all.
+        connect_timeout: Seconds a Chat waits for the first resolution.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        policy: str | Picker = "least_conn",
+        retry: RetryPolicy | None = None,
+        pool: PoolConfig | None = None,
+        deadlines: Mapping[str, float | None] | None = None,
+        tracer_provider: TracerProvider | None = None,
+        token_provider: TokenProvider | None = None,
+        ejection: EjectionConfig | None = None,
+        attempt_timeouts: Mapping[str, float | None] | None = None,
+        resolver: Resolver | None = None,
+        budget: RetryBudget | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        tracing: bool = True,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.target = target
+        self._retry = retry or RetryPolicy()
+        self._deadlines = {**DEFAULT_DEADLINES, **(deadlines or {})}
+        self._attempt_timeouts = {**DEFAULT_ATTEMPT_TIMEOUTS, **(attempt_timeouts or {})}
+        self._budget = budget if budget is not None else RetryBudget(clock=clock)
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._connect_timeout = connect_timeout
+        self._tracer = trace.get_tracer("meshdemo.client", tracer_provider=tracer_provider)
+        self._tracing = tracing
+        self.metrics = CallMetrics(clock)
+        provider = token_provider or ((lambda: token) if token else None)
+        interceptors = client_interceptors(
+            token=provider, metrics=self.metrics, tracer_provider=tracer_provider, tracing=tracing
+        )
+        self.endpoints = EndpointSet(
+            resolver or resolver_for(target),
+            picker=policy,
+            pool=pool,
+            ejection=ejection,
+            interceptors=interceptors,
+            clock=clock,
+            rng=self._rng,
+        )
+        self._calls = 0
+        self._retries = 0
+        self._failures = 0
+        self._closed = False
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> UserClient:
+        self.endpoints.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop discovery and health watching and close every channel."""
+        self._closed = True
+        await self.endpoints.close()
+
+    def stats(self) -> ClientStats:
+        """Per-endpoint state and counts, plus call, retry and failure totals."""
+        return ClientStats(
+            endpoints=tuple(self.endpoints.stats()),
+            calls=self._calls,
+            retries=self._retries,
+            failures=self._failures,
+            methods=self.metrics.snapshot(),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<UserClient {self.target} calls={self._calls} retries={self._retries} "
+            f"failures={self._failures} {self.endpoints!r}>"
+        )
+
+    # --- unary methods --------------------------------------------------------------------
+
+    async def get_user(self, user_id: str, *, timeout: float | None = None) -> user_pb2.User:  # noqa: ASYNC109
+        """Fetch one user by id (retried: a read is idempotent).
+
+        Raises:
+            NotFoundError: No user has this id.
+            InvalidArgumentError: The id is empty.
+            MeshError: Any other failure, by status code.
+        """
+        request = user_pb2.GetUserRequest(id=user_id)
+
+        async def invoke(lease: Lease, attempt_timeout: float | None) -> user_pb2.User:
+            reply = await lease.stub.GetUser(request, timeout=attempt_timeout)
+            return reply.user
+
+        return await self._unary("GetUser", invoke, call_timeout=timeout)
+
+    async def create_user(
+        self,
+        name: str,
+        email: str,
+        age: int,
+        roles: Sequence[str] = ("user",),
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 -- a gRPC deadline, not a local wait
+    ) -> user_pb2.User:
+        """Store one user; retried safely because it carries an idempotency key.
+
+        Args:
+            name: Display name.
+            email: E-mail address, unique across users.
+            age: Age in years.
+            roles: Role names: "user", "admin", "moderator".
+            request_id: Idempotency key; a uuid4 is generated when None.
+            timeout: Seconds for the whole call (default :data:`DEFAULT_DEADLINES`).
+
+        Raises:
+            ValueError: An unknown role name (nothing is sent).
+            InvalidArgumentError: A field the service refuses (see ``field_violations``).
+            AlreadyExistsError: The e-mail address is taken.
+            PermissionDeniedError: The token lacks the admin role.
+        """
+        spec = NewUserSpec(name, email, age, tuple(roles), request_id)
+        request = _create_request(spec)
+
+        async def invoke(lease: Lease, attempt_timeout: float | None) -> user_pb2.User:
+            reply = await lease.stub.CreateUser(request, timeout=attempt_timeout)
+            return reply.user
+
+        return await self._unary("CreateUser", invoke, call_timeout=timeout)
+
+    async def batch_create_users(
+        self,
+        users: Iterable[NewUserSpec],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 -- a gRPC deadline, not a local wait
+    ) -> list[user_pb2.User]:
+        """Store every user in one transaction, or none.
+
+        The requests are buffered, each with its request id, so a retry replays
+        exactly the same stream and gets the same users back.
+
+        Raises:
+            ValueError: More than :data:`MAX_BATCH` users, or an unknown role (nothing is sent).
+            InvalidArgumentError: Invalid items; field paths name the item index.
+        """
+        requests = self._batch_requests(users)
+
+        async def invoke(lease: Lease, attempt_timeout: float | None) -> list[user_pb2.User]:
+            reply = await lease.stub.BatchCreateUsers(iter(requests), timeout=attempt_timeout)
+            return list(reply.users)
+
+        return await self._unary("BatchCreateUsers", invoke, call_timeout=timeout)
+
+    @staticmethod
+    def _batch_requests(users: Iterable[NewUserSpec]) -> list[user_pb2.BatchCreateUsersRequest]:
+        requests: list[user_pb2.BatchCreateUsersRequest] = []
+        for spec in users:
+            if len(requests) == MAX_BATCH:
+                raise ValueError(f"a batch holds at most {MAX_BATCH} users")
+            requests.append(user_pb2.BatchCreateUsersRequest(user=_create_request(spec)))
+        return requests
+
+    # --- the logical call -----------------------------------------------------------------
+
+    async def _unary(
+        self,
+        method: str,
+        invoke: Callable[[Lease, float | None], Awaitable[T]],
+        *,
+        call_timeout: float | None,
+        idempotent: bool = True,
+    ) -> T:
+        deadline = self._deadline(method, call_timeout)
+        with self._logical_span(method):
+            return await self._with_retries(method, invoke, deadline, idempotent)
+
+    async def _with_retries(
+        self,
+        method: str,
+        invoke: Callable[[Lease, float | None], Awaitable[T]],
+        deadline: float | None,
+        idempotent: bool,
+    ) -> T:
+        self._check_open()
+        self._calls += 1
+
+        async def attempt(spec: Attempt) -> T:
+            return await self._attempt(invoke, spec, deadline)
+
+        try:
+            return await call_with_retries(
+                attempt,
+                policy=self._policy(method),
+                budget=self._budget,
+                deadline=deadline,
+                idempotent=idempotent,
+                clock=self._clock,
+                rng=self._rng,
+                on_retry=self._on_retry,
+            )
+        except grpc.RpcError as err:
+            self._failures += 1
+            _raise_mapped(err)
+
+    async def _attempt(
+        self,
+        invoke: Callable[[Lease, float | None], Awaitable[T]],
+        spec: Attempt,
+        deadline: float | None,
+    ) -> T:
+        endpoint = await self._pick(spec.excluded, spec.timeout)
+        started = self._clock()
+        try:
+            async with endpoint.lease() as lease:
+                result = await invoke(lease, spec.timeout)
+        except grpc.RpcError as err:
+            self._attempt_failed(endpoint, err, _cut_by_attempt(spec, started, deadline))
+            raise AttemptFailed(err, endpoint) from err
+        except RuntimeError as exc:  # Drained between the pick and the lease.
+            raise AttemptFailed(_unavailable(str(exc)), endpoint) from exc
+        endpoint.record_success()
+        return result
+
+    async def _pick(self, excluded: Collection[object], max_wait: float | None) -> Endpoint:
+        exclude = [e for e in excluded if isinstance(e, Endpoint)]
+        try:
+            return await self.endpoints.wait_pick(exclude, max_wait=max_wait)
+        except NoEndpointError as exc:
+            raise AttemptFailed(_unavailable(str(exc)), None) from exc
+
+    def _attempt_failed(self, endpoint: Endpoint, err: grpc.RpcError, cut: bool) -> None:
+        code = _code(err)
+        outlier = code == grpc.StatusCode.UNAVAILABLE or (
+            code == grpc.StatusCode.DEADLINE_EXCEEDED and cut
+        )
+        endpoint.record_failure(code, outlier=outlier)
+        self.endpoints.report_failure(endpoint, code)
+
+    def _on_retry(self, retry_number: int, code: grpc.StatusCode, delay: float) -> None:
+        self._retries += 1
+        trace.get_current_span().add_event(
+            "retry", {"retry": retry_number, "code": code.name, "delay_s": delay}
+        )
+
+    def _policy(self, method: str) -> RetryPolicy:
+        if self._retry.per_attempt_timeout is not None:
+            return self._retry
+        return self._retry.with_(per_attempt_timeout=self._attempt_timeouts.get(method))
+
+    def _deadline(self, method: str, timeout: float | None) -> float | None:
+        seconds = timeout if timeout is not None else self._deadlines.get(method)
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"timeout must be positive, got {seconds}")
+        return None if seconds is None else self._clock() + seconds
+
+    @contextlib.contextmanager
+    def _logical_span(self, method: str) -> Iterator[Span]:
+        """The span of one logical call; each attempt's span (from the interceptor) is a child."""
+        if not self._tracing:
+            yield trace.INVALID_SPAN
+            return
+        with self._tracer.start_as_current_span(
+            f"{_SERVICE}/{method} logical",
+            kind=trace.SpanKind.INTERNAL,
+            attributes={"rpc.system": "grpc", "rpc.service": _SERVICE, "rpc.method": method},
+        ) as span:
+            yield span
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+
+    # --- ListUsers ------------------------------------------------------------------------
+
+    def list_users(
+        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> AsyncIterator[user_pb2.User]:
+        """Stream users in id order, at most ``page_size`` (0: the server default, 100).
+
+        A stream broken mid-way resumes on another replica right after the last
+        user received (its ``next_page_token``), asking only for what is left of
+        the page: no duplicate, no gap.
+
+        Raises (from the iterator):
+            InvalidArgumentError: A negative page size or a bad page token.
+            MeshError: The listing failed and could not be resumed.
+        """
+        return self._list_users(_ListCursor(page_token, page_size), timeout)
+
+    async def _list_users(
+        self, cursor: _ListCursor, call_timeout: float | None
+    ) -> AsyncIterator[user_pb2.User]:
+        deadline = self._deadline("ListUsers", call_timeout)
+        queue: asyncio.Queue[user_pb2.User | _End] = asyncio.Queue()
+        span = self._start_span("ListUsers")
+        producer = asyncio.get_running_loop().create_task(
+            self._produce_listing(cursor, queue, deadline, span), name="list-users"
+        )
+        try:
+            while not isinstance(item := await queue.get(), _End):
+                yield item
+            await producer  # Re-raises the listing's error, if any.
+        finally:
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, MeshError):
+                await producer
+            span.end()
+
+    def _start_span(self, method: str) -> Span:
+        if not self._tracing:
+            return trace.INVALID_SPAN
+        attributes = {"rpc.system": "grpc", "rpc.service": _SERVICE, "rpc.method": method}
+        return self._tracer.start_span(f"{_SERVICE}/{method} logical", attributes=attributes)
+
+    async def _produce_listing(
+        self,
+        cursor: _ListCursor,
+        queue: asyncio.Queue[user_pb2.User | _End],
+        deadline: float | None,
+        span: Span,
+    ) -> None:
+        # Runs in its own task, so attaching the logical span here leaks to no one.
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
+            await self._with_retries(
+                "ListUsers", self._listing_invoker(cursor, queue), deadline, True
+            )
+        except MeshError as exc:
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
+            raise
+        finally:
+            span.set_attribute("meshdemo.users_received", cursor.received)
+            otel_context.detach(token)
+            queue.put_nowait(_END)
+
+    @staticmethod
+    def _listing_invoker(
+        cursor: _ListCursor, queue: asyncio.Queue[user_pb2.User | _End]
+    ) -> Callable[[Lease, float | None], Awaitable[None]]:
+        async def invoke(lease: Lease, attempt_timeout: float | None) -> None:
+            if cursor.done:
+                return
+            call = lease.stub.ListUsers(cursor.request(), timeout=attempt_timeout)
+            try:
+                async for item in call:
+                    cursor.advance(item.next_page_token)
+                    queue.put_nowait(item.user)
+                    if cursor.done:
+                        return
+            finally:
+                call.cancel()
+
+        return invoke
+
+    # --- Chat -----------------------------------------------------------------------------
+
+    def chat(self, *, user_id: str = "") -> ChatSession:
+        """A chat stream pinned to one endpoint; never retried.
+
+        Use it as an async context manager: ``await session.send(text)``, then
+        ``async for reply in session``. A failed stream raises a MeshError from
+        the iterator (or ``send``); :meth:`ChatSession.reconnect` opens a new
+        stream, on another endpoint when there is one.
+        """
+        self._check_open()
+        return ChatSession(
+            self.endpoints,
+            user_id=user_id,
+            connect_timeout=self._connect_timeout,
+            on_failure=self._chat_failed,
+        )
+
+    def _chat_failed(self, endpoint: Endpoint, err: grpc.RpcError) -> None:
+        self._failures += 1
+        self._attempt_failed(endpoint, err, cut=False)
+
+
+def _code(err: grpc.RpcError) -> grpc.StatusCode:
+    code: Any = getattr(err, "code", None)
+    value = code() if callable(code) else None
+    return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def _cut_by_attempt(spec: Attempt, started: float, deadline: float | None) -> bool:
+    """Whether the attempt's own timeout (not the call's deadline) limited it."""
+    if spec.timeout is None:
+        return False
+    return deadline is None or started + spec.timeout < deadline - 1e-6

@@ -1,0 +1,273 @@
+"""Client interceptors: bearer tokens, per-method metrics, and one tracing span per attempt.
+
+grpc.aio files an interceptor object under the FIRST client interceptor class it
+inherits, so an object that inherits all four intercepts unary-unary calls
+only. Every concern here therefore comes as four small objects, one per call
+type, built by a ``*_interceptors()`` function; :func:`client_interceptors`
+puts them in their order.
+
+Observability never breaks a call: the metrics recorder only counts, and the
+tracing interceptors come from opentelemetry-instrumentation-grpc, which
+guards its own hooks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from grpc.aio import ClientCallDetails, Metadata
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.instrumentation.grpc.filters import health_check, negate
+from opentelemetry.trace import TracerProvider
+
+__all__ = [
+    "CallMetrics",
+    "MethodStats",
+    "TokenProvider",
+    "auth_interceptors",
+    "client_interceptors",
+    "method_name",
+    "metrics_interceptors",
+    "tracing_interceptors",
+]
+
+#: Returns the current bearer token, or None to send none. Called once per
+#: attempt, so a provider may refresh an expiring token.
+TokenProvider = Callable[[], str | None]
+
+_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+# grpc-stubs declares the interceptor classes generic; at run time they are not.
+if TYPE_CHECKING:
+    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
+    _StreamStream = grpc.aio.StreamStreamClientInterceptor[Any, Any]
+else:
+    _UnaryUnary = grpc.aio.UnaryUnaryClientInterceptor
+    _UnaryStream = grpc.aio.UnaryStreamClientInterceptor
+    _StreamUnary = grpc.aio.StreamUnaryClientInterceptor
+    _StreamStream = grpc.aio.StreamStreamClientInterceptor
+
+
+def method_name(full_method: str | bytes) -> str:
+    """The short method name of ``/package.Service/Method`` (``Method``)."""
+    text = full_method.decode() if isinstance(full_method, bytes) else full_method
+    return text.rsplit("/", 1)[-1]
+
+
+def _full_method(details: ClientCallDetails) -> str:
+    method: str | bytes = details.method
+    return method.decode() if isinstance(method, bytes) else method
+
+
+def _replace_metadata(details: ClientCallDetails, metadata: Metadata) -> ClientCallDetails:
+    return ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+# --- bearer token -------------------------------------------------------------------------
+
+
+class _AuthBase:
+    def __init__(self, provider: TokenProvider) -> None:
+        self._provider = provider
+
+    def _with_token(self, details: ClientCallDetails) -> ClientCallDetails:
+        token = self._provider()
+        if not token:
+            return details
+        metadata = Metadata(*tuple(details.metadata or ()))
+        # A token already present (set by the caller for this call) wins.
+        if "authorization" not in metadata:
+            metadata.add("authorization", f"Bearer {token}")
+        return _replace_metadata(details, metadata)
+
+
+class _AuthUnaryUnary(_AuthBase, _UnaryUnary):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+
+class _AuthUnaryStream(_AuthBase, _UnaryStream):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_token(details), request)
+
+
+class _AuthStreamUnary(_AuthBase, _StreamUnary):
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._with_token(details), requests)
+
+
+class _AuthStreamStream(_AuthBase, _StreamStream):
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._with_token(details), requests)
+
+
+def auth_interceptors(provider: TokenProvider) -> list[Any]:
+    """Four interceptors adding ``authorization: Bearer <token>`` to every call."""
+    return [
+        _AuthUnaryUnary(provider),
+        _AuthUnaryStream(provider),
+        _AuthStreamUnary(provider),
+        _AuthStreamStream(provider),
+    ]
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MethodStats:
+    """Counters of one method, over every attempt on every endpoint."""
+
+    calls: int
+    failures: int
+    total_latency: float
+    max_latency: float
+    codes: Mapping[str, int]
+
+    @property
+    def mean_latency(self) -> float:
+        """Mean seconds per attempt (0 before the first one)."""
+        return self.total_latency / self.calls if self.calls else 0.0
+
+
+class _MethodCounter:
+    __slots__ = ("calls", "codes", "failures", "max_latency", "total_latency")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.failures = 0
+        self.total_latency = 0.0
+        self.max_latency = 0.0
+        self.codes: dict[str, int] = {}
+
+
+class CallMetrics:
+    """Per-method attempt counts, status codes and latency, kept in the client's stats."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._methods: dict[str, _MethodCounter] = {}
+
+    def record(self, method: str, code: grpc.StatusCode, latency: float) -> None:
+        """Count one finished attempt of ``method`` (a short name, e.g. ``GetUser``)."""
+        counter = self._methods.setdefault(method, _MethodCounter())
+        counter.calls += 1
+        counter.failures += code != grpc.StatusCode.OK
+        counter.total_latency += latency
+        counter.max_latency = max(counter.max_latency, latency)
+        counter.codes[code.name] = counter.codes.get(code.name, 0) + 1
+
+    def snapshot(self) -> dict[str, MethodStats]:
+        """An immutable copy of the counters, by method name."""
+        return {
+            name: MethodStats(c.calls, c.failures, c.total_latency, c.max_latency, dict(c.codes))
+            for name, c in sorted(self._methods.items())
+        }
+
+
+class _MetricsBase:
+    def __init__(self, metrics: CallMetrics) -> None:
+        self._metrics = metrics
+
+    def _skip(self, details: ClientCallDetails) -> bool:
+        return _full_method(details).startswith(_HEALTH_PREFIX)
+
+    async def _after_unary(self, call: Any, details: ClientCallDetails, start: float) -> Any:
+        # Waiting for the code here costs nothing: the caller awaits the same response.
+        code = await call.code()
+        self._metrics.record(method_name(details.method), code, self._metrics.clock() - start)
+        return call
+
+    async def _observe_stream(
+        self, call: Any, details: ClientCallDetails, start: float
+    ) -> AsyncIterator[Any]:
+        try:
+            async for response in call:
+                yield response
+        finally:
+            # A consumer that stopped early leaves the call running: count it as cancelled
+            # rather than wait for its end here.
+            code = await call.code() if call.done() else grpc.StatusCode.CANCELLED
+            self._metrics.record(method_name(details.method), code, self._metrics.clock() - start)
+
+
+class _MetricsUnaryUnary(_MetricsBase, _UnaryUnary):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if self._skip(details):
+            return await continuation(details, request)
+        start = self._metrics.clock()
+        return await self._after_unary(await continuation(details, request), details, start)
+
+
+class _MetricsUnaryStream(_MetricsBase, _UnaryStream):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        if self._skip(details):
+            return await continuation(details, request)
+        start = self._metrics.clock()
+        return self._observe_stream(await continuation(details, request), details, start)
+
+
+class _MetricsStreamUnary(_MetricsBase, _StreamUnary):
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        start = self._metrics.clock()
+        return await self._after_unary(await continuation(details, requests), details, start)
+
+
+class _MetricsStreamStream(_MetricsBase, _StreamStream):
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        start = self._metrics.clock()
+        return self._observe_stream(await continuation(details, requests), details, start)
+
+
+def metrics_interceptors(metrics: CallMetrics) -> list[Any]:
+    """Four interceptors recording every attempt (health checks left out) into ``metrics``."""
+    return [
+        _MetricsUnaryUnary(metrics),
+        _MetricsUnaryStream(metrics),
+        _MetricsStreamUnary(metrics),
+        _MetricsStreamStream(metrics),
+    ]
+
+
+# --- tracing ------------------------------------------------------------------------------
+
+
+def tracing_interceptors(tracer_provider: TracerProvider | None = None) -> list[Any]:
+    """OpenTelemetry's four aio interceptors: one client span per attempt, W3C context injected.
+
+    Health checks are left out. With ``tracer_provider`` None the global provider is used.
+    """
+    interceptors = aio_client_interceptors(  # type: ignore[no-untyped-call]
+        tracer_provider=tracer_provider, filter_=negate(health_check())
+    )
+    return list(interceptors)
+
+
+def client_interceptors(
+    *,
+    token: TokenProvider | None,
+    metrics: CallMetrics | None,
+    tracer_provider: TracerProvider | None = None,
+    tracing: bool = True,
+) -> list[Any]:
+    """All client interceptors, outermost first: tracing, metrics, then the token.
+
+    The tracing span encloses the metrics timing; the token is added last so no
+    interceptor sees (or could log) it before it goes on the wire.
+    """
+    chain: list[Any] = []
+    if tracing:
+        chain += tracing_interceptors(tracer_provider)
+    if metrics is not None:
+        chain += metrics_interceptors(metrics)
+    if token is not None:
+        chain += auth_interceptors(token)
+    return chain
