@@ -1,0 +1,410 @@
+"""The SQLite backend: one database file that several replica processes share.
+
+URL: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, with an
+optional ``?busy_timeout_ms=5000`` (how long a statement waits for another
+process's lock before the store reports itself unavailable).
+
+Concurrency, across processes:
+- the WAL journal lets readers run while one process writes;
+- every write runs in ``BEGIN IMMEDIATE``, which takes the file's write lock
+  before the first read, so the read-then-insert of a create is atomic across
+  processes (no request-id race is possible) and two writers never deadlock
+  upgrading a read lock; a lock not granted within the busy timeout becomes
+  StoreUnavailable (retryable).
+
+Concurrency, inside one process:
+- one writer connection, used by one transaction at a time under an
+  ``asyncio.Lock``: aiosqlite runs the calls of every coroutine on the
+  connection's single thread in arrival order, so two transactions sharing it
+  would interleave their statements;
+- one reader connection in autocommit mode: every read is one statement with
+  its own snapshot, fetched whole, so no snapshot outlives the statement.
+
+Listing (``iter_users``) is keyset pagination in chunks of ``chunk_size``
+rows (``WHERE id > ? ORDER BY id LIMIT ?``): one statement per chunk on the
+reader, nothing held between chunks, so a cancelled stream stops at the next
+chunk and a slow client holds no lock, no snapshot and at most one chunk of
+rows.
+
+Lifecycle: ``open()`` connects and migrates; if that fails it raises
+StoreUnavailable and every later call retries it, so a replica can start while
+the file is unreachable and turn SERVING once it is back. ``close()`` is
+final and idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
+
+import aiosqlite
+
+from service.domain import NewUser, User, utc_now
+from service.store._base import StoreUnavailable
+from service.store._plan import Insert, Stored, plan_creates
+from service.store._schema import MIGRATIONS_TABLE_SQLITE, pending
+
+__all__ = ["SQLiteStore"]
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+# Keys per IN (...) lookup: far below SQLite's bound on host parameters.
+_LOOKUP_CHUNK: Final = 500
+_COLUMNS: Final = "id, name, email, age, roles, created_at, request_fingerprint"
+_INSERT: Final = (
+    "INSERT INTO users (id, name, email, email_key, age, roles, created_at,"
+    " request_id, request_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class SQLiteStore:
+    """A :class:`~service.store.Store` on one SQLite file (see the module docstring).
+
+    Args:
+        path: the database file; its directory must exist.
+        busy_timeout_ms: how long to wait for another connection's lock.
+        chunk_size: rows per query when listing.
+        ping_timeout: seconds ``ping()`` may take.
+        clock: the source of ``created_at`` (a seam for tests).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        busy_timeout_ms: int = 5000,
+        chunk_size: int = 100,
+        ping_timeout: float = 2.0,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        if not path or path == ":memory:":
+            raise ValueError("SQLiteStore needs a file path (a memory database is not shared)")
+        if busy_timeout_ms < 0 or chunk_size < 1 or ping_timeout <= 0:
+            raise ValueError("busy_timeout_ms >= 0, chunk_size >= 1 and ping_timeout > 0")
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._chunk_size = chunk_size
+        self._ping_timeout = ping_timeout
+        self._clock = clock
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._started = False
+        self._closed = False
+        self._open_lock = asyncio.Lock()
+        # Held for the whole of every write transaction on self._writer.
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        """Build a store from ``sqlite:///PATH[?busy_timeout_ms=N]``."""
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite" or parts.netloc or not parts.path.startswith("/"):
+            raise ValueError(f"not a SQLite URL {url!r}: use sqlite:///FILE or sqlite:////ABS")
+        # sqlite:///a.db -> "/a.db" -> "a.db"; sqlite:////abs.db -> "//abs.db" -> "/abs.db"
+        path = parts.path[1:]
+        options = dict(parse_qsl(parts.query, strict_parsing=bool(parts.query)))
+        unknown = set(options) - {"busy_timeout_ms"}
+        if unknown:
+            raise ValueError(f"unknown SQLite URL option(s) {sorted(unknown)}")
+        return cls(path, busy_timeout_ms=int(options.get("busy_timeout_ms", "5000")))
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._writer else "not connected"
+        return f"SQLiteStore(path={self._path!r}, {state})"
+
+    async def open(self) -> None:
+        """Connect and migrate; raise StoreUnavailable if the file cannot be used."""
+        if self._closed:
+            raise StoreUnavailable("the user store is closed")
+        self._started = True
+        await self._connections()
+
+    async def close(self) -> None:
+        """Close both connections; idempotent, and the store is unusable afterwards."""
+        self._closed = True
+        async with self._open_lock:
+            await self._disconnect()
+
+    async def ping(self) -> None:
+        """Read the schema table within ``ping_timeout``, else raise StoreUnavailable."""
+        try:
+            async with asyncio.timeout(self._ping_timeout):
+                _, reader = await self._connections()
+                with _translated():
+                    await reader.execute_fetchall("SELECT 1 FROM schema_migrations LIMIT 1")
+        except TimeoutError as exc:
+            raise StoreUnavailable("the user store did not answer in time") from exc
+
+    async def get_user(self, user_id: str) -> User | None:
+        """The user with ``user_id``, or None."""
+        _, reader = await self._connections()
+        with _translated():
+            rows = list(
+                await reader.execute_fetchall(
+                    f"SELECT {_COLUMNS} FROM users WHERE id = ?", (user_id,)
+                )
+            )
+        return _user(rows[0]) if rows else None
+
+    async def create_user(self, new: NewUser) -> User:
+        """Store one user, or replay the one its request id made."""
+        return (await self._create([new], batch=False))[0]
+
+    async def create_users(self, news: Sequence[NewUser]) -> list[User]:
+        """Store all of ``news`` in one transaction, or none of them."""
+        return await self._create(news, batch=True)
+
+    async def iter_users(self, after_id: str | None, limit: int) -> AsyncIterator[User]:
+        """Up to ``limit`` users with id greater than ``after_id``, in id order."""
+        last = after_id or ""  # every id is non-empty, so "" precedes them all
+        remaining = limit
+        while remaining > 0:
+            want = min(self._chunk_size, remaining)
+            _, reader = await self._connections()
+            with _translated():
+                rows = list(
+                    await reader.execute_fetchall(
+                        f"SELECT {_COLUMNS} FROM users WHERE id > ? ORDER BY id LIMIT ?",
+                        (last, want),
+                    )
+                )
+            for row in rows:
+                yield _user(row)
+            if len(rows) < want:
+                return
+            remaining -= len(rows)
+            last = rows[-1][0]
+
+    async def _create(self, news: Sequence[NewUser], *, batch: bool) -> list[User]:
+        if not news:
+            return []
+        async with self._write() as conn:
+            replays, taken = await _collisions(conn, news)
+            plan = plan_creates(
+                news, replays=replays, taken_emails=taken, now=self._clock(), batch=batch
+            )
+            if plan.inserts:
+                with _translated():
+                    cursor = await conn.executemany(_INSERT, [_row(i) for i in plan.inserts])
+                    await cursor.close()
+            return plan.users
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction on the writer, committed if the body returns."""
+        writer, _ = await self._connections()
+        async with self._write_lock:
+            try:
+                # BEGIN is inside the try: if the caller is cancelled while
+                # BEGIN waits for the file lock, BEGIN still completes on the
+                # connection's thread, and the rollback queued behind it must
+                # release the lock at once.
+                with _translated():
+                    await _discard_stale_transaction(writer)
+                    await writer.execute_fetchall("BEGIN IMMEDIATE")
+                yield writer
+                with _translated():
+                    await writer.execute_fetchall("COMMIT")
+            except BaseException:
+                # Shielded: a cancelled caller must still leave no open transaction.
+                await asyncio.shield(_rollback(writer))
+                raise
+
+    async def _connections(self) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
+        """The writer and the reader, connecting (and migrating) first if needed."""
+        self._check_usable()
+        if self._writer is not None and self._reader is not None:
+            return self._writer, self._reader
+        async with self._open_lock:
+            self._check_usable()
+            if self._writer is not None and self._reader is not None:
+                return self._writer, self._reader
+            return await self._connect()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StoreUnavailable("the user store is closed")
+        if not self._started:
+            raise StoreUnavailable("the user store is not open yet")
+
+    async def _connect(self) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
+        try:
+            with _translated():
+                self._writer = await self._connection()
+                await _set_wal(self._writer, self._busy_timeout_ms)
+                await _migrate(self._writer, self._clock())
+                self._reader = await self._connection()
+                await self._reader.execute_fetchall("PRAGMA query_only = ON")
+                return self._writer, self._reader
+        except BaseException:
+            await self._disconnect()
+            raise
+
+    async def _connection(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(
+            self._path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
+        )
+        try:
+            await conn.execute_fetchall(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def _disconnect(self) -> None:
+        writer, reader = self._writer, self._reader
+        self._writer = self._reader = None
+        for conn in (writer, reader):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await conn.close()
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Turn transient SQLite failures into StoreUnavailable; let bugs through."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:  # locked, busy, I/O error, cannot open
+        raise StoreUnavailable(f"the user store is unavailable ({_reason(exc)})") from exc
+    except sqlite3.DatabaseError as exc:
+        if type(exc) is not sqlite3.DatabaseError:  # integrity, programming errors: bugs
+            raise
+        # "file is not a database", "database disk image is malformed"
+        raise StoreUnavailable(f"the user store is unavailable ({_reason(exc)})") from exc
+    except ValueError as exc:
+        if str(exc) not in {"Connection closed", "no active connection"}:
+            raise
+        raise StoreUnavailable("the user store connection was closed") from exc
+
+
+def _reason(exc: sqlite3.Error) -> str:
+    return str(exc).split("\n", 1)[0][:80]
+
+
+async def _discard_stale_transaction(writer: aiosqlite.Connection) -> None:
+    # A rollback interrupted by cancellation may still be queued on the
+    # writer's thread; a leftover transaction must not swallow the next one.
+    if writer.in_transaction:
+        await _rollback(writer)
+
+
+async def _rollback(writer: aiosqlite.Connection) -> None:
+    # "no transaction is active" after a failed COMMIT, or a closed connection.
+    with contextlib.suppress(sqlite3.Error, ValueError):
+        await writer.execute_fetchall("ROLLBACK")
+
+
+async def _set_wal(conn: aiosqlite.Connection, busy_timeout_ms: int) -> None:
+    mode = await _switch_to_wal(conn, busy_timeout_ms / 1000)
+    if mode != "wal":
+        raise StoreUnavailable(f"SQLite refused the WAL journal (journal_mode={mode!r})")
+    # NORMAL is durable against process crashes in WAL mode; a power loss may
+    # lose the last transactions but never corrupts the file.
+    await conn.execute_fetchall("PRAGMA synchronous = NORMAL")
+
+
+async def _switch_to_wal(conn: aiosqlite.Connection, patience: float) -> str:
+    """Set the WAL journal, retrying while other connections hold the file.
+
+    Leaving the rollback journal needs the file to itself, and SQLite answers
+    "database is locked" at once instead of calling the busy handler (this is
+    what several replicas opening a new file at the same moment run into).
+    Once the file is in WAL mode the pragma needs no lock and never waits.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    delay = 0.005
+    while True:
+        try:
+            rows = list(await conn.execute_fetchall("PRAGMA journal_mode = WAL"))
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or loop.time() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+            continue
+        return str(rows[0][0]).lower() if rows else ""
+
+
+async def _migrate(conn: aiosqlite.Connection, now: datetime) -> None:
+    """Apply pending migrations under the file's write lock (idempotent across processes)."""
+    try:
+        await conn.execute_fetchall("BEGIN IMMEDIATE")
+        await conn.execute_fetchall(MIGRATIONS_TABLE_SQLITE)
+        applied = [
+            r[0] for r in await conn.execute_fetchall("SELECT version FROM schema_migrations")
+        ]
+        for migration in pending(applied):
+            for statement in migration.sqlite:
+                await conn.execute_fetchall(statement)
+            await conn.execute_fetchall(
+                "INSERT INTO schema_migrations (version, description, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.description, _micros(now)),
+            )
+        await conn.execute_fetchall("COMMIT")
+    except BaseException:
+        await asyncio.shield(_rollback(conn))
+        raise
+
+
+async def _collisions(
+    conn: aiosqlite.Connection, news: Sequence[NewUser]
+) -> tuple[dict[str, Stored], set[str]]:
+    """Stored rows sharing a request id with ``news``, and the email keys taken."""
+    keys = sorted({n.request_id for n in news if n.request_id})
+    emails = sorted({n.email_key for n in news})
+    replays: dict[str, Stored] = {}
+    taken: set[str] = set()
+    with _translated():
+        for chunk in _chunks(keys):
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT {_COLUMNS}, request_id FROM users WHERE request_id IN ({marks})"
+            for row in await conn.execute_fetchall(sql, chunk):
+                replays[row[7]] = Stored(_user(row), row[6])
+        for chunk in _chunks(emails):
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT email_key FROM users WHERE email_key IN ({marks})"
+            taken.update(row[0] for row in await conn.execute_fetchall(sql, chunk))
+    return replays, taken
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _LOOKUP_CHUNK):
+        yield items[start : start + _LOOKUP_CHUNK]
+
+
+def _row(insert: Insert) -> tuple[Any, ...]:
+    user, new = insert.user, insert.new
+    return (
+        user.id,
+        user.name,
+        user.email,
+        new.email_key,
+        user.age,
+        json.dumps(list(user.roles)),
+        _micros(user.created_at),
+        new.request_id or None,  # NULLs never collide in a UNIQUE column
+        new.fingerprint(),
+    )
+
+
+def _user(row: Sequence[Any]) -> User:
+    return User(
+        id=row[0],
+        name=row[1],
+        email=row[2],
+        age=row[3],
+        roles=tuple(json.loads(row[4])),
+        created_at=_EPOCH + row[5] * _MICROSECOND,
+    )
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // _MICROSECOND
