@@ -1,0 +1,12 @@
+"""``python -m client``: the meshdemo command line (see ``client._cli``)."""
+
+from __future__ import annotations
+
+import sys
+
+from client._cli import main
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,656 @@
+"""The load generator engine: a bounded mix of calls through one client, measured.
+
+``run_load(client, config, on_tick)`` seeds users (optional), then runs
+``config.concurrency`` workers until ``config.duration`` seconds have passed or
+``config.max_calls`` operations have started, whichever comes first. It knows
+nothing of terminals: ``on_tick`` receives a :class:`LoadSnapshot` every
+``config.tick_interval`` seconds, and the result is a :class:`LoadSummary`.
+
+Pacing:
+    * closed loop (``rps == 0``): each worker starts its next operation as soon as
+      the previous one ends; the rate is whatever the concurrency allows.
+    * open loop (``rps > 0``): operation ``i`` is due at ``start + i / rps``,
+      whatever happened before. A worker that takes slot ``i`` sleeps until it is
+      due; when every worker was busy and the slot starts more than
+      ``late_after`` seconds after it was due, the operation is counted *late*.
+      A slow server therefore shows up as late calls and a lower achieved rate,
+      never as a silently lowered offered rate. Latency is measured from the
+      actual start of each operation.
+
+One operation is one logical call (``chat`` is one stream of
+``chat_messages`` round trips). Every loop is bounded in count and time:
+workers stop claiming at the deadline, every call carries ``call_timeout``,
+and anything still running ``drain_timeout`` seconds after the deadline is
+cancelled (and not counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from client._errors import MeshError, rpc_code
+from client._histogram import LatencyHistogram, LatencySummary
+from meshdemo.v1 import user_pb2
+
+__all__ = [
+    "DEFAULT_MIX",
+    "OPERATIONS",
+    "ChatStream",
+    "ClientInfo",
+    "EndpointInfo",
+    "EndpointRow",
+    "LoadClient",
+    "LoadConfig",
+    "LoadSnapshot",
+    "LoadSummary",
+    "error_code",
+    "parse_mix",
+    "run_load",
+]
+
+#: Operation names a mix may use.
+OPERATIONS = ("get", "create", "list", "batch", "chat")
+#: The default mix, by weight.
+DEFAULT_MIX: tuple[tuple[str, int], ...] = (("get", 80), ("create", 10), ("list", 10))
+#: Most user ids kept for ``get`` (older ones are replaced at random).
+_MAX_KNOWN_IDS = 10_000
+#: Users per BatchCreateUsers call while seeding.
+_SEED_CHUNK = 500
+
+
+# --- what the engine needs of a client ------------------------------------------------------
+
+
+class ChatStream(Protocol):
+    """The part of a chat session the engine uses."""
+
+    async def send(self, text: str) -> None: ...
+    async def done_writing(self) -> None: ...
+    def __aiter__(self) -> AsyncIterator[user_pb2.ChatResponse]: ...
+
+
+class EndpointInfo(Protocol):
+    """The part of one endpoint's stats the engine reads."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def total_calls(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+
+
+class ClientInfo(Protocol):
+    """The part of ``UserClient.stats()`` the engine reads."""
+
+    @property
+    def endpoints(self) -> Sequence[EndpointInfo]: ...
+    @property
+    def retries(self) -> int: ...
+
+
+class LoadClient(Protocol):
+    """What ``run_load`` calls: ``client.UserClient`` fits."""
+
+    async def get_user(
+        self,
+        user_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 -- a gRPC deadline, not a local wait
+    ) -> user_pb2.User: ...
+
+    async def create_user(
+        self,
+        name: str,
+        email: str,
+        age: int,
+        roles: Sequence[str] = ...,
+        *,
+        request_id: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 -- a gRPC deadline, not a local wait
+    ) -> user_pb2.User: ...
+
+    def list_users(
+        self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
+    ) -> AsyncIterator[user_pb2.User]: ...
+
+    async def batch_create_users(
+        self,
+        users: Iterable[Any],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 -- a gRPC deadline, not a local wait
+    ) -> list[user_pb2.User]: ...
+
+    def chat(self, *, user_id: str = "") -> AbstractAsyncContextManager[Any]: ...
+
+    def stats(self) -> ClientInfo: ...
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def parse_mix(text: str) -> tuple[tuple[str, int], ...]:
+    """Parse ``get=80,create=10,list=10`` into (operation, weight) pairs.
+
+    Raises:
+        ValueError: An unknown operation, a repeated one, a weight that is not a
+            non-negative integer, or weights that add up to zero.
+    """
+    pairs: list[tuple[str, int]] = []
+    for part in (p.strip() for p in text.split(",")):
+        name, sep, weight = part.partition("=")
+        name = name.strip()
+        if not sep or name not in OPERATIONS:
+            raise ValueError(f"bad mix entry {part!r}: use NAME=WEIGHT with NAME in {OPERATIONS}")
+        if any(name == seen for seen, _ in pairs):
+            raise ValueError(f"operation {name!r} given twice in the mix")
+        if not weight.strip().isdigit():
+            raise ValueError(f"weight of {name!r} must be a non-negative integer, got {weight!r}")
+        pairs.append((name, int(weight)))
+    _check_mix(pairs)
+    return tuple(pairs)
+
+
+def _check_mix(pairs: Sequence[tuple[str, int]]) -> None:
+    if not pairs or sum(w for _, w in pairs) <= 0:
+        raise ValueError("the mix needs at least one operation with a positive weight")
+    unknown = [name for name, _ in pairs if name not in OPERATIONS]
+    if unknown:
+        raise ValueError(f"unknown operation(s) {unknown}; known: {list(OPERATIONS)}")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    """One load run; validated on creation.
+
+    Attributes:
+        duration: Seconds of load (required; the run's hard bound with ``max_calls``).
+        rps: Target operations per second; 0 runs a closed loop.
+        concurrency: Workers, so at most this many operations in flight.
+        max_calls: Most operations started, whatever the duration.
+        mix: (operation, weight) pairs; see :data:`OPERATIONS`.
+        seed_users: Users created (in batches) before the run so ``get`` finds real ids.
+        call_timeout: Seconds each operation may take.
+        tick_interval: Seconds between ``on_tick`` snapshots.
+        late_after: An open-loop operation starting this many seconds after it was
+            due counts as late.
+        drain_timeout: Seconds after the deadline before unfinished operations are cancelled.
+        list_page_size: Users per ``list`` operation.
+        batch_size: Users per ``batch`` operation.
+        chat_messages: Round trips per ``chat`` operation.
+        policy: The client's picker name, reported in the summary (not applied here).
+        seed: Seed of the random source (operation choice, ids); None: unpredictable.
+    """
+
+    duration: float
+    rps: float = 0.0
+    concurrency: int = 8
+    max_calls: int = 1_000_000
+    mix: tuple[tuple[str, int], ...] = DEFAULT_MIX
+    seed_users: int = 0
+    call_timeout: float = 5.0
+    tick_interval: float = 0.25
+    late_after: float = 0.010
+    drain_timeout: float | None = None
+    list_page_size: int = 10
+    batch_size: int = 5
+    chat_messages: int = 3
+    policy: str = ""
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(0 < self.duration <= 86_400, "duration must be in (0, 86400] seconds")
+        _check(0 <= self.rps <= 1_000_000, "rps must be in [0, 1000000]")
+        _check(1 <= self.concurrency <= 10_000, "concurrency must be in [1, 10000]")
+        _check(1 <= self.max_calls <= 100_000_000, "max_calls must be in [1, 100000000]")
+        _check_mix(self.mix)
+        _check(0 <= self.seed_users <= 100_000, "seed_users must be in [0, 100000]")
+        _check(self.call_timeout > 0, "call_timeout must be positive")
+        _check(self.tick_interval > 0, "tick_interval must be positive")
+        _check(self.late_after >= 0, "late_after must not be negative")
+        _check(self.drain_timeout is None or self.drain_timeout >= 0, "drain_timeout < 0")
+        _check(1 <= self.list_page_size <= 1000, "list_page_size must be in [1, 1000]")
+        _check(1 <= self.batch_size <= 1000, "batch_size must be in [1, 1000]")
+        _check(1 <= self.chat_messages <= 1000, "chat_messages must be in [1, 1000]")
+
+    @property
+    def grace(self) -> float:
+        """Seconds in-flight operations get after the deadline."""
+        return self.call_timeout + 1.0 if self.drain_timeout is None else self.drain_timeout
+
+    def as_dict(self) -> dict[str, Any]:
+        """The configuration as JSON-ready values (the mix as a mapping)."""
+        values = asdict(self)
+        values["mix"] = dict(self.mix)
+        return values
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRow:
+    """One endpoint during a run; ``calls`` and ``failures`` count since the run started."""
+
+    address: str
+    state: str
+    in_flight: int
+    calls: int
+    failures: int
+    share: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSnapshot:
+    """The run so far, for a live view.
+
+    ``rps`` is the rate since the previous snapshot; ``rps_overall`` since the start.
+    """
+
+    elapsed: float
+    remaining: float
+    calls: int
+    ok: int
+    failed: int
+    in_flight: int
+    late: int
+    retries: int
+    rps: float
+    rps_overall: float
+    target_rps: float
+    errors_by_code: Mapping[str, int]
+    latency_ms: LatencySummary
+    endpoints: tuple[EndpointRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSummary:
+    """The result of a run. ``calls == ok + failed``; shares add up to 1 (or are all 0)."""
+
+    calls: int
+    ok: int
+    failed: int
+    late: int
+    retries: int
+    seeded: int
+    duration: float
+    rps: float
+    errors_by_code: Mapping[str, int]
+    latency_ms: LatencySummary
+    per_endpoint: Mapping[str, EndpointRow]
+    policy: str
+    config: LoadConfig
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON document printed at the end of ``load``."""
+        return {
+            "calls": self.calls,
+            "ok": self.ok,
+            "failed": self.failed,
+            "errors_by_code": dict(sorted(self.errors_by_code.items())),
+            "retries": self.retries,
+            "late": self.late,
+            "seeded": self.seeded,
+            "rps": round(self.rps, 3),
+            "latency_ms": self.latency_ms.as_dict(),
+            "per_endpoint": {
+                address: {"calls": row.calls, "share": round(row.share, 6)}
+                for address, row in sorted(self.per_endpoint.items())
+            },
+            "policy": self.policy,
+            "duration": round(self.duration, 3),
+            "config": self.config.as_dict(),
+        }
+
+
+def error_code(exc: BaseException) -> str:
+    """The status code name an operation's failure counts under.
+
+    MeshError and grpc errors by their code; a local timeout as
+    DEADLINE_EXCEEDED; a refused argument as INVALID_ARGUMENT; anything else UNKNOWN.
+    """
+    if isinstance(exc, MeshError):
+        return exc.code.name
+    if isinstance(exc, grpc.RpcError):
+        return rpc_code(exc).name
+    if isinstance(exc, TimeoutError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED.name
+    if isinstance(exc, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT.name
+    return grpc.StatusCode.UNKNOWN.name
+
+
+# --- the workload: what one operation does ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _NewUser:
+    """A user of a batch; has the fields ``client.NewUserSpec`` has."""
+
+    name: str
+    email: str
+    age: int
+    roles: tuple[str, ...] = ("user",)
+    request_id: str | None = None
+
+
+class _Workload:
+    """Chooses operations by weight and runs them; remembers ids for ``get``."""
+
+    def __init__(self, client: LoadClient, config: LoadConfig, rng: random.Random) -> None:
+        self._client = client
+        self._config = config
+        self._rng = rng
+        self._names = [name for name, weight in config.mix if weight > 0]
+        self._weights = [weight for _, weight in config.mix if weight > 0]
+        self._run_tag = uuid.UUID(int=rng.getrandbits(128)).hex[:12]
+        self._serial = 0
+        self.known_ids: list[str] = []
+        self._ops: dict[str, Callable[[], Awaitable[None]]] = {
+            "get": self._get,
+            "create": self._create,
+            "list": self._list,
+            "batch": self._batch,
+            "chat": self._chat,
+        }
+
+    def choose(self) -> Callable[[], Awaitable[None]]:
+        """The next operation, drawn by weight."""
+        return self._ops[self._rng.choices(self._names, self._weights)[0]]
+
+    def _new_user(self) -> _NewUser:
+        self._serial += 1
+        tag = f"{self._run_tag}-{self._serial}"
+        return _NewUser(f"load {tag}", f"load-{tag}@example.com", self._rng.randint(0, 150))
+
+    def _remember(self, users: Iterable[user_pb2.User]) -> None:
+        for user in users:
+            if len(self.known_ids) < _MAX_KNOWN_IDS:
+                self.known_ids.append(user.id)
+            else:
+                self.known_ids[self._rng.randrange(_MAX_KNOWN_IDS)] = user.id
+
+    async def seed(self, count: int) -> int:
+        """Create ``count`` users in batches; the number created."""
+        created = 0
+        while created < count:
+            chunk = [self._new_user() for _ in range(min(_SEED_CHUNK, count - created))]
+            users = await self._client.batch_create_users(chunk, timeout=self._config.call_timeout)
+            self._remember(users)
+            created += len(users)
+        return created
+
+    async def _get(self) -> None:
+        # With no id known yet, a made-up id gets (and counts) NOT_FOUND.
+        user_id = self._rng.choice(self.known_ids) if self.known_ids else "load-unknown-id"
+        await self._client.get_user(user_id, timeout=self._config.call_timeout)
+
+    async def _create(self) -> None:
+        spec = self._new_user()
+        user = await self._client.create_user(
+            spec.name, spec.email, spec.age, timeout=self._config.call_timeout
+        )
+        self._remember([user])
+
+    async def _list(self) -> None:
+        stream = self._client.list_users(
+            page_size=self._config.list_page_size, timeout=self._config.call_timeout
+        )
+        async for _ in stream:
+            pass
+
+    async def _batch(self) -> None:
+        specs = [self._new_user() for _ in range(self._config.batch_size)]
+        users = await self._client.batch_create_users(specs, timeout=self._config.call_timeout)
+        self._remember(users)
+
+    async def _chat(self) -> None:
+        async with asyncio.timeout(self._config.call_timeout):
+            async with self._client.chat() as session:
+                await _chat_round_trips(session, self._config.chat_messages)
+
+
+async def _chat_round_trips(session: ChatStream, count: int) -> None:
+    replies = aiter(session)
+    for number in range(count):
+        await session.send(f"load message {number}")
+        await anext(replies)
+    await session.done_writing()
+
+
+# --- the run: counters, pacing, snapshots -----------------------------------------------------
+
+
+class _Run:
+    """Counters of one run. Changed only by the event loop's one thread, between awaits."""
+
+    def __init__(
+        self,
+        config: LoadConfig,
+        clock: Callable[[], float],
+        baseline: ClientInfo,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self.started = clock()
+        self.deadline = self.started + config.duration
+        self.histogram = LatencyHistogram()
+        self.errors: Counter[str] = Counter()
+        self.claimed = 0
+        self.ok = 0
+        self.failed = 0
+        self.in_flight = 0
+        self.late = 0
+        self.ended: float | None = None
+        self._base_retries = baseline.retries
+        self._base_calls = {e.address: e.total_calls for e in baseline.endpoints}
+        self._base_failures = {e.address: e.failures for e in baseline.endpoints}
+        self._last_tick = (self.started, 0)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def claim(self) -> float | None:
+        """Claim the next operation; its due time, or None when the run is over.
+
+        Closed loop: due now. Open loop: due at ``started + i / rps``; a slot due
+        at or after the deadline is never handed out.
+        """
+        now = self._clock()
+        if self.claimed >= self.config.max_calls or now >= self.deadline:
+            return None
+        due = now
+        if self.config.rps > 0:
+            due = self.started + self.claimed / self.config.rps
+            if due >= self.deadline:
+                return None
+        self.claimed += 1
+        return due
+
+    def record(self, latency: float, failure: BaseException | None) -> None:
+        self.histogram.record(max(0.0, latency))
+        if failure is None:
+            self.ok += 1
+        else:
+            self.failed += 1
+            self.errors[error_code(failure)] += 1
+
+    def elapsed(self) -> float:
+        end = self.ended if self.ended is not None else self._clock()
+        return max(0.0, end - self.started)
+
+    def endpoint_rows(self, stats: ClientInfo) -> tuple[EndpointRow, ...]:
+        deltas = [
+            (e, max(0, e.total_calls - self._base_calls.get(e.address, 0))) for e in stats.endpoints
+        ]
+        total = sum(calls for _, calls in deltas)
+        return tuple(
+            EndpointRow(
+                address=e.address,
+                state=str(e.state),
+                in_flight=e.in_flight,
+                calls=calls,
+                failures=max(0, e.failures - self._base_failures.get(e.address, 0)),
+                share=calls / total if total else 0.0,
+            )
+            for e, calls in deltas
+        )
+
+    def snapshot(self, stats: ClientInfo) -> LoadSnapshot:
+        now = self._clock()
+        done = self.ok + self.failed
+        last_time, last_done = self._last_tick
+        self._last_tick = (now, done)
+        elapsed = self.elapsed()
+        return LoadSnapshot(
+            elapsed=elapsed,
+            remaining=max(0.0, self.deadline - now) if self.ended is None else 0.0,
+            calls=done,
+            ok=self.ok,
+            failed=self.failed,
+            in_flight=self.in_flight,
+            late=self.late,
+            retries=max(0, stats.retries - self._base_retries),
+            rps=(done - last_done) / (now - last_time) if now > last_time else 0.0,
+            rps_overall=done / elapsed if elapsed > 0 else 0.0,
+            target_rps=self.config.rps,
+            errors_by_code=dict(self.errors),
+            latency_ms=self.histogram.summary_ms(),
+            endpoints=self.endpoint_rows(stats),
+        )
+
+    def summary(self, stats: ClientInfo, seeded: int) -> LoadSummary:
+        elapsed = self.elapsed()
+        done = self.ok + self.failed
+        return LoadSummary(
+            calls=done,
+            ok=self.ok,
+            failed=self.failed,
+            late=self.late,
+            retries=max(0, stats.retries - self._base_retries),
+            seeded=seeded,
+            duration=elapsed,
+            rps=done / elapsed if elapsed > 0 else 0.0,
+            errors_by_code=dict(self.errors),
+            latency_ms=self.histogram.summary_ms(),
+            per_endpoint={row.address: row for row in self.endpoint_rows(stats)},
+            policy=self.config.policy,
+            config=self.config,
+        )
+
+
+async def _worker(
+    run: _Run, workload: _Workload, sleep: Callable[[float], Awaitable[None]]
+) -> None:
+    while (due := run.claim()) is not None:
+        wait = due - run.now()
+        if wait > 0:
+            await sleep(wait)
+        elif -wait > run.config.late_after and run.config.rps > 0:
+            run.late += 1
+        await _timed(run, workload.choose())
+
+
+async def _timed(run: _Run, operation: Callable[[], Awaitable[None]]) -> None:
+    run.in_flight += 1
+    started = run.now()
+    failure: BaseException | None = None
+    try:
+        await operation()
+    except Exception as exc:  # every failure counts (see error_code); cancellation passes
+        failure = exc
+    finally:
+        run.in_flight -= 1
+    run.record(run.now() - started, failure)
+
+
+async def _tick(
+    run: _Run,
+    client: LoadClient,
+    on_tick: Callable[[LoadSnapshot], None],
+    sleep: Callable[[float], Awaitable[None]],
+) -> None:
+    while True:
+        await sleep(run.config.tick_interval)
+        on_tick(run.snapshot(client.stats()))
+
+
+async def _drive(run: _Run, workload: _Workload, sleep: Callable[[float], Awaitable[None]]) -> None:
+    workers = [
+        asyncio.create_task(_worker(run, workload, sleep), name=f"load-worker-{n}")
+        for n in range(run.config.concurrency)
+    ]
+    bound = run.config.duration + run.config.grace
+    try:
+        await asyncio.wait(workers, timeout=bound)
+    finally:
+        # Workers still running past the bound are stuck: cancel, not count, them.
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+    run.ended = run.now()
+
+
+async def run_load(
+    client: LoadClient,
+    config: LoadConfig,
+    on_tick: Callable[[LoadSnapshot], None] | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    rng: random.Random | None = None,
+) -> LoadSummary:
+    """Run one bounded load against ``client`` and summarize it.
+
+    Args:
+        client: A ``UserClient`` (or anything with the :class:`LoadClient` methods).
+        config: What to run, and its bounds.
+        on_tick: Called with a snapshot every ``config.tick_interval`` seconds
+            and once at the end; it must not block.
+        clock: Monotonic seconds (pacing, elapsed time, latency); a seam for tests.
+        sleep: Awaitable sleep used for pacing and ticks; a seam for tests.
+        rng: Random source for the mix and ids (default: seeded with ``config.seed``).
+
+    Returns:
+        The summary: ``calls == ok + failed``; per-endpoint calls count the
+        attempts each endpoint served during the run (seeding left out).
+
+    Raises:
+        MeshError: Seeding failed (the run itself counts failures instead of raising).
+    """
+    workload = _Workload(client, config, rng or random.Random(config.seed))
+    seeded = await workload.seed(config.seed_users)
+    run = _Run(config, clock, client.stats())
+    ticker = None
+    if on_tick is not None:
+        ticker = asyncio.create_task(_tick(run, client, on_tick, sleep), name="load-ticker")
+    try:
+        await _drive(run, workload, sleep)
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+    if on_tick is not None:
+        on_tick(run.snapshot(client.stats()))
+    return run.summary(client.stats(), seeded)
