@@ -35,7 +35,7 @@ from opentelemetry.trace import Span, TracerProvider
 
 from client._chat import ChatSession
 from client._endpoint import EjectionConfig, Endpoint, EndpointStats, Lease, PoolConfig
-from client._errors import MeshError, from_rpc_error
+from client._errors import from_rpc_error
 from client._interceptors import CallMetrics, MethodStats, TokenProvider, client_interceptors
 from client._picker import Picker
 from client._pool import EndpointSet, NoEndpointError
@@ -83,6 +83,7 @@ ROLES: Mapping[str, user_pb2.Role.ValueType] = {
 _DEFAULT_PAGE = 100
 _MAX_PAGE = 1000
 _SERVICE = "meshdemo.v1.UserService"
+_LIST_BUFFER = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,11 +170,11 @@ class _ListCursor:
         return self.left == 0
 
 
+@dataclass(frozen=True, slots=True)
 class _End:
-    """Marks the end of a listing in the hand-over queue."""
+    """Marks the end of a listing in the hand-over queue, with its error if it failed."""
 
-
-_END = _End()
+    error: Exception | None
 
 
 class UserClient:
@@ -501,7 +502,8 @@ class UserClient:
         self, cursor: _ListCursor, call_timeout: float | None
     ) -> AsyncIterator[user_pb2.User]:
         deadline = self._deadline("ListUsers", call_timeout)
-        queue: asyncio.Queue[user_pb2.User | _End] = asyncio.Queue()
+        # Bounded: the producer reads the stream only as fast as the caller consumes it.
+        queue: asyncio.Queue[user_pb2.User | _End] = asyncio.Queue(maxsize=_LIST_BUFFER)
         span = self._start_span("ListUsers")
         producer = asyncio.get_running_loop().create_task(
             self._produce_listing(cursor, queue, deadline, span), name="list-users"
@@ -509,10 +511,12 @@ class UserClient:
         try:
             while not isinstance(item := await queue.get(), _End):
                 yield item
-            await producer  # Re-raises the listing's error, if any.
+            if item.error is not None:
+                raise item.error
         finally:
+            # Only a caller that stopped early finds the producer still running.
             producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, MeshError):
+            with contextlib.suppress(asyncio.CancelledError):
                 await producer
             span.end()
 
@@ -532,17 +536,19 @@ class UserClient:
         # Runs in its own task, so attaching the logical span here leaks to no one.
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            await self._with_retries(
-                "ListUsers", self._listing_invoker(cursor, queue), deadline, True
-            )
-        except MeshError as exc:
+            invoke = self._listing_invoker(cursor, queue)
+            await self._with_retries("ListUsers", invoke, deadline, True)
+        except Exception as exc:
             span.record_exception(exc)
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
-            raise
+            end = _End(exc)
+        else:
+            end = _End(None)
         finally:
             span.set_attribute("meshdemo.users_received", cursor.received)
             otel_context.detach(token)
-            queue.put_nowait(_END)
+        # Not reached when cancelled: the consumer that cancelled waits for no end marker.
+        await queue.put(end)
 
     @staticmethod
     def _listing_invoker(
@@ -553,11 +559,10 @@ class UserClient:
                 return
             call = lease.stub.ListUsers(cursor.request(), timeout=attempt_timeout)
             try:
+                # The request asked for exactly what is left, so the stream ends by itself.
                 async for item in call:
                     cursor.advance(item.next_page_token)
-                    queue.put_nowait(item.user)
-                    if cursor.done:
-                        return
+                    await queue.put(item.user)
             finally:
                 call.cancel()
 

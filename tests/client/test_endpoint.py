@@ -1,0 +1,277 @@
+"""Endpoint: the channel pool, in-flight accounting, health watching, ejection, draining."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from client import EjectionConfig, Endpoint, EndpointState, PoolConfig
+from client._interceptors import auth_interceptors
+from meshdemo.v1 import user_pb2
+from service.testing import InProcessServer, admin_token, serve
+from tests.client.helpers import EchoUsers, ManualClock, address, echo_server, eventually
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[InProcessServer]:
+    async with serve("127.0.0.2") as running:
+        yield running
+
+
+def make_endpoint(hostport: str, clock: ManualClock | None = None, **pool: object) -> Endpoint:
+    settings: dict[str, object] = {"health_check": False, **pool}
+    return Endpoint(
+        address(hostport),
+        pool=PoolConfig(**settings),  # type: ignore[arg-type]
+        ejection=EjectionConfig(consecutive_failures=3, base_ejection_time=1.0),
+        interceptors=auth_interceptors(admin_token),
+        clock=clock or ManualClock(),
+    )
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"min_channels": 0},
+        {"min_channels": 3, "max_channels": 2},
+        {"max_concurrent_per_channel": 0},
+        {"idle_timeout": 0},
+        {"keepalive_time": 5},
+        {"keepalive_timeout": 0},
+        {"drain_grace": -1},
+        {"health_backoff_initial": 0},
+        {"health_backoff_initial": 2, "health_backoff_max": 1},
+    ],
+)
+def test_pool_config_refuses_bad_values(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 -- each case has its own message
+        PoolConfig(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"consecutive_failures": 0},
+        {"base_ejection_time": 0},
+        {"base_ejection_time": 2, "max_ejection_time": 1},
+    ],
+)
+def test_ejection_config_refuses_bad_values(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011
+        EjectionConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_ejection_time_grows_linearly_and_is_capped() -> None:
+    config = EjectionConfig(base_ejection_time=1.0, max_ejection_time=2.5)
+    assert [config.ejection_time(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 2.5, 2.5]
+
+
+def test_channel_options_match_the_server_keepalive_policy() -> None:
+    options = dict(PoolConfig().channel_options())
+    assert options["grpc.keepalive_time_ms"] == 10_000
+    assert options["grpc.keepalive_permit_without_calls"] == 1
+    assert options["grpc.http2.max_pings_without_data"] == 0
+    assert options["grpc.use_local_subchannel_pool"] == 1
+    assert options["grpc.enable_retries"] == 0
+
+
+# --- the pool ---------------------------------------------------------------------------------
+
+
+async def test_channels_open_lazily(server: InProcessServer) -> None:
+    endpoint = make_endpoint(server.address)
+    assert endpoint.channel_count == 0
+    async with endpoint.lease():
+        assert endpoint.channel_count == 1
+    await endpoint.close()
+
+
+async def test_pool_grows_past_the_threshold_and_shrinks_when_idle(
+    server: InProcessServer,
+) -> None:
+    clock = ManualClock()
+    endpoint = make_endpoint(
+        server.address, clock, max_concurrent_per_channel=2, max_channels=3, idle_timeout=5.0
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        leases = []
+        counts = []
+        for _ in range(7):
+            lease = await stack.enter_async_context(endpoint.lease())
+            leases.append(lease)
+            counts.append(endpoint.channel_count)
+        # A third channel opens once two carry 2 each; the cap holds at 3.
+        assert counts == [1, 1, 2, 2, 3, 3, 3]
+        assert endpoint.in_flight == 7
+        assert len({id(lease.channel) for lease in leases}) == 3
+        # Every channel is a real, working channel to the replica.
+        replies = await asyncio.gather(
+            *(lease.stub.GetUser(user_pb2.GetUserRequest(id="u-x"), timeout=5) for lease in leases),
+            return_exceptions=True,
+        )
+        assert all(
+            isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.NOT_FOUND
+            for r in replies
+        )
+    assert endpoint.in_flight == 0
+    assert endpoint.channel_count == 3  # Idle, but not for long enough yet.
+    clock.advance(4.0)
+    await endpoint.prune()
+    assert endpoint.channel_count == 3
+    clock.advance(1.5)
+    await endpoint.prune()
+    assert endpoint.channel_count == 1  # Back to min_channels.
+    await endpoint.close()
+
+
+async def test_in_flight_is_released_when_the_block_fails(server: InProcessServer) -> None:
+    endpoint = make_endpoint(server.address)
+    with pytest.raises(grpc.aio.AioRpcError):
+        async with endpoint.lease() as lease:
+            assert endpoint.in_flight == 1
+            await lease.stub.GetUser(user_pb2.GetUserRequest(id="nobody"), timeout=5)
+    assert endpoint.in_flight == 0
+    assert endpoint.total_calls == 1
+    await endpoint.close()
+
+
+async def test_repr_shows_state_and_counts(server: InProcessServer) -> None:
+    endpoint = make_endpoint(server.address)
+    endpoint.start()  # No health watch: READY.
+    async with endpoint.lease():
+        text = repr(endpoint)
+    assert text == f"<Endpoint {server.address} READY channels=1 in_flight=1 calls=1 failures=0>"
+    endpoint.record_failure(grpc.StatusCode.NOT_FOUND)
+    assert repr(endpoint).endswith("channels=1 in_flight=0 calls=1 failures=1>")
+    await endpoint.close()
+
+
+# --- ejection ---------------------------------------------------------------------------------
+
+
+def test_consecutive_failures_eject_with_a_growing_time() -> None:
+    clock = ManualClock()
+    endpoint = make_endpoint("127.0.0.2:1", clock)
+    for _ in range(2):
+        endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+    assert endpoint.is_available()
+    endpoint.record_failure(grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert endpoint.state is EndpointState.EJECTED
+    assert not endpoint.is_available()
+    clock.advance(0.99)
+    assert endpoint.is_ejected()
+    clock.advance(0.02)
+    assert endpoint.is_available()  # Re-admitted after 1 s.
+    for _ in range(3):
+        endpoint.record_failure(None)  # Connection failures count too.
+    clock.advance(1.5)
+    assert endpoint.is_ejected()  # The second ejection lasts 2 s.
+    clock.advance(0.51)
+    assert endpoint.is_available()
+    assert endpoint.times_ejected == 2
+    assert endpoint.stats().times_ejected == 2
+
+
+@pytest.mark.parametrize("ending", ["success", "answer", "not-outlier"])
+def test_success_and_answers_reset_the_failure_streak(ending: str) -> None:
+    endpoint = make_endpoint("127.0.0.2:1")
+    endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+    endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+    if ending == "success":
+        endpoint.record_success()
+    elif ending == "answer":
+        endpoint.record_failure(grpc.StatusCode.NOT_FOUND)
+    else:
+        endpoint.record_failure(grpc.StatusCode.DEADLINE_EXCEEDED, outlier=False)
+    endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+    endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+    assert endpoint.is_available()
+    endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+    assert endpoint.is_ejected()  # The streak counted from the reset on.
+
+
+def test_failures_while_ejected_do_not_lengthen_the_ejection() -> None:
+    clock = ManualClock()
+    endpoint = make_endpoint("127.0.0.2:1", clock)
+    for _ in range(3):
+        endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+    for _ in range(6):
+        endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+    assert endpoint.times_ejected == 1
+    clock.advance(1.01)
+    assert endpoint.is_available()
+
+
+# --- health -----------------------------------------------------------------------------------
+
+
+async def test_health_watch_follows_not_serving_and_back(server: InProcessServer) -> None:
+    endpoint = make_endpoint(server.address, health_check=True)
+    endpoint.start()
+    await eventually(lambda: endpoint.state is EndpointState.SERVING)
+    await server.set_serving(False)
+    await eventually(lambda: endpoint.state is EndpointState.NOT_SERVING)
+    assert not endpoint.is_available()
+    await server.set_serving(True)
+    await eventually(lambda: endpoint.state is EndpointState.SERVING)
+    assert endpoint.is_available()
+    await endpoint.close()
+
+
+async def test_a_server_without_health_service_is_assumed_serving() -> None:
+    async with echo_server("127.0.0.3", EchoUsers("plain")) as hostport:
+        endpoint = make_endpoint(hostport, health_check=True)
+        endpoint.start()
+        await eventually(lambda: endpoint.state is EndpointState.SERVING)
+        assert endpoint.is_available()
+        await endpoint.close()
+
+
+async def test_a_broken_health_watch_makes_the_endpoint_unavailable(
+    server: InProcessServer,
+) -> None:
+    endpoint = make_endpoint(server.address, health_check=True, health_backoff_initial=0.05)
+    endpoint.start()
+    await eventually(lambda: endpoint.state is EndpointState.SERVING)
+    await server.stop()
+    await eventually(lambda: not endpoint.is_available())
+    assert endpoint.state is EndpointState.CONNECTING
+    await endpoint.close()
+
+
+# --- draining ---------------------------------------------------------------------------------
+
+
+async def test_drain_waits_for_in_flight_calls_then_closes(server: InProcessServer) -> None:
+    endpoint = make_endpoint(server.address)
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(endpoint.lease())
+        drain = asyncio.create_task(endpoint.drain(grace=10))
+        await eventually(lambda: endpoint.state is EndpointState.DRAINING)
+        assert not endpoint.is_available()
+        with pytest.raises(RuntimeError, match="draining"):
+            async with endpoint.lease():
+                pass
+        await asyncio.sleep(0.05)
+        assert not drain.done()
+        assert endpoint.channel_count == 1  # The running call keeps its channel.
+    await asyncio.wait_for(drain, 5)
+    assert endpoint.channel_count == 0
+    assert endpoint.in_flight == 0
+
+
+async def test_drain_closes_after_the_grace_even_with_calls_running(
+    server: InProcessServer,
+) -> None:
+    endpoint = make_endpoint(server.address)
+    async with endpoint.lease():
+        await asyncio.wait_for(endpoint.drain(grace=0.05), 5)
+        assert endpoint.channel_count == 0
+    assert endpoint.in_flight == 0
