@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ def store_url(tmp_path: Path) -> str:
 
 @contextlib.asynccontextmanager
 async def serve_many(
-    hosts: Sequence[str], store_url: str, **overrides: object
+    hosts: Sequence[str], store_url: str, **overrides: Any
 ) -> AsyncIterator[list[InProcessServer]]:
     """Real replicas on ``hosts``, sharing ``store_url``, stopped when the block ends."""
     async with contextlib.AsyncExitStack() as stack:

@@ -45,6 +45,23 @@ class EchoUsers(user_pb2_grpc.UserServiceServicer):
             await asyncio.sleep(self.delay)
         return user_pb2.GetUserResponse(user=user_pb2.User(id=request.id, name=self.name))
 
+    async def _unimplemented(self, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetUser only")
+
+    async def CreateUser(self, request: Any, context: Any) -> Any:
+        return await self._unimplemented(context)
+
+    async def ListUsers(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        await self._unimplemented(context)
+        yield None
+
+    async def BatchCreateUsers(self, request_iterator: Any, context: Any) -> Any:
+        return await self._unimplemented(context)
+
+    async def Chat(self, request_iterator: Any, context: Any) -> AsyncIterator[Any]:
+        await self._unimplemented(context)
+        yield None
+
 
 @contextlib.asynccontextmanager
 async def echo_server(host: str, servicer: EchoUsers) -> AsyncIterator[str]:

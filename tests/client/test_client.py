@@ -13,6 +13,7 @@ import pytest
 from client import (
     MAX_BATCH,
     AlreadyExistsError,
+    ChatSession,
     DeadlineExceededError,
     EjectionConfig,
     Endpoint,
@@ -53,6 +54,11 @@ def closed_port(host: str) -> str:
 
 def endpoint_of(client: UserClient, hostport: str) -> Endpoint:
     return next(e for e in client.endpoints.endpoints if str(e.address) == hostport)
+
+
+async def send_and_read(chat: ChatSession, text: str) -> user_pb2.ChatResponse:
+    await chat.send(text)
+    return await anext(chat)
 
 
 # --- happy paths ------------------------------------------------------------------------------
@@ -301,18 +307,18 @@ async def test_a_stalled_replica_costs_one_attempt_timeout() -> None:
     async with (
         echo_server("127.0.0.2", EchoUsers("stalled", delay=10)) as slow,
         echo_server("127.0.0.3", EchoUsers("quick")) as quick,
-    ):
-        async with UserClient(
+        UserClient(
             f"static:///{slow},{quick}",
             policy=FirstNotExcluded(),
             tracing=False,
             attempt_timeouts={"GetUser": 0.3},
-        ) as c:
-            started = time.monotonic()
-            user = await c.get_user("u-1")
-            assert user.name == "quick"
-            assert time.monotonic() - started < 1.5
-            assert c.stats().retries == 1
+        ) as c,
+    ):
+        started = time.monotonic()
+        user = await c.get_user("u-1")
+        assert user.name == "quick"
+        assert time.monotonic() - started < 1.5
+        assert c.stats().retries == 1
 
 
 async def test_the_per_call_timeout_wins(client: UserClient) -> None:
@@ -356,8 +362,7 @@ async def test_a_failed_chat_raises_and_reconnects_elsewhere(
         server = next(s for s in replicas if s.address == str(pinned.address))
         await server.stop()
         with pytest.raises(MeshError):
-            await chat.send("two")
-            await anext(chat)
+            await send_and_read(chat, "two")
         await chat.reconnect()
         assert chat.endpoint is not None
         assert chat.endpoint is not pinned

@@ -133,10 +133,14 @@ async def test_pool_grows_past_the_threshold_and_shrinks_when_idle(
 
 async def test_in_flight_is_released_when_the_block_fails(server: InProcessServer) -> None:
     endpoint = make_endpoint(server.address)
-    with pytest.raises(grpc.aio.AioRpcError):
+
+    async def failing_call() -> None:
         async with endpoint.lease() as lease:
             assert endpoint.in_flight == 1
             await lease.stub.GetUser(user_pb2.GetUserRequest(id="nobody"), timeout=5)
+
+    with pytest.raises(grpc.aio.AioRpcError):
+        await failing_call()
     assert endpoint.in_flight == 0
     assert endpoint.total_calls == 1
     await endpoint.close()
