@@ -134,7 +134,10 @@ def resolver_for(target: str) -> Resolver:
     """
     if "://" not in target:
         target = "dns:///" + target
-    parts = urlsplit(target)
+    try:
+        parts = urlsplit(target)
+    except ValueError as exc:  # e.g. an unclosed '[' in the authority
+        raise TargetError(f"malformed target {target!r}: {exc}") from exc
     if parts.query or parts.fragment:
         raise TargetError(f"unexpected query or fragment in {target!r}")
     path = parts.path.lstrip("/")
