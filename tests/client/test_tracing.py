@@ -1,0 +1,109 @@
+"""Tracing: one span per logical call, one child span per attempt, W3C context on the wire."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from client import PoolConfig, UserClient
+from tests.client.helpers import EchoUsers, echo_server
+from tests.client.test_client import FirstNotExcluded
+
+
+@pytest.fixture
+def exporter() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    yield exporter
+    exporter.clear()
+
+
+@pytest.fixture
+def provider(exporter: InMemorySpanExporter) -> Iterator[TracerProvider]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider
+    provider.shutdown()
+
+
+def closed_port(host: str) -> str:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return f"{host}:{sock.getsockname()[1]}"
+
+
+def by_name(spans: tuple[ReadableSpan, ...], suffix: str) -> list[ReadableSpan]:
+    return [s for s in spans if s.name.endswith(suffix)]
+
+
+async def test_attempt_spans_are_children_of_the_logical_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    servicer = EchoUsers("traced")
+    dead = closed_port("127.0.0.2")
+    async with (
+        echo_server("127.0.0.3", servicer) as live,
+        UserClient(
+            f"static:///{dead},{live}",
+            tracer_provider=provider,
+            policy=FirstNotExcluded(),
+            pool=PoolConfig(health_check=False),
+        ) as c,
+    ):
+        await c.get_user("u-1")
+    spans = exporter.get_finished_spans()
+    [logical] = by_name(spans, "GetUser logical")
+    attempts = by_name(spans, "/meshdemo.v1.UserService/GetUser")
+    assert len(attempts) == 2  # The dead endpoint, then the live one.
+    assert logical.context is not None
+    for attempt in attempts:
+        assert attempt.parent is not None
+        assert attempt.parent.span_id == logical.context.span_id
+        assert attempt.context is not None
+        assert attempt.context.trace_id == logical.context.trace_id
+    assert [e.name for e in logical.events] == ["retry"]
+    # The server saw the trace context of the attempt that reached it.
+    [metadata] = servicer.metadata
+    version, trace_id, span_id, _flags = metadata["traceparent"].split("-")
+    assert version == "00"
+    assert int(trace_id, 16) == logical.context.trace_id
+    assert int(span_id, 16) in {a.context.span_id for a in attempts if a.context}
+
+
+async def test_a_listing_has_one_logical_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    servicer = EchoUsers("traced")
+    async with (
+        echo_server("127.0.0.3", servicer) as live,
+        UserClient(f"static:///{live}", tracer_provider=provider) as c,
+    ):
+        with pytest.raises(Exception, match="UNIMPLEMENTED"):
+            async for _ in c.list_users():
+                pass
+    spans = exporter.get_finished_spans()
+    [logical] = by_name(spans, "ListUsers logical")
+    [attempt] = by_name(spans, "/meshdemo.v1.UserService/ListUsers")
+    assert logical.context is not None
+    assert attempt.parent is not None
+    assert attempt.parent.span_id == logical.context.span_id
+    assert not logical.status.is_ok
+    # Health checks leave no span.
+    assert not [s for s in spans if "grpc.health" in s.name]
+
+
+async def test_tracing_off_creates_no_spans(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    servicer = EchoUsers("quiet")
+    async with (
+        echo_server("127.0.0.3", servicer) as live,
+        UserClient(f"static:///{live}", tracer_provider=provider, tracing=False) as c,
+    ):
+        await c.get_user("u-1")
+    assert exporter.get_finished_spans() == ()
+    assert "traceparent" not in servicer.metadata[0]
