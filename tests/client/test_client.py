@@ -32,7 +32,7 @@ from client._picker import preferred_group
 from meshdemo.v1 import user_pb2
 from service.testing import InProcessServer, admin_token, reader_token
 from tests.client.conftest import static_target
-from tests.client.helpers import EchoUsers, echo_server, eventually
+from tests.client.helpers import CountingResolver, EchoUsers, address, echo_server, eventually
 
 C = TypeVar("C")
 
@@ -368,3 +368,21 @@ async def test_a_failed_chat_raises_and_reconnects_elsewhere(
         assert chat.endpoint is not pinned
         await chat.send("three")
         assert (await anext(chat)).message.text == "three"
+
+
+async def test_an_unavailable_endpoint_triggers_re_resolution(
+    replicas: list[InProcessServer],
+) -> None:
+    dead = closed_port("127.0.0.2")
+    resolver = CountingResolver(frozenset({address(dead), address(replicas[1].address)}))
+    async with UserClient(
+        "static:///unused:1",
+        resolver=resolver,
+        token=admin_token(),
+        policy=FirstNotExcluded(),
+        tracing=False,
+        pool=PoolConfig(health_check=False),
+    ) as c:
+        with pytest.raises(NotFoundError):
+            await c.get_user("nobody")
+    assert resolver.resolve_now_calls == 1

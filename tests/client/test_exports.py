@@ -1,0 +1,45 @@
+"""The public surface of ``client``: exactly these names, each importable."""
+
+from __future__ import annotations
+
+import inspect
+
+import client
+
+EXPECTED = {
+    # The client
+    "UserClient", "ChatSession", "NewUserSpec", "ClientStats", "DEFAULT_DEADLINES",
+    "DEFAULT_ATTEMPT_TIMEOUTS", "MAX_BATCH", "ROLES", "mint_token",
+    # Configuration
+    "PoolConfig", "EjectionConfig", "RetryPolicy", "RetryBudget", "TokenProvider",
+    # Discovery
+    "Address", "Resolver", "StaticResolver", "TargetError", "resolver_for",
+    # Balancing and pooling
+    "Candidate", "Picker", "PICKERS", "make_picker", "Endpoint", "EndpointSet",
+    "EndpointState", "EndpointStats", "NoEndpointError",
+    # Metrics
+    "CallMetrics", "MethodStats",
+    # Errors
+    "MeshError", "InvalidArgumentError", "FieldViolation", "NotFoundError",
+    "AlreadyExistsError", "UnauthenticatedError", "PermissionDeniedError",
+    "ResourceExhaustedError", "UnavailableError", "DeadlineExceededError",
+    "CallCancelledError", "InternalError", "from_rpc_error",
+}  # fmt: skip
+
+
+def test_all_is_exactly_the_public_api() -> None:
+    assert set(client.__all__) == EXPECTED
+    assert len(client.__all__) == len(EXPECTED)  # No name listed twice.
+
+
+def test_every_exported_name_exists() -> None:
+    for name in client.__all__:
+        assert getattr(client, name) is not None, name
+
+
+def test_exported_classes_and_functions_come_from_private_modules() -> None:
+    members = [getattr(client, name) for name in client.__all__]
+    defined = [m for m in members if inspect.isclass(m) or inspect.isfunction(m)]
+    assert len(defined) > 30
+    for member in defined:
+        assert member.__module__.startswith("client._"), member
