@@ -240,18 +240,21 @@ class PostgresStore:
 
     async def _ready_pool(self) -> _Pool:
         """The pool, migrating and opening it first if that has not succeeded yet."""
+        self._check_usable()
+        if self._pool is not None:
+            return self._pool
+        async with self._open_lock:
+            self._check_usable()
+            if self._pool is None:
+                await self._migrate()
+                self._pool = await self._new_pool()
+            return self._pool
+
+    def _check_usable(self) -> None:
         if self._closed:
             raise StoreUnavailable("the user store is closed")
         if not self._started:
             raise StoreUnavailable("the user store is not open yet")
-        if self._pool is None:
-            async with self._open_lock:
-                if self._closed:
-                    raise StoreUnavailable("the user store is closed")
-                if self._pool is None:
-                    await self._migrate()
-                    self._pool = await self._new_pool()
-        return self._pool
 
     async def _new_pool(self) -> _Pool:
         pool: _Pool = AsyncConnectionPool(
@@ -301,18 +304,25 @@ def _translated() -> Iterator[None]:
 async def _collisions(
     conn: _Connection, news: Sequence[NewUser]
 ) -> tuple[dict[str, Stored], set[str]]:
-    """Stored rows sharing a request id with ``news``, and the email keys taken."""
-    keys = sorted({n.request_id for n in news if n.request_id})
-    emails = sorted({n.email_key for n in news})
+    """Stored rows sharing a request id with ``news``, and the email keys taken.
+
+    One statement, so one snapshot: under READ COMMITTED two statements could
+    straddle another replica's commit and see its email but not its request id,
+    turning a replay into a false AlreadyExists.
+    """
+    keys = {n.request_id for n in news if n.request_id}
+    emails = {n.email_key for n in news}
+    cursor = await conn.execute(
+        f"SELECT {_COLUMNS}, request_id, email_key FROM users"
+        " WHERE request_id = ANY(%s) OR email_key = ANY(%s)",
+        (sorted(keys), sorted(emails)),
+    )
     replays: dict[str, Stored] = {}
-    if keys:
-        cursor = await conn.execute(
-            f"SELECT {_COLUMNS}, request_id FROM users WHERE request_id = ANY(%s)", (keys,)
-        )
-        for row in await cursor.fetchall():
+    taken: set[str] = set()
+    for row in await cursor.fetchall():
+        if row[7] in keys:
             replays[row[7]] = Stored(_user(row), row[6])
-    cursor = await conn.execute("SELECT email_key FROM users WHERE email_key = ANY(%s)", (emails,))
-    taken = {row[0] for row in await cursor.fetchall()}
+        taken.add(row[8])
     return replays, taken
 
 

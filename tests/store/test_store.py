@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 
 import grpc
@@ -15,7 +16,7 @@ from tests.store._users import collect, new_user
 from tests.store.conftest import Backend
 
 
-def _fixed_clock(moment: datetime):  # type: ignore[no-untyped-def]
+def _fixed_clock(moment: datetime) -> Callable[[], datetime]:
     return lambda: moment
 
 
