@@ -1,0 +1,225 @@
+"""Bearer-token authentication and the per-method access policy.
+
+Callers send ``authorization: Bearer <JWT>``. Tokens are HS256-signed with the
+replica's shared secret and carry ``sub`` (who), ``roles`` (a list of role
+names) and ``exp``. :class:`TokenVerifier` turns a header into a
+:class:`Principal` or raises :class:`~service.errors.Unauthenticated`;
+:func:`access_for` says what a method needs, and :func:`authorize` checks a
+principal against it. The auth interceptor publishes the verified principal in
+:data:`current_principal` for the servicer of the same call.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from google.rpc import error_details_pb2
+
+from service.errors import PermissionDenied, Unauthenticated
+
+__all__ = [
+    "ADMIN_ROLE",
+    "ALGORITHM",
+    "MIN_SECRET_BYTES",
+    "Access",
+    "Principal",
+    "TokenVerifier",
+    "access_for",
+    "authorize",
+    "current_principal",
+    "mint_token",
+]
+
+#: The only signature algorithm accepted or produced.
+ALGORITHM = "HS256"
+#: HS256 keys shorter than the hash output are brute-forceable (RFC 7518 3.2).
+MIN_SECRET_BYTES = 32
+#: The role that grants writes.
+ADMIN_ROLE = "admin"
+#: Clock skew tolerated on ``exp`` (and ``nbf``/``iat`` when present), seconds.
+DEFAULT_LEEWAY_S = 5.0
+
+_SERVICE = "/meshdemo.v1.UserService/"
+_WRITES = frozenset({_SERVICE + "CreateUser", _SERVICE + "BatchCreateUsers"})
+_EXEMPT_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+# Sent with every UNAUTHENTICATED status, as RFC 6750 section 3 asks.
+_CHALLENGE = (("www-authenticate", 'Bearer realm="meshdemo"'),)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A verified caller: its subject and the roles its token grants."""
+
+    sub: str
+    roles: frozenset[str]
+
+
+#: The principal of the call being served; None outside a call or when the
+#: method is exempt or auth is off. Each RPC runs in its own task, so a value
+#: set for one call is never seen by another.
+current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "current_principal", default=None
+)
+
+
+class Access(enum.Enum):
+    """What a method asks of its caller."""
+
+    #: No token needed (health checks, reflection).
+    EXEMPT = "exempt"
+    #: Any valid token.
+    AUTHENTICATED = "authenticated"
+    #: A valid token with the admin role.
+    ADMIN = "admin"
+
+
+def access_for(method: str) -> Access:
+    """The access a full method name (``/pkg.Service/Method``) needs.
+
+    Writes need the admin role; health and reflection are exempt; everything
+    else, including methods this policy has never heard of, needs a valid
+    token (fail closed).
+    """
+    if method in _WRITES:
+        return Access.ADMIN
+    if method.startswith(_EXEMPT_PREFIXES):
+        return Access.EXEMPT
+    return Access.AUTHENTICATED
+
+
+def authorize(principal: Principal, access: Access) -> None:
+    """Raise :class:`PermissionDenied` unless ``principal`` satisfies ``access``."""
+    if access is Access.ADMIN and ADMIN_ROLE not in principal.roles:
+        raise PermissionDenied(
+            f"role {ADMIN_ROLE!r} required",
+            details=[
+                error_details_pb2.ErrorInfo(
+                    reason="MISSING_ROLE",
+                    domain="meshdemo",
+                    metadata={"required_role": ADMIN_ROLE},
+                )
+            ],
+        )
+
+
+def _check_secret(secret: str) -> bytes:
+    key = secret.encode()
+    if len(key) < MIN_SECRET_BYTES:
+        raise ValueError(f"the JWT secret must be at least {MIN_SECRET_BYTES} bytes for HS256")
+    return key
+
+
+def _unauthenticated(reason: str) -> Unauthenticated:
+    return Unauthenticated(reason, trailing_metadata=_CHALLENGE)
+
+
+class TokenVerifier:
+    """Checks bearer tokens signed with one HS256 secret.
+
+    Args:
+        secret: The shared secret, at least :data:`MIN_SECRET_BYTES` bytes.
+        leeway_s: Clock skew tolerated on time claims, in seconds.
+
+    Raises:
+        ValueError: The secret is empty or too short.
+    """
+
+    __slots__ = ("_key", "_leeway")
+
+    def __init__(self, secret: str, *, leeway_s: float = DEFAULT_LEEWAY_S) -> None:
+        self._key = _check_secret(secret)
+        self._leeway = leeway_s
+
+    def __repr__(self) -> str:
+        return f"TokenVerifier(algorithm={ALGORITHM!r}, leeway_s={self._leeway})"
+
+    def verify(self, authorization_header: str | None) -> Principal:
+        """The principal named by an ``authorization`` header value.
+
+        Raises:
+            Unauthenticated: The header is missing or not ``Bearer <token>``, or
+                the token is malformed, expired, signed with another key or
+                algorithm, or lacks a string ``sub`` or a list-of-strings
+                ``roles``.
+        """
+        claims = self._decode(_bearer_token(authorization_header))
+        return Principal(sub=claims["sub"], roles=_roles_of(claims))
+
+    def _decode(self, token: str) -> Mapping[str, Any]:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._key,
+                algorithms=[ALGORITHM],
+                leeway=self._leeway,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _unauthenticated("token expired") from None
+        except jwt.InvalidTokenError as exc:
+            # Covers bad signatures, foreign or "none" algorithms, malformed
+            # tokens and missing or mistyped registered claims.
+            raise _unauthenticated(f"invalid token: {exc}") from None
+        if not claims["sub"]:
+            raise _unauthenticated("invalid token: empty sub claim")
+        return claims
+
+
+def _bearer_token(header: str | None) -> str:
+    if not header:
+        raise _unauthenticated("missing bearer token")
+    scheme, _, token = header.strip().partition(" ")
+    # The auth-scheme is case-insensitive (RFC 7235 section 2.1).
+    if scheme.lower() != "bearer":
+        raise _unauthenticated("authorization is not a bearer token")
+    token = token.strip()
+    if not token:
+        raise _unauthenticated("empty bearer token")
+    return token
+
+
+def _roles_of(claims: Mapping[str, Any]) -> frozenset[str]:
+    roles = claims.get("roles")
+    if not isinstance(roles, list) or not all(isinstance(role, str) for role in roles):
+        raise _unauthenticated("invalid token: roles claim must be a list of strings")
+    return frozenset(roles)
+
+
+def mint_token(
+    secret: str,
+    sub: str,
+    roles: Iterable[str],
+    ttl_s: float,
+    *,
+    now: float | None = None,
+) -> str:
+    """Sign a token for tests and development tools.
+
+    Args:
+        secret: The shared HS256 secret (at least :data:`MIN_SECRET_BYTES` bytes).
+        sub: The subject.
+        roles: Role names to grant.
+        ttl_s: Lifetime in seconds; negative values mint an already expired token.
+        now: The issue time as a Unix timestamp; default the current time.
+
+    Returns:
+        The compact JWT.
+    """
+    issued = time.time() if now is None else now
+    claims = {
+        "sub": sub,
+        "roles": list(roles),
+        "iat": int(issued),
+        "exp": int(issued + ttl_s),
+    }
+    return jwt.encode(claims, _check_secret(secret), algorithm=ALGORITHM)
