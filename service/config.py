@@ -73,60 +73,87 @@ class ServiceConfig:
     host: str = _setting("127.0.0.1", "MESH_HOST", "address to bind (0.0.0.0 or [::] in a pod)")
     port: int = _setting(50051, "MESH_PORT", "gRPC port; 0 binds an ephemeral port", check=_port)
     metrics_port: int = _setting(
-        9464, "MESH_METRICS_PORT", "Prometheus /metrics port on the same host; 0 ephemeral, -1 off",
+        9464,
+        "MESH_METRICS_PORT",
+        "Prometheus /metrics port on the same host; 0 ephemeral, -1 off",
         check=_metrics_port,
     )
     store: str = _setting(
-        "sqlite:///meshdemo.db", "MESH_STORE",
+        "sqlite:///meshdemo.db",
+        "MESH_STORE",
         "store URL: sqlite:///FILE (several local replicas may share it) or postgresql://...",
         check=_store_url,
     )
     auth_secret: str = field(
-        default="", repr=False,
-        metadata={"env": "MESH_AUTH_SECRET", "flag": None, "check": None,
-                  "help": "HS256 secret for bearer JWTs (environment only, never a flag)"},
+        default="",
+        repr=False,
+        metadata={
+            "env": "MESH_AUTH_SECRET",
+            "flag": None,
+            "check": None,
+            "help": "HS256 secret for bearer JWTs (environment only, never a flag)",
+        },
     )
     auth_secret_file: str = _setting(
         "", "MESH_AUTH_SECRET_FILE", "file holding the JWT secret (a mounted Secret)"
     )
     auth_disabled: bool = _setting(
-        False, "MESH_AUTH_DISABLED", "accept calls without tokens (logged as a warning)",
+        False,
+        "MESH_AUTH_DISABLED",
+        "accept calls without tokens (logged as a warning)",
         flag="--no-auth",
     )
     replica_name: str = _setting(
         "", "MESH_REPLICA_NAME", "name of this replica in logs and chats (default: host name)"
     )
     drain_delay: float = _setting(
-        5.0, "MESH_DRAIN_DELAY",
+        5.0,
+        "MESH_DRAIN_DELAY",
         "seconds between NOT_SERVING and stopping on SIGTERM, so endpoint removal propagates",
         check=_non_negative,
     )
     shutdown_grace: float = _setting(
-        10.0, "MESH_SHUTDOWN_GRACE", "seconds in-flight RPCs get to finish when stopping",
+        10.0,
+        "MESH_SHUTDOWN_GRACE",
+        "seconds in-flight RPCs get to finish when stopping",
         check=_non_negative,
     )
     max_connection_age: float = _setting(
-        300.0, "MESH_MAX_CONNECTION_AGE",
+        300.0,
+        "MESH_MAX_CONNECTION_AGE",
         "seconds before a connection is asked to go away, so clients rebalance; 0 = never",
         check=_non_negative,
     )
     max_connection_age_grace: float = _setting(
-        30.0, "MESH_MAX_CONNECTION_AGE_GRACE",
-        "seconds calls on an aged connection get to finish", check=_non_negative,
+        30.0,
+        "MESH_MAX_CONNECTION_AGE_GRACE",
+        "seconds calls on an aged connection get to finish",
+        check=_non_negative,
     )
     keepalive_min_ping_interval: float = _setting(
-        10.0, "MESH_KEEPALIVE_MIN_PING_INTERVAL",
-        "shortest client keepalive ping interval accepted, in seconds", check=_at_least(1.0),
+        10.0,
+        "MESH_KEEPALIVE_MIN_PING_INTERVAL",
+        "shortest client keepalive ping interval accepted, in seconds",
+        check=_at_least(1.0),
     )
     max_concurrent_rpcs: int = _setting(
-        1000, "MESH_MAX_CONCURRENT_RPCS",
-        "RPCs served at once; more are refused with RESOURCE_EXHAUSTED", check=_positive,
+        1000,
+        "MESH_MAX_CONCURRENT_RPCS",
+        "RPCs served at once; more are refused with RESOURCE_EXHAUSTED",
+        check=_positive,
     )
     health_interval: float = _setting(
-        2.0, "MESH_HEALTH_INTERVAL", "seconds between store probes behind the health status",
+        2.0,
+        "MESH_HEALTH_INTERVAL",
+        "seconds between store probes behind the health status",
         check=_positive,
     )
     reflection: bool = _setting(True, "MESH_REFLECTION", "serve gRPC server reflection")
+    fault_delay: float = _setting(
+        0.0, "MESH_FAULT_DELAY",
+        "chaos: extra seconds added to every UserService call, to show a slow replica; 0 = off",
+        check=_non_negative,
+    )
     log_level: str = _setting("INFO", "MESH_LOG_LEVEL", "log level", check=_log_level)
 
     def __post_init__(self) -> None:
@@ -192,16 +219,31 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         help_text = f"{f.metadata['help']} (env {f.metadata['env']}; default {f.default!r})"
         if isinstance(f.default, bool):
-            action = argparse.BooleanOptionalAction if f.metadata.get("flag") is None else "store_const"
+            action = (
+                argparse.BooleanOptionalAction if f.metadata.get("flag") is None else "store_const"
+            )
             if action == "store_const":
-                parser.add_argument(_flag_of(f), dest=f.name, action="store_const", const=True,
-                                    default=None, help=help_text)
+                parser.add_argument(
+                    _flag_of(f),
+                    dest=f.name,
+                    action="store_const",
+                    const=True,
+                    default=None,
+                    help=help_text,
+                )
             else:
-                parser.add_argument(_flag_of(f), dest=f.name, action=action, default=None,
-                                    help=help_text)
+                parser.add_argument(
+                    _flag_of(f), dest=f.name, action=action, default=None, help=help_text
+                )
             continue
-        parser.add_argument(_flag_of(f), dest=f.name, type=type(f.default), default=None,
-                            help=help_text, metavar=f.name.upper())
+        parser.add_argument(
+            _flag_of(f),
+            dest=f.name,
+            type=type(f.default),
+            default=None,
+            help=help_text,
+            metavar=f.name.upper(),
+        )
     return parser
 
 

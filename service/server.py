@@ -25,6 +25,7 @@ from service.auth import TokenVerifier
 from service.config import ConfigError, ServiceConfig
 from service.health import HealthReporter
 from service.interceptors import build_server_interceptors
+from service.interceptors._fault import FaultDelayInterceptor
 from service.metrics import ServerMetrics, start_metrics_http_server
 from service.servicer import UserServicer
 from service.store import Store, StoreUnavailable, open_store
@@ -71,7 +72,9 @@ class Replica:
     _cleanups: list[Callable[[], object]] = field(default_factory=list)
     _stopped: bool = False
 
-    async def shutdown(self, *, drain_delay: float | None = None, skip_drain: asyncio.Event | None = None) -> None:
+    async def shutdown(
+        self, *, drain_delay: float | None = None, skip_drain: asyncio.Event | None = None
+    ) -> None:
         """Run the shutdown protocol (idempotent)."""
         if self._stopped:
             return
@@ -139,6 +142,9 @@ async def start_replica(
         if interceptors is None
         else list(interceptors)
     )
+    if config.fault_delay > 0:
+        log.warning("chaos: every UserService call is delayed", extra={"delay_s": config.fault_delay})
+        chain.append(FaultDelayInterceptor(config.fault_delay))
     server = grpc.aio.server(
         interceptors=chain,
         options=server_options(config),
@@ -205,7 +211,9 @@ async def run(config: ServiceConfig, *, tracer_provider: TracerProvider | None =
             log.warning("second signal: skipping the drain delay")
             skip_drain.set()
         else:
-            log.info("signal received, shutting down", extra={"signal": signal.Signals(signum).name})
+            log.info(
+                "signal received, shutting down", extra={"signal": signal.Signals(signum).name}
+            )
             stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -243,3 +243,33 @@ async def test_health_follows_the_store_when_the_database_goes_away() -> None:
                 await watch.aclose()
         finally:
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def test_fault_delay_slows_user_calls_but_not_health() -> None:
+    loop = asyncio.get_running_loop()
+    async with serve("127.0.0.1", fault_delay=0.3) as server:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            start = loop.time()
+            with pytest.raises(grpc.aio.AioRpcError):
+                await user_pb2_grpc.UserServiceStub(ch).GetUser(
+                    user_pb2.GetUserRequest(id="x"), metadata=READER
+                )
+            chat = user_pb2_grpc.UserServiceStub(ch).Chat(metadata=READER)
+            await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="slow")))
+            assert (await chat.read()).message.text == "slow"
+            await chat.done_writing()
+            # The delay is a floor that the two calls cannot beat.
+            assert loop.time() - start >= 0.6
+    async with serve("127.0.0.1", fault_delay=30) as server:
+        async with grpc.aio.insecure_channel(server.address) as ch:
+            # Health is never delayed: it answers well within a deadline
+            # that every UserService call would miss.
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE), timeout=10
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await user_pb2_grpc.UserServiceStub(ch).GetUser(
+                    user_pb2.GetUserRequest(id="x"), metadata=READER, timeout=0.5
+                )
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
