@@ -271,21 +271,25 @@ def _translated() -> Iterator[None]:
     """Turn transient SQLite failures into StoreUnavailable; let bugs through."""
     try:
         yield
-    except sqlite3.OperationalError as exc:  # locked, busy, I/O error, cannot open
-        raise StoreUnavailable(f"the user store is unavailable ({_reason(exc)})") from exc
-    except sqlite3.DatabaseError as exc:
-        if type(exc) is not sqlite3.DatabaseError:  # integrity, programming errors: bugs
+    except (sqlite3.Error, ValueError) as exc:
+        reason = _transient_reason(exc)
+        if reason is None:
             raise
-        # "file is not a database", "database disk image is malformed"
-        raise StoreUnavailable(f"the user store is unavailable ({_reason(exc)})") from exc
-    except ValueError as exc:
-        if str(exc) not in {"Connection closed", "no active connection"}:
-            raise
-        raise StoreUnavailable("the user store connection was closed") from exc
+        raise StoreUnavailable(f"the user store is unavailable ({reason})") from exc
 
 
-def _reason(exc: sqlite3.Error) -> str:
-    return str(exc).split("\n", 1)[0][:80]
+def _transient_reason(exc: sqlite3.Error | ValueError) -> str | None:
+    """Why ``exc`` is a transient failure, or None if it is a bug (integrity, SQL)."""
+    text = str(exc).split("\n", 1)[0][:80]
+    if isinstance(exc, sqlite3.OperationalError):  # locked, busy, I/O error, cannot open
+        return text
+    if type(exc) is sqlite3.DatabaseError:  # not a database, malformed disk image
+        return text
+    if isinstance(exc, sqlite3.ProgrammingError) and "closed database" in text:
+        return "connection closed"  # a call queued before close() ran after it
+    if isinstance(exc, ValueError) and text in {"Connection closed", "no active connection"}:
+        return "connection closed"  # aiosqlite refuses calls after close()
+    return None
 
 
 async def _discard_stale_transaction(writer: aiosqlite.Connection) -> None:

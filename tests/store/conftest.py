@@ -74,7 +74,8 @@ class Backend:
 def postgres_database() -> Iterator[str]:
     """A throwaway database for this run, dropped at the end; skip if no server."""
     server = postgres_server_url()
-    shown = urlunsplit(urlsplit(server)._replace(netloc=urlsplit(server).hostname or ""))
+    parts = urlsplit(server)
+    shown = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))  # no secrets
     try:
         admin = psycopg.connect(server, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
