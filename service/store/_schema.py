@@ -14,7 +14,8 @@ Invariants:
   dialects describe the same columns (types differ where the engines differ:
   ``roles`` is a JSON text in SQLite and ``text[]`` in PostgreSQL,
   ``created_at`` is integer microseconds since the epoch in SQLite and
-  ``timestamptz`` in PostgreSQL).
+  ``timestamptz`` in PostgreSQL, and PostgreSQL compares ids with the
+  ``"C"`` collation so that both order them byte by byte).
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         postgres=(
             "CREATE TABLE users ("
-            " id text PRIMARY KEY,"
+            # Byte order, as SQLite and Python sort: ids list in creation
+            # order whatever the database's locale.
+            ' id text COLLATE "C" PRIMARY KEY,'
             " name text NOT NULL,"
             " email text NOT NULL,"
             " email_key text NOT NULL,"

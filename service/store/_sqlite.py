@@ -133,6 +133,7 @@ class SQLiteStore:
 
     async def ping(self) -> None:
         """Read the schema table within ``ping_timeout``, else raise StoreUnavailable."""
+        # Not "SELECT 1": SQLite answers that without touching the file.
         try:
             async with asyncio.timeout(self._ping_timeout):
                 _, reader = await self._connections()
@@ -185,6 +186,9 @@ class SQLiteStore:
         if not news:
             return []
         async with self._write() as conn:
+            # Under BEGIN IMMEDIATE no other process writes between this read
+            # and the insert, so the unique constraints can only fail on a bug
+            # (or an 80-bit id collision), which surfaces as INTERNAL.
             replays, taken = await _collisions(conn, news)
             plan = plan_creates(
                 news, replays=replays, taken_emails=taken, now=self._clock(), batch=batch

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,18 +57,18 @@ class Backend:
         """Rows in ``users``, read around the store."""
         return int(self.query("SELECT count(*) FROM users")[0][0])
 
-    def query(self, statement: str) -> list[tuple[Any, ...]]:
-        """Run one statement on a fresh connection of the backend's own driver."""
+    def query(self, statement: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement (``?`` placeholders) on a fresh connection of the backend's
+        own driver, and return its rows (none for a statement that returns none)."""
         if self.name == "sqlite":
-            import sqlite3
-
-            conn = sqlite3.connect(self.url.removeprefix("sqlite:///"))
+            conn = sqlite3.connect(self.url.removeprefix("sqlite:///"), isolation_level=None)
             try:
-                return list(conn.execute(statement).fetchall())
+                return list(conn.execute(statement, params).fetchall())
             finally:
                 conn.close()
         with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as pg:
-            return list(pg.execute(statement.encode()).fetchall())
+            cursor = pg.execute(statement.replace("?", "%s").encode(), params)
+            return list(cursor.fetchall()) if cursor.description else []
 
 
 @pytest.fixture(scope="session")
@@ -82,13 +83,31 @@ def postgres_database() -> Iterator[str]:
         pytest.skip(f"PostgreSQL not reachable at {shown}: {str(exc).strip()[:200]}")
     name = f"meshdemo_test_{secrets.token_hex(6)}"
     with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        _create_database(admin, name)
         try:
             yield with_database(server, name)
         finally:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+def _create_database(admin: psycopg.Connection[Any], name: str) -> None:
+    """Create ``name``, with a linguistic (ICU en-US) collation where the server has one.
+
+    Then text sorts "a" < "B" < "b" unless the schema asks for byte order, as
+    it must for ids; a C-collated test database would hide that mistake.
+    """
+    ident = sql.Identifier(name)
+    try:
+        admin.execute(
+            sql.SQL(
+                "CREATE DATABASE {} TEMPLATE template0 LOCALE_PROVIDER icu"
+                " ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+            ).format(ident)
+        )
+    except psycopg.Error:  # no ICU, or a server older than 15
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(ident))
 
 
 @pytest.fixture

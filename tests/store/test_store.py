@@ -192,6 +192,24 @@ async def test_iter_users_pages_through_250_users(store: Store) -> None:
     assert await collect(store.iter_users(None, 0)) == []
 
 
+async def test_iter_users_orders_ids_byte_by_byte(store: Store, backend: Backend) -> None:
+    # Ids from other writers (or a future id scheme) must page consistently
+    # whatever the database's locale: listing order is Python's str order.
+    odd_ids = ["b", "B", "a", "_", "Z9", "z", "0", "\u00e4", "a-b", "aB"]
+    roles = '["user"]' if backend.name == "sqlite" else "{user}"
+    created = 0 if backend.name == "sqlite" else datetime(2024, 1, 1, tzinfo=UTC)
+    for n, user_id in enumerate(odd_ids):
+        backend.query(
+            "INSERT INTO users (id, name, email, email_key, age, roles, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (user_id, "x", f"{n}@x.io", f"{n}@x.io", 1, roles, created),
+        )
+    listed = [u.id for u in await collect(store.iter_users(None, 100))]
+    assert listed == sorted(odd_ids)
+    after_a = [i for i in sorted(odd_ids) if i > "a"]
+    assert [u.id for u in await collect(store.iter_users("a", 100))] == after_a
+
+
 @pytest.mark.parametrize("limit", range(9))
 async def test_iter_users_across_chunk_boundaries(backend: Backend, limit: int) -> None:
     store = backend.store(chunk_size=3)
