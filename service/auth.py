@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextvars
 import enum
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,9 @@ MIN_SECRET_BYTES = 32
 ADMIN_ROLE = "admin"
 #: Clock skew tolerated on ``exp`` (and ``nbf``/``iat`` when present), seconds.
 DEFAULT_LEEWAY_S = 5.0
+#: Verified tokens remembered, so a client's every call does not pay for HMAC
+#: and JSON decoding again (that costs more than the rest of the chain).
+DEFAULT_CACHE_SIZE = 1024
 
 _SERVICE = "/meshdemo.v1.UserService/"
 _WRITES = frozenset({_SERVICE + "CreateUser", _SERVICE + "BatchCreateUsers"})
@@ -126,22 +129,43 @@ def _unauthenticated(reason: str) -> Unauthenticated:
 class TokenVerifier:
     """Checks bearer tokens signed with one HS256 secret.
 
+    Verified tokens are cached (bounded, oldest evicted first) with their
+    expiry: a cached token is accepted again without decoding until
+    ``exp + leeway``, then refused as expired. Only tokens that passed full
+    verification enter the cache, keyed by the exact token text.
+
     Args:
         secret: The shared secret, at least :data:`MIN_SECRET_BYTES` bytes.
         leeway_s: Clock skew tolerated on time claims, in seconds.
+        cache_size: Verified tokens remembered; 0 disables the cache.
+        clock: Unix time in seconds for cached expiry checks; a seam for tests.
 
     Raises:
         ValueError: The secret is empty or too short.
     """
 
-    __slots__ = ("_key", "_leeway")
+    __slots__ = ("_cache", "_cache_size", "_clock", "_key", "_leeway")
 
-    def __init__(self, secret: str, *, leeway_s: float = DEFAULT_LEEWAY_S) -> None:
+    def __init__(
+        self,
+        secret: str,
+        *,
+        leeway_s: float = DEFAULT_LEEWAY_S,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._key = _check_secret(secret)
         self._leeway = leeway_s
+        self._cache_size = cache_size
+        self._clock = clock
+        # token -> (principal, time after which it is expired); insertion ordered.
+        self._cache: dict[str, tuple[Principal, float]] = {}
 
     def __repr__(self) -> str:
-        return f"TokenVerifier(algorithm={ALGORITHM!r}, leeway_s={self._leeway})"
+        return (
+            f"TokenVerifier(algorithm={ALGORITHM!r}, leeway_s={self._leeway}, "
+            f"cached={len(self._cache)}/{self._cache_size})"
+        )
 
     def verify(self, authorization_header: str | None) -> Principal:
         """The principal named by an ``authorization`` header value.
@@ -152,8 +176,25 @@ class TokenVerifier:
                 algorithm, or lacks a string ``sub`` or a list-of-strings
                 ``roles``.
         """
-        claims = self._decode(_bearer_token(authorization_header))
-        return Principal(sub=claims["sub"], roles=_roles_of(claims))
+        token = _bearer_token(authorization_header)
+        cached = self._cache.get(token)
+        if cached is not None:
+            principal, expires = cached
+            if self._clock() <= expires:
+                return principal
+            self._cache.pop(token, None)
+            raise _unauthenticated("token expired")
+        claims = self._decode(token)
+        principal = Principal(sub=claims["sub"], roles=_roles_of(claims))
+        self._remember(token, principal, claims["exp"] + self._leeway)
+        return principal
+
+    def _remember(self, token: str, principal: Principal, expires: float) -> None:
+        if self._cache_size <= 0:
+            return
+        while len(self._cache) >= self._cache_size:
+            del self._cache[next(iter(self._cache))]
+        self._cache[token] = (principal, expires)
 
     def _decode(self, token: str) -> Mapping[str, Any]:
         try:

@@ -30,10 +30,19 @@ _STANDARD_ATTRS = frozenset(
 )
 
 
+# The formatted whole second of the last record: strftime once per second,
+# not once per line. A tuple, so threads swap it atomically.
+_last_second: tuple[int, str] = (-1, "")
+
+
 def _timestamp(created: float) -> str:
+    global _last_second
     whole = int(created)
-    millis = int((created - whole) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    second, text = _last_second
+    if second != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _last_second = (whole, text)
+    return f"{text}.{int((created - whole) * 1000):03d}Z"
 
 
 def _add_trace_ids(payload: dict[str, Any]) -> None:

@@ -150,6 +150,59 @@ def test_repr_hides_the_secret() -> None:
     assert SECRET not in repr(VERIFIER)
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_cached_tokens_still_expire() -> None:
+    clock = FakeClock()
+    verifier = TokenVerifier(SECRET, clock=clock)
+    header = "Bearer " + mint_token(SECRET, "hal", ["user"], 60, now=clock.now)
+    assert verifier.verify(header).sub == "hal"
+    assert verifier.verify(header).sub == "hal"  # from the cache
+    assert "cached=1/" in repr(verifier)
+    clock.now += 60 + 4  # within the 5 s leeway
+    assert verifier.verify(header).sub == "hal"
+    clock.now += 2
+    with pytest.raises(Unauthenticated, match="expired"):
+        verifier.verify(header)
+    assert "cached=0/" in repr(verifier)
+
+
+def test_cache_is_bounded_and_evicts_the_oldest() -> None:
+    clock = FakeClock()
+    verifier = TokenVerifier(SECRET, cache_size=3, clock=clock)
+    headers = [f"Bearer {mint_token(SECRET, f'u{n}', [], 60)}" for n in range(5)]
+    for header in headers:
+        verifier.verify(header)
+    assert "cached=3/3" in repr(verifier)
+    clock.now += 3600  # only the cache believes the tokens are expired
+    for header in headers[2:]:
+        with pytest.raises(Unauthenticated, match="expired"):
+            verifier.verify(header)
+    # Evicted, so verified again in full (by the real clock, still valid).
+    assert verifier.verify(headers[0]).sub == "u0"
+
+
+def test_cache_can_be_switched_off() -> None:
+    verifier = TokenVerifier(SECRET, cache_size=0)
+    header = "Bearer " + mint_token(SECRET, "ivy", [], 60)
+    assert verifier.verify(header) == verifier.verify(header)
+    assert "cached=0/0" in repr(verifier)
+
+
+def test_refused_tokens_are_not_cached() -> None:
+    verifier = TokenVerifier(SECRET)
+    for header in REFUSED_HEADERS.values():
+        with pytest.raises(Unauthenticated):
+            verifier.verify(header)
+    assert "cached=0/" in repr(verifier)
+
+
 @given(header=st.one_of(st.none(), st.text(), st.text().map(lambda text: f"Bearer {text}")))
 def test_any_random_header_is_unauthenticated(header: str | None) -> None:
     with pytest.raises(Unauthenticated):
