@@ -47,6 +47,7 @@ __all__ = [
     "main",
     "main_async",
     "read_batch",
+    "resume_token",
     "user_dict",
 ]
 
@@ -305,7 +306,11 @@ def _add_token(commands: Any, env: Mapping[str, str]) -> None:
 
 def _add_stats(commands: Any, parent: argparse.ArgumentParser) -> None:
     cmd = _command(
-        commands, "stats", parent, "resolve the target and print per-endpoint stats as JSON"
+        commands,
+        "stats",
+        parent,
+        "resolve the target and print per-endpoint stats as JSON",
+        epilog_extra="exits 3 when no endpoint is SERVING or READY at the end of the wait.",
     )
     cmd.add_argument(
         "--wait",
@@ -504,8 +509,8 @@ async def _cmd_create(args: argparse.Namespace, client: UserClient, io: _Io) -> 
     return EXIT_OK
 
 
-def _resume_token(user_id: str) -> str:
-    """The page token that resumes right after ``user_id``.
+def resume_token(user_id: str) -> str:
+    """The page token that resumes a listing right after the user ``user_id``.
 
     ``UserClient.list_users`` yields users but not their ``next_page_token``;
     until it does, this mirrors the service's token format (service.domain).
@@ -536,7 +541,7 @@ async def _cmd_list(args: argparse.Namespace, client: UserClient, io: _Io) -> in
         listed += count
         if count < page:
             return EXIT_OK
-        token = _resume_token(last_id)
+        token = resume_token(last_id)
         if not args.all:
             io.err(f"next page: --page-token {token}")
             return EXIT_OK
@@ -729,6 +734,7 @@ def _cmd_token(args: argparse.Namespace, io: _Io) -> int:
 
 
 _SETTLING = frozenset({"CONNECTING"})
+_USABLE = frozenset({"SERVING", "READY"})
 
 
 async def _settled_stats(client: UserClient, wait: float) -> Any:
@@ -754,8 +760,8 @@ async def _cmd_stats(args: argparse.Namespace, client: UserClient, io: _Io) -> i
         "failures": stats.failures,
     }
     io.out(json.dumps(document) if args.json else json.dumps(document, indent=2))
-    if not stats.endpoints:
-        io.err(f"error: UNAVAILABLE: no endpoint resolved for {args.target} within {args.wait} s")
+    if not any(e.state in _USABLE for e in stats.endpoints):
+        io.err(f"error: UNAVAILABLE: no usable endpoint for {args.target} within {args.wait} s")
         return EXIT_UNAVAILABLE
     return EXIT_OK
 
