@@ -1,0 +1,1 @@
+"""Benchmarks of the meshdemo project (``python -m bench.client`` for the client's)."""

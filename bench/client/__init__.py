@@ -1,0 +1,1 @@
+"""Client benchmarks: ours vs grpcio balancing, in the same run."""

@@ -1,0 +1,139 @@
+"""The two clients compared: ours (``UserClient``) and grpcio's own balancing (the baseline).
+
+Both dial the same ``dns://127.0.0.1:<port>/users.mesh.test:<port>`` target,
+send the same token and the same GetUser request with the same overall
+deadline. The baseline is what a grpcio user gets without this project: a
+channel with the c-ares resolver (re-resolving at most every second here),
+``round_robin`` and grpcio's retry policy for UNAVAILABLE (4 attempts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol
+
+import grpc
+
+from client import UserClient
+from meshdemo.v1 import user_pb2, user_pb2_grpc
+
+__all__ = [
+    "BASELINE",
+    "OURS",
+    "SIDES",
+    "BaselineClient",
+    "GetUser",
+    "baseline_service_config",
+    "open_client",
+]
+
+OURS = "ours"
+BASELINE = "baseline"
+#: The two sides of every comparison.
+SIDES = (OURS, BASELINE)
+
+
+class GetUser(Protocol):
+    """One logical GetUser with an overall deadline, as either client does it."""
+
+    async def __call__(self, user_id: str, timeout: float) -> object: ...  # noqa: ASYNC109
+
+
+def baseline_service_config() -> str:
+    """grpcio service config: round_robin, and retries of UNAVAILABLE like our defaults."""
+    retry = {
+        "maxAttempts": 4,
+        "initialBackoff": "0.05s",
+        "maxBackoff": "1s",
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [
+                {"name": [{"service": "meshdemo.v1.UserService"}], "retryPolicy": retry}
+            ],
+        }
+    )
+
+
+def check_dns_resolver() -> None:
+    """Refuse to run a baseline that would ignore the DNS server named in the target.
+
+    grpcio's ``native`` resolver (getaddrinfo) ignores the authority of
+    ``dns://server/name``; c-ares (the default) honours it.
+
+    Raises:
+        RuntimeError: ``GRPC_DNS_RESOLVER`` asks for another resolver than c-ares.
+    """
+    chosen = os.environ.get("GRPC_DNS_RESOLVER", "").strip().lower()
+    if chosen not in ("", "ares"):
+        raise RuntimeError(
+            f"GRPC_DNS_RESOLVER={chosen!r} ignores the DNS server in the target; unset it"
+        )
+
+
+class BaselineClient:
+    """GetUser over one grpc.aio channel balanced by grpcio (round_robin + retryPolicy)."""
+
+    def __init__(self, target: str, token: str) -> None:
+        check_dns_resolver()
+        self.channel = grpc.aio.insecure_channel(
+            target,
+            options=[
+                ("grpc.service_config", baseline_service_config()),
+                ("grpc.dns_min_time_between_resolutions_ms", 1000),
+                ("grpc.enable_retries", 1),
+            ],
+        )
+        self._stub = user_pb2_grpc.UserServiceStub(self.channel)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    async def get_user(self, user_id: str, timeout: float) -> object:  # noqa: ASYNC109
+        """One GetUser; grpcio's retries stay inside ``timeout``."""
+        request = user_pb2.GetUserRequest(id=user_id)
+        reply = await self._stub.GetUser(request, timeout=timeout, metadata=self._metadata)
+        return reply.user
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close(None)
+
+
+@asynccontextmanager
+async def _ours(target: str, token: str) -> AsyncIterator[GetUser]:
+    # The defaults a user gets: least_conn, per-attempt timeout, retry budget, tracing hooks.
+    async with UserClient(target, token=token, policy="least_conn") as client:
+
+        async def get_user(user_id: str, timeout: float) -> object:  # noqa: ASYNC109
+            return await client.get_user(user_id, timeout=timeout)
+
+        yield get_user
+
+
+@asynccontextmanager
+async def _baseline(target: str, token: str) -> AsyncIterator[GetUser]:
+    client = BaselineClient(target, token)
+    try:
+        yield client.get_user
+    finally:
+        await client.close()
+
+
+_OPENERS: dict[str, Callable[[str, str], AbstractAsyncContextManager[GetUser]]] = {
+    OURS: _ours,
+    BASELINE: _baseline,
+}
+
+
+def open_client(side: str, target: str, token: str) -> AbstractAsyncContextManager[GetUser]:
+    """The GetUser of ``side`` (:data:`OURS` or :data:`BASELINE`), open for the block."""
+    try:
+        opener = _OPENERS[side]
+    except KeyError:
+        raise ValueError(f"unknown side {side!r}; use one of {SIDES}") from None
+    return opener(target, token)

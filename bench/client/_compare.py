@@ -1,0 +1,113 @@
+"""Ours against the baseline in the same process: alternating rounds, medians, one side at a time.
+
+Each measurement opens a fresh client, warms it up (connections made, DNS
+resolved) outside the measured window, runs one bounded loop and counts what
+each replica served from the replicas' access logs. Rounds alternate the
+order (ours first, then baseline first, ...) so neither side always runs on
+a warmer or colder machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench.client._clients import BASELINE, OURS, SIDES, open_client
+from bench.client._cluster import Cluster
+from bench.client._loop import Call, LoopResult, closed_loop
+from service.testing import reader_token
+
+__all__ = ["Bounds", "alternate", "measure", "medians", "shares"]
+
+Measure = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """How long and how hard one measured loop runs.
+
+    Attributes:
+        rounds: Measurements per side (the report shows their median).
+        duration: Seconds per measured loop.
+        concurrency: Workers of a closed loop.
+        max_calls: Most calls a closed loop starts, whatever the duration.
+        rate: Calls per second of an open loop.
+        warmup_calls: Unmeasured calls before each measurement.
+    """
+
+    rounds: int = 3
+    duration: float = 5.0
+    concurrency: int = 16
+    max_calls: int = 200_000
+    rate: float = 200.0
+    warmup_calls: int = 150
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.duration <= 0 or self.concurrency < 1 or self.max_calls < 1:
+            raise ValueError(f"bounds must be positive: {self}")
+        if self.rate <= 0 or self.warmup_calls < 0:
+            raise ValueError(f"rate must be positive and warmup_calls not negative: {self}")
+
+
+def shares(counts: Mapping[str, int]) -> dict[str, float]:
+    """Each replica's fraction of the calls counted (all 0 when none)."""
+    total = sum(counts.values())
+    return {host: round(n / total, 4) if total else 0.0 for host, n in sorted(counts.items())}
+
+
+async def measure(
+    cluster: Cluster,
+    side: str,
+    run: Callable[[Call], Awaitable[LoopResult]],
+    *,
+    call_timeout: float,
+    warmup_calls: int,
+) -> dict[str, Any]:
+    """Open ``side``'s client, warm it up, run ``run`` with its GetUser; the figures.
+
+    Figures: the loop's summary, plus ``per_replica`` (GetUser calls each replica
+    served during the loop, retries included), their ``share`` and the smallest
+    share (``min_share``: 1/3 when the calls are spread evenly).
+    """
+    async with open_client(side, cluster.target, reader_token()) as get_user:
+
+        async def call() -> object:
+            return await get_user(cluster.random_user_id(), call_timeout)
+
+        if warmup_calls:
+            await closed_loop(
+                call,
+                concurrency=8,
+                max_calls=warmup_calls,
+                duration=5.0,
+                call_timeout=call_timeout,
+            )
+        mark = cluster.mark()
+        result = await run(call)
+        counts = await cluster.get_user_counts(mark)
+    cluster.forget_logs()
+    split = shares(counts)
+    least = min(split.values(), default=0.0)
+    return {**result.summary(), "per_replica": counts, "share": split, "min_share": least}
+
+
+async def alternate(rounds: int, measure_side: Measure) -> dict[str, list[dict[str, Any]]]:
+    """Measure both sides ``rounds`` times, alternating which one goes first."""
+    figures: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+    for number in range(rounds):
+        order = (OURS, BASELINE) if number % 2 == 0 else (BASELINE, OURS)
+        for side in order:
+            figures[side].append(await measure_side(side))
+    return figures
+
+
+def medians(
+    figures: Mapping[str, Sequence[Mapping[str, Any]]], keys: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Per side, the median over rounds of each of ``keys``."""
+    return {
+        side: {key: float(statistics.median(f[key] for f in rounds)) for key in keys}
+        for side, rounds in figures.items()
+    }

@@ -1,0 +1,126 @@
+"""Scenario 2: one replica 10x slower; p99 latency ours vs baseline (goal ours <= 1/5 of it).
+
+The healthy median latency at the benchmark's concurrency is measured first
+(baseline client, three healthy replicas); the first replica is then restarted
+with ``MESH_FAULT_DELAY`` set to 9 times that, so it answers in about 10 times
+the healthy latency. Round robin sends it a third of the calls whatever its
+speed; least_conn should send it fewer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.client._clients import BASELINE, OURS
+from bench.client._cluster import HOSTS, Cluster
+from bench.client._compare import Bounds, alternate, measure, medians
+from bench.client._loop import Call, LoopResult, closed_loop
+from bench.client._report import ratio, row
+
+__all__ = ["GOAL", "fault_delay", "slow_replica"]
+
+#: Greatest acceptable ours / baseline ratio of p99 latencies.
+GOAL = 0.2
+_TIMEOUT = 2.0
+_NAME = "2. one replica 10x slower"
+#: Bounds of the injected delay, in seconds (a floor for a very fast machine).
+_MIN_DELAY = 0.005
+_MAX_DELAY = 0.5
+
+
+def fault_delay(healthy_p50_ms: float) -> float:
+    """Seconds of ``MESH_FAULT_DELAY`` that make one replica about 10x slower."""
+    return min(max(9 * healthy_p50_ms / 1000.0, _MIN_DELAY), _MAX_DELAY)
+
+
+async def slow_replica(cluster: Cluster, bounds: Bounds) -> dict[str, Any]:
+    """Closed loop at ``bounds.concurrency`` with one slow replica.
+
+    Returns:
+        ``delay_s``, ``healthy_p50_ms``, ``rounds``, ``median`` (p50, p99, the slow
+        replica's share, per side), ``ratio`` (median p99s, ours / baseline),
+        ``met`` and the table ``rows``. The replica is healthy again afterwards.
+    """
+    slow = HOSTS[0]
+
+    async def run(call: Call) -> LoopResult:
+        return await closed_loop(
+            call,
+            concurrency=bounds.concurrency,
+            max_calls=bounds.max_calls,
+            duration=bounds.duration,
+            call_timeout=_TIMEOUT,
+        )
+
+    async def side(name: str) -> dict[str, Any]:
+        figures = await measure(
+            cluster, name, run, call_timeout=_TIMEOUT, warmup_calls=bounds.warmup_calls
+        )
+        figures["slow_share"] = figures["share"].get(slow, 0.0)
+        return figures
+
+    healthy = await measure(
+        cluster,
+        BASELINE,
+        run,
+        call_timeout=_TIMEOUT,
+        warmup_calls=bounds.warmup_calls,
+    )
+    delay = fault_delay(healthy["p50_ms"])
+    await cluster.restart(slow, env={"MESH_FAULT_DELAY": f"{delay:.4f}"})
+    try:
+        rounds = await alternate(bounds.rounds, side)
+    finally:
+        await cluster.restart(slow)
+    return _result(rounds, delay, healthy, bounds)
+
+
+def _result(
+    rounds: dict[str, list[dict[str, Any]]], delay: float, healthy: dict[str, Any], bounds: Bounds
+) -> dict[str, Any]:
+    mid = medians(rounds, ["p50_ms", "p99_ms", "slow_share", "failed", "rate"])
+    value = ratio(mid[OURS]["p99_ms"], mid[BASELINE]["p99_ms"])
+    met = value <= GOAL
+    return {
+        "settings": {"concurrency": bounds.concurrency, "duration_s": bounds.duration},
+        "healthy_p50_ms": healthy["p50_ms"],
+        "delay_s": round(delay, 4),
+        "rounds": rounds,
+        "median": mid,
+        "ratio": value,
+        "met": met,
+        "rows": [
+            row(
+                _NAME,
+                "p99 latency (ms)",
+                mid[OURS]["p99_ms"],
+                mid[BASELINE]["p99_ms"],
+                goal=f"ratio <= {GOAL}",
+                met=met,
+            ),
+            row(
+                _NAME,
+                "p50 latency (ms)",
+                mid[OURS]["p50_ms"],
+                mid[BASELINE]["p50_ms"],
+                goal="",
+                met=None,
+            ),
+            row(
+                _NAME,
+                "slow replica's share of calls",
+                mid[OURS]["slow_share"],
+                mid[BASELINE]["slow_share"],
+                goal="",
+                met=None,
+            ),
+            row(
+                _NAME,
+                "GetUser calls/s",
+                mid[OURS]["rate"],
+                mid[BASELINE]["rate"],
+                goal="",
+                met=None,
+            ),
+        ],
+    }
