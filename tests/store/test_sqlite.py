@@ -76,11 +76,11 @@ def test_bad_options_are_rejected(db_path: Path) -> None:
         SQLiteStore(str(db_path), chunk_size=0)
 
 
-async def test_the_file_uses_the_wal_journal(db_path: Path, raw: sqlite3.Connection) -> None:
+async def test_the_file_uses_the_wal_journal(db_path: Path) -> None:
     store = SQLiteStore(str(db_path))
     await store.open()
     await store.close()
-    assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert _journal_mode(db_path) == "wal"
 
 
 async def test_a_missing_directory_is_unavailable_until_it_exists(tmp_path: Path) -> None:
@@ -203,3 +203,34 @@ async def test_calls_in_flight_when_the_store_closes_are_unavailable(
     )
     assert [type(o) for o in outcomes] == [StoreUnavailable, StoreUnavailable, type(None)]
     assert raw.execute("SELECT count(*) FROM users").fetchone() == (0,)
+
+
+async def test_switching_a_shared_file_to_wal_waits_for_other_readers(
+    db_path: Path, raw: sqlite3.Connection
+) -> None:
+    # A connection reading a fresh file in rollback-journal mode blocks the
+    # switch to WAL; SQLite says "locked" at once, so the store retries.
+    raw.execute("CREATE TABLE other (x)")
+    raw.execute("BEGIN")
+    raw.execute("SELECT * FROM other").fetchall()
+    store = SQLiteStore(str(db_path), busy_timeout_ms=300)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await store.open()
+        assert 0.25 < time.monotonic() - started < 2.0
+        opening = asyncio.create_task(store.ping())  # retries the open ...
+        await asyncio.sleep(0.1)
+        raw.execute("COMMIT")  # ... and gets the file once the reader is done
+        await opening
+    finally:
+        await store.close()
+    assert _journal_mode(db_path) == "wal"
+
+
+def _journal_mode(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        conn.close()
