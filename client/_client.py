@@ -288,7 +288,7 @@ class UserClient:
 
     # --- unary methods --------------------------------------------------------------------
 
-    async def get_user(self, user_id: str, *, timeout: float | None = None) -> user_pb2.User:  # noqa: ASYNC109
+    async def get_user(self, user_id: str, *, timeout: float | None = None) -> user_pb2.User:
         """Fetch one user by id (retried: a read is idempotent).
 
         Raises:
@@ -312,7 +312,7 @@ class UserClient:
         roles: Sequence[str] = ("user",),
         *,
         request_id: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 -- a gRPC deadline, not a local wait
+        timeout: float | None = None,
     ) -> user_pb2.User:
         """Store one user; retried safely because it carries an idempotency key.
 
@@ -343,7 +343,7 @@ class UserClient:
         self,
         users: Iterable[NewUserSpec],
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 -- a gRPC deadline, not a local wait
+        timeout: float | None = None,
     ) -> list[user_pb2.User]:
         """Store every user in one transaction, or none.
 

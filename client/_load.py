@@ -111,7 +111,7 @@ class LoadClient(Protocol):
         self,
         user_id: str,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 -- a gRPC deadline, not a local wait
+        timeout: float | None = None,
     ) -> user_pb2.User: ...
 
     async def create_user(
@@ -122,7 +122,7 @@ class LoadClient(Protocol):
         roles: Sequence[str] = ...,
         *,
         request_id: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 -- a gRPC deadline, not a local wait
+        timeout: float | None = None,
     ) -> user_pb2.User: ...
 
     def list_users(
@@ -133,7 +133,7 @@ class LoadClient(Protocol):
         self,
         users: Iterable[Any],
         *,
-        timeout: float | None = None,  # noqa: ASYNC109 -- a gRPC deadline, not a local wait
+        timeout: float | None = None,
     ) -> list[user_pb2.User]: ...
 
     def chat(self, *, user_id: str = "") -> AbstractAsyncContextManager[Any]: ...

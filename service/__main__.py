@@ -11,7 +11,7 @@ from service.config import ConfigError, load_config
 from service.logs import configure_logging
 from service.server import run
 from service.store import StoreUnavailable
-from service.tracing import configure_tracing
+from service.tracing import configure_tracing, shutdown_tracing
 
 __all__ = ["main"]
 
@@ -35,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return 1
     finally:
-        tracer_provider.shutdown()
+        shutdown_tracing(tracer_provider)
 
 
 if __name__ == "__main__":

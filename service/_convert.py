@@ -16,7 +16,7 @@ def role_names(values: list[int] | tuple[int, ...]) -> tuple[str, ...]:
     names = []
     for value in values:
         try:
-            name = user_pb2.Role.Name(value)
+            name = user_pb2.Role.Name(user_pb2.Role.ValueType(value))
         except ValueError:
             names.append(f"role_{value}")
             continue

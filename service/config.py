@@ -150,7 +150,8 @@ class ServiceConfig:
     )
     reflection: bool = _setting(True, "MESH_REFLECTION", "serve gRPC server reflection")
     fault_delay: float = _setting(
-        0.0, "MESH_FAULT_DELAY",
+        0.0,
+        "MESH_FAULT_DELAY",
         "chaos: extra seconds added to every UserService call, to show a slow replica; 0 = off",
         check=_non_negative,
     )
@@ -196,7 +197,8 @@ def _parse_bool(text: str) -> bool:
 
 
 def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = type(f.default)
+    default: Any = f.default
+    kind = type(default)
     try:
         if kind is bool:
             return _parse_bool(raw)

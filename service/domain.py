@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from service.errors import FieldViolation, InvalidArgument
 
 __all__ = [
+    "DEFAULT_PAGE_SIZE",
     "EMAIL_RE",
     "MAX_AGE",
     "MAX_BATCH",
@@ -27,7 +28,6 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "MAX_REQUEST_ID",
     "ROLES",
-    "DEFAULT_PAGE_SIZE",
     "NewUser",
     "User",
     "decode_page_token",
@@ -212,7 +212,7 @@ def decode_page_token(token: str) -> str | None:
             "page_token is not a token this service issued",
             [FieldViolation("page_token", "malformed; pass back a next_page_token unchanged")],
         )
-    return raw[len(_TOKEN_PREFIX):]
+    return raw[len(_TOKEN_PREFIX) :]
 
 
 def resolve_page_size(requested: int) -> int:

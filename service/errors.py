@@ -100,9 +100,7 @@ class NotFound(ServiceError):
         super().__init__(
             f"{resource_type} {name!r} not found",
             details=[
-                error_details_pb2.ResourceInfo(
-                    resource_type=resource_type, resource_name=name
-                )
+                error_details_pb2.ResourceInfo(resource_type=resource_type, resource_name=name)
             ],
         )
 
@@ -147,7 +145,9 @@ class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
     def __init__(self, message: str, *, retry_after_ms: int | None = None) -> None:
-        trailing = () if retry_after_ms is None else (("grpc-retry-pushback-ms", str(retry_after_ms)),)
+        trailing = (
+            () if retry_after_ms is None else (("grpc-retry-pushback-ms", str(retry_after_ms)),)
+        )
         super().__init__(message, trailing_metadata=trailing)
 
 
@@ -174,4 +174,4 @@ class Internal(ServiceError):
 
 
 # google.rpc.Code and grpc.StatusCode share numbers; keep the import honest.
-assert code_pb2.INVALID_ARGUMENT == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+assert grpc.StatusCode.INVALID_ARGUMENT.value[0] == code_pb2.INVALID_ARGUMENT

@@ -28,7 +28,7 @@ class HealthReporter:
     """Owns the health servicer and the task that probes the store."""
 
     def __init__(self, store: Store, *, interval: float, probe_timeout: float = 1.0) -> None:
-        self.servicer = health.aio.HealthServicer()
+        self.servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._store = store
         self._interval = interval
         self._probe_timeout = probe_timeout

@@ -104,7 +104,10 @@ def _verifier(config: ServiceConfig) -> TokenVerifier | None:
             "no JWT secret: set MESH_AUTH_SECRET or MESH_AUTH_SECRET_FILE, "
             "or switch auth off explicitly with --no-auth / MESH_AUTH_DISABLED=true"
         )
-    return TokenVerifier(secret)
+    try:
+        return TokenVerifier(secret)
+    except ValueError as exc:
+        raise ConfigError(f"MESH_AUTH_SECRET: {exc}") from exc
 
 
 async def _open_store(config: ServiceConfig, attempts: int = 5) -> Store:
@@ -129,7 +132,7 @@ async def start_replica(
     config: ServiceConfig,
     *,
     tracer_provider: TracerProvider | None = None,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,  # type: ignore[type-arg]
 ) -> Replica:
     """Open the store, build the server with every interceptor, bind and start it."""
     verifier = _verifier(config)
@@ -143,7 +146,9 @@ async def start_replica(
         else list(interceptors)
     )
     if config.fault_delay > 0:
-        log.warning("chaos: every UserService call is delayed", extra={"delay_s": config.fault_delay})
+        log.warning(
+            "chaos: every UserService call is delayed", extra={"delay_s": config.fault_delay}
+        )
         chain.append(FaultDelayInterceptor(config.fault_delay))
     server = grpc.aio.server(
         interceptors=chain,

@@ -187,8 +187,18 @@ class ReplicaProcess:
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }
-        cmd = [sys.executable, "-m", "service", "--host", self.host, "--port", "0",
-               "--store", self.store_url, *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "service",
+            "--host",
+            self.host,
+            "--port",
+            "0",
+            "--store",
+            self.store_url,
+            *self.args,
+        ]
         self._bound = asyncio.get_running_loop().create_future()
         self._proc = await asyncio.create_subprocess_exec(
             *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT

@@ -20,9 +20,15 @@ __all__ = ["FaultDelayInterceptor"]
 _SERVICE_PREFIX = "/meshdemo.v1.UserService/"
 
 
-def _delayed(handler: grpc.RpcMethodHandler[Any, Any], delay: float) -> grpc.RpcMethodHandler[Any, Any]:
+def _delayed(
+    handler: grpc.RpcMethodHandler[Any, Any], delay: float
+) -> grpc.RpcMethodHandler[Any, Any]:
     if handler.response_streaming:
-        inner_stream = handler.stream_stream if handler.request_streaming else handler.unary_stream
+        inner_stream: Any = (
+            handler.stream_stream if handler.request_streaming else handler.unary_stream
+        )
+
+        assert inner_stream is not None
 
         async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
             await asyncio.sleep(delay)
@@ -40,6 +46,7 @@ def _delayed(handler: grpc.RpcMethodHandler[Any, Any], delay: float) -> grpc.Rpc
             response_serializer=handler.response_serializer,
         )
     inner = handler.stream_unary if handler.request_streaming else handler.unary_unary
+    assert inner is not None
 
     async def unary(request: Any, context: Any) -> Any:
         await asyncio.sleep(delay)
@@ -57,7 +64,7 @@ def _delayed(handler: grpc.RpcMethodHandler[Any, Any], delay: float) -> grpc.Rpc
     )
 
 
-class FaultDelayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class FaultDelayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Delays every UserService call by ``delay`` seconds (handlers cached per method)."""
 
     def __init__(self, delay: float) -> None:

@@ -79,7 +79,7 @@ class FakeClient:
         self,
         user_id: str,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> user_pb2.User:
         await self._serve("get")
         if user_id not in self.users:
@@ -94,7 +94,7 @@ class FakeClient:
         roles: Sequence[str] = ("user",),
         *,
         request_id: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> user_pb2.User:
         await self._serve("create")
         return self._store(name, email, age)
@@ -113,7 +113,7 @@ class FakeClient:
         self,
         users: Iterable[Any],
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> list[user_pb2.User]:
         specs = list(users)
         await self._serve("batch")
@@ -250,7 +250,7 @@ async def test_stuck_calls_are_cancelled_after_the_drain_timeout() -> None:
             self,
             user_id: str,
             *,
-            timeout: float | None = None,  # noqa: ASYNC109
+            timeout: float | None = None,
         ) -> user_pb2.User:
             await asyncio.sleep(30)
             raise AssertionError("unreachable")

@@ -34,10 +34,17 @@ def test_config_is_frozen_and_hides_the_secret() -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("port", 65536), ("port", -1), ("metrics_port", -2), ("store", "mysql://x"),
-        ("drain_delay", -1.0), ("shutdown_grace", -0.1), ("max_connection_age", -5.0),
-        ("keepalive_min_ping_interval", 0.5), ("max_concurrent_rpcs", 0),
-        ("health_interval", 0.0), ("log_level", "LOUD"),
+        ("port", 65536),
+        ("port", -1),
+        ("metrics_port", -2),
+        ("store", "mysql://x"),
+        ("drain_delay", -1.0),
+        ("shutdown_grace", -0.1),
+        ("max_connection_age", -5.0),
+        ("keepalive_min_ping_interval", 0.5),
+        ("max_concurrent_rpcs", 0),
+        ("health_interval", 0.0),
+        ("log_level", "LOUD"),
     ],
 )
 def test_each_validator_refuses_bad_values(field: str, value: object) -> None:

@@ -26,8 +26,12 @@ from service.errors import InvalidArgument
 names = st.text(min_size=1, max_size=MAX_NAME).filter(lambda s: s.strip() != "")
 local = st.text(alphabet=string.ascii_letters + string.digits + "._+-", min_size=1, max_size=20)
 label = st.text(alphabet=string.ascii_lowercase + string.digits, min_size=1, max_size=10)
-emails = st.builds(lambda lp, d, tld: f"{lp}@{d}.{tld}", local, label,
-                   st.text(alphabet=string.ascii_lowercase, min_size=2, max_size=6))
+emails = st.builds(
+    lambda lp, d, tld: f"{lp}@{d}.{tld}",
+    local,
+    label,
+    st.text(alphabet=string.ascii_lowercase, min_size=2, max_size=6),
+)
 ages = st.integers(0, MAX_AGE)
 roles = st.lists(st.sampled_from(sorted(ROLES)), min_size=1, max_size=3, unique=True).map(tuple)
 valid_users = st.builds(NewUser, name=names, email=emails, age=ages, roles=roles)
@@ -45,8 +49,14 @@ def test_any_age_out_of_range_is_refused(user: NewUser, age: int) -> None:
     assert [v.field for v in caught.value.violations] == ["age"]
 
 
-@given(valid_users, st.one_of(st.just(""), st.text(min_size=MAX_NAME + 1, max_size=300),
-                              st.text(alphabet=" \t\n", min_size=1, max_size=5)))
+@given(
+    valid_users,
+    st.one_of(
+        st.just(""),
+        st.text(min_size=MAX_NAME + 1, max_size=300),
+        st.text(alphabet=" \t\n", min_size=1, max_size=5),
+    ),
+)
 def test_empty_blank_or_long_names_are_refused(user: NewUser, name: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
         validate_new_user(NewUser(name, user.email, user.age, user.roles))
@@ -76,7 +86,11 @@ def test_every_violation_is_reported_together() -> None:
     with pytest.raises(InvalidArgument) as caught:
         validate_new_user(NewUser("", "x", 999, ("root",), request_id="r" * 129))
     assert {v.field for v in caught.value.violations} == {
-        "name", "email", "age", "roles", "request_id"
+        "name",
+        "email",
+        "age",
+        "roles",
+        "request_id",
     }
 
 
@@ -112,7 +126,10 @@ def test_arbitrary_tokens_decode_or_fail_with_invalid_argument(token: str) -> No
     try:
         decode_page_token(token)
     except InvalidArgument as exc:
-        assert exc.violations[0].field == "page_token"
+        fields = [v.field for v in exc.violations]
+    else:
+        fields = ["page_token"]
+    assert fields == ["page_token"]
 
 
 def test_page_size_rules() -> None:

@@ -24,6 +24,8 @@ from service.config import ServiceConfig
 from service.testing import ReplicaProcess, admin_token, reader_token, serve
 
 READER = (("authorization", f"Bearer {reader_token()}"),)
+ROOT = Path(__file__).resolve().parents[2]
+HAVE_GRPC_JS = (ROOT / "node_modules" / "@grpc" / "grpc-js").is_dir()
 SERVICE = "meshdemo.v1.UserService"
 
 
@@ -32,7 +34,11 @@ def _run_service(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess
     full_env.update(env)
     return subprocess.run(
         [sys.executable, "-m", "service", *args],
-        env=full_env, capture_output=True, text=True, timeout=30, check=False,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
 
@@ -62,15 +68,16 @@ def test_invalid_flag_value_names_flag_and_variable() -> None:
 @pytest.mark.slow
 async def test_auth_switched_off_explicitly_starts_and_warns(tmp_path: Path) -> None:
     replica = ReplicaProcess(
-        "127.0.0.2", store_url=f"sqlite:///{tmp_path}/a.db",
-        env={"MESH_AUTH_SECRET": ""}, args=["--no-auth"],
+        "127.0.0.2",
+        store_url=f"sqlite:///{tmp_path}/a.db",
+        env={"MESH_AUTH_SECRET": ""},
+        args=["--no-auth"],
     )
-    async with replica:
-        async with grpc.aio.insecure_channel(replica.address) as ch:
-            stub = user_pb2_grpc.UserServiceStub(ch)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.GetUser(user_pb2.GetUserRequest(id="x"))
-            assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # no token needed
+    async with replica, grpc.aio.insecure_channel(replica.address) as ch:
+        stub = user_pb2_grpc.UserServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetUser(user_pb2.GetUserRequest(id="x"))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # no token needed
     warnings = [e for e in replica.logs if e.get("level") == "WARNING"]
     assert any("switched off" in e.get("message", "") for e in warnings)
 
@@ -87,7 +94,8 @@ async def test_sigterm_turns_not_serving_drains_finishes_in_flight_and_exits_zer
     tmp_path: Path,
 ) -> None:
     replica = ReplicaProcess(
-        "127.0.0.2", store_url=f"sqlite:///{tmp_path}/s.db",
+        "127.0.0.2",
+        store_url=f"sqlite:///{tmp_path}/s.db",
         env={"MESH_DRAIN_DELAY": "1.0", "MESH_SHUTDOWN_GRACE": "5"},
     )
     async with replica:
@@ -164,6 +172,7 @@ async def test_connections_older_than_max_age_are_closed() -> None:
 
 async def test_reflection_lists_the_services() -> None:
     async with serve("127.0.0.1") as server:
+
         def list_services() -> list[str]:
             with grpc.insecure_channel(server.address) as ch:
                 return list(ProtoReflectionDescriptorDatabase(ch).get_services())
@@ -181,19 +190,25 @@ async def test_metrics_endpoint_counts_calls() -> None:
                     user_pb2.GetUserRequest(id="nope"), metadata=READER
                 )
         url = f"http://127.0.0.1:{server.replica.metrics_port}/metrics"
-        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
     assert 'grpc_method="GetUser"' in body
     assert 'grpc_code="NOT_FOUND"' in body
 
 
 async def test_a_client_on_another_grpc_implementation_calls_everything() -> None:
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "node_modules" / "@grpc" / "grpc-js").exists():
+    root = ROOT
+    if not HAVE_GRPC_JS:
         pytest.skip("grpc-js not installed: run `npm ci` (CI does)")
     async with serve("127.0.0.1") as server:
         proc = await asyncio.create_subprocess_exec(
-            "node", str(root / "tests" / "interop" / "client.mjs"), server.address, admin_token(),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            "node",
+            str(root / "tests" / "interop" / "client.mjs"),
+            server.address,
+            admin_token(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
@@ -215,7 +230,9 @@ POSTGRES_URL = os.environ.get("MESH_TEST_POSTGRES_URL", "postgresql://postgres@1
 async def test_health_follows_the_store_when_the_database_goes_away() -> None:
     psycopg = pytest.importorskip("psycopg")
     try:
-        admin = await psycopg.AsyncConnection.connect(POSTGRES_URL, autocommit=True, connect_timeout=3)
+        admin = await psycopg.AsyncConnection.connect(
+            POSTGRES_URL, autocommit=True, connect_timeout=3
+        )
     except psycopg.OperationalError as exc:
         if os.environ.get("MESH_TEST_REQUIRE_POSTGRES"):
             raise
@@ -225,7 +242,9 @@ async def test_health_follows_the_store_when_the_database_goes_away() -> None:
     async with admin:
         await admin.execute(f'CREATE DATABASE "{name}"')
         try:
-            async with serve("127.0.0.1", store_url=f"{base}/{name}", health_interval=0.2) as server:
+            async with serve(
+                "127.0.0.1", store_url=f"{base}/{name}", health_interval=0.2
+            ) as server:
                 watch = _watch(server.address)
                 assert await anext(watch) == health_pb2.HealthCheckResponse.SERVING
                 await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')

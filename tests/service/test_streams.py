@@ -172,7 +172,9 @@ async def test_chat_echoes_with_server_timestamp_until_half_close(
     call = stub.Chat(metadata=reader)
     replies = []
     for text in ("hello", "mesh"):
-        await call.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(user_id="u1", text=text)))
+        await call.write(
+            user_pb2.ChatRequest(message=user_pb2.ChatMessage(user_id="u1", text=text))
+        )
         replies.append(await call.read())
     await call.done_writing()
     assert await call.read() == grpc.aio.EOF
