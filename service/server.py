@@ -110,22 +110,21 @@ def _verifier(config: ServiceConfig) -> TokenVerifier | None:
         raise ConfigError(f"MESH_AUTH_SECRET: {exc}") from exc
 
 
-async def _open_store(config: ServiceConfig, attempts: int = 5) -> Store:
-    """Open the store, retrying a little: a database may start after us."""
+async def _open_store(config: ServiceConfig) -> Store:
+    """Open the store; if it is down, start anyway and let health say NOT_SERVING.
+
+    A store whose ``open()`` failed retries it on every later call (ping
+    included), so the health probe brings the replica to SERVING as soon as
+    the database answers, as a Kubernetes readiness probe expects.
+    """
     store = open_store(config.store)
-    delay = 0.2
-    for attempt in range(1, attempts + 1):
-        try:
-            await store.open()
-        except StoreUnavailable as exc:
-            if attempt == attempts:
-                raise
-            log.warning("store not reachable yet", extra={"error": str(exc), "retry_in_s": delay})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        else:
-            return store
-    raise AssertionError("unreachable")
+    try:
+        await store.open()
+    except StoreUnavailable as exc:
+        log.warning(
+            "store not reachable at start; NOT_SERVING until it is", extra={"error": str(exc)}
+        )
+    return store
 
 
 async def start_replica(

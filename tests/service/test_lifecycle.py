@@ -292,3 +292,38 @@ async def test_fault_delay_slows_user_calls_but_not_health() -> None:
                     user_pb2.GetUserRequest(id="x"), metadata=READER, timeout=0.5
                 )
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.postgres
+async def test_a_replica_started_before_its_database_becomes_serving_when_it_appears() -> None:
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = await psycopg.AsyncConnection.connect(
+            POSTGRES_URL, autocommit=True, connect_timeout=3
+        )
+    except psycopg.OperationalError as exc:
+        if os.environ.get("MESH_TEST_REQUIRE_POSTGRES"):
+            raise
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
+    name = f"meshdemo_late_{uuid.uuid4().hex[:10]}"
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    async with admin:
+        try:
+            async with serve(
+                "127.0.0.1", store_url=f"{base}/{name}?pool_timeout=1", health_interval=0.2
+            ) as server:
+                watch = _watch(server.address)
+                assert await anext(watch) == health_pb2.HealthCheckResponse.NOT_SERVING
+                async with grpc.aio.insecure_channel(server.address) as ch:
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        await user_pb2_grpc.UserServiceStub(ch).GetUser(
+                            user_pb2.GetUserRequest(id="x"), metadata=READER
+                        )
+                    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                await admin.execute(f'CREATE DATABASE "{name}"')
+                assert await asyncio.wait_for(anext(watch), 15) == (
+                    health_pb2.HealthCheckResponse.SERVING
+                )
+                await watch.aclose()
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

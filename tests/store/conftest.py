@@ -80,7 +80,10 @@ def postgres_database() -> Iterator[str]:
     try:
         admin = psycopg.connect(server, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {shown}: {str(exc).strip()[:200]}")
+        reason = f"PostgreSQL not reachable at {shown}: {str(exc).strip()[:200]}"
+        if os.environ.get("MESH_TEST_REQUIRE_POSTGRES"):
+            pytest.fail(reason + " (MESH_TEST_REQUIRE_POSTGRES is set)")
+        pytest.skip(reason)
     name = f"meshdemo_test_{secrets.token_hex(6)}"
     with admin:
         _create_database(admin, name)
