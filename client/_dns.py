@@ -31,6 +31,7 @@ import dns.resolver
 from client._discovery_backoff import DiscoveryBackoff
 from client._feed import FeedResolver
 from client._resolver import Address, TargetError, _is_ip, parse_hostport
+from client._tasks import cancel_and_wait
 
 __all__ = ["DEFAULT_DNS_SERVER_PORT", "DEFAULT_TARGET_PORT", "DnsResolver"]
 
@@ -180,9 +181,7 @@ class DnsResolver(FeedResolver):
             await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in (sleeper, waker):
-                waiter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await waiter
+                await cancel_and_wait(waiter)
 
     async def _resolve(self) -> _Answer:
         resolver = self._resolver()

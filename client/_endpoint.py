@@ -40,6 +40,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client._resolver import Address
+from client._tasks import cancel_and_wait
 from meshdemo.v1 import user_pb2_grpc
 
 __all__ = [
@@ -522,9 +523,7 @@ class Endpoint:
     async def _stop_watch(self) -> None:
         task, self._watch_task = self._watch_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
 
 def _insecure_channel(

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
 from client._resolver import Address
+from client._tasks import cancel_and_wait
 
 __all__ = ["AddressFeed", "FeedResolver"]
 
@@ -131,9 +131,7 @@ class FeedResolver(abc.ABC):
         self._feed.close()
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await self._aclose_resources()
 
     async def _aclose_resources(self) -> None:  # noqa: B027 - an optional hook

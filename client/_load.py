@@ -27,7 +27,6 @@ cancelled (and not counted).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 import uuid
@@ -41,6 +40,7 @@ import grpc
 
 from client._errors import MeshError, rpc_code
 from client._histogram import LatencyHistogram, LatencySummary
+from client._tasks import cancel_and_wait
 from meshdemo.v1 import user_pb2
 
 __all__ = [
@@ -648,9 +648,7 @@ async def run_load(
         await _drive(run, workload, sleep)
     finally:
         if ticker is not None:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+            await cancel_and_wait(ticker)
     if on_tick is not None:
         on_tick(run.snapshot(client.stats()))
     return run.summary(client.stats(), seeded)

@@ -25,6 +25,7 @@ import grpc
 from client._endpoint import EjectionConfig, Endpoint, EndpointStats, PoolConfig
 from client._picker import Picker, make_picker
 from client._resolver import Address, Resolver
+from client._tasks import cancel_and_wait
 
 __all__ = ["EndpointSet", "NoEndpointError"]
 
@@ -95,10 +96,7 @@ class EndpointSet:
         """Stop discovery and close every endpoint, active or draining."""
         self._closed = True
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks.clear()
         await self._resolver.close()
         for task in list(self._drain_tasks):

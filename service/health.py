@@ -8,7 +8,6 @@ both to NOT_SERVING for good (the first step of the shutdown protocol).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from grpc_health.v1 import health, health_pb2
@@ -87,8 +86,13 @@ class HealthReporter:
 
     async def stop(self) -> None:
         """Stop probing (idempotent)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                # Swallow the probe's cancellation, never our own caller's.
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
