@@ -12,7 +12,9 @@ from client._client import (
     ClientStats,
     NewUserSpec,
     UserClient,
+    UserListing,
 )
+from client._dns import DnsResolver
 from client._endpoint import (
     EjectionConfig,
     Endpoint,
@@ -35,7 +37,9 @@ from client._errors import (
     UnavailableError,
     from_rpc_error,
 )
+from client._histogram import LatencyHistogram, LatencySummary
 from client._interceptors import CallMetrics, MethodStats, TokenProvider
+from client._load import LoadConfig, LoadSnapshot, LoadSummary, parse_mix, run_load
 from client._picker import PICKERS, Candidate, Picker, make_picker
 from client._pool import EndpointSet, NoEndpointError
 from client._resolver import Address, Resolver, StaticResolver, TargetError, resolver_for
@@ -45,6 +49,7 @@ from client._token import mint_token
 __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     # The client
     "UserClient",
+    "UserListing",
     "ChatSession",
     "NewUserSpec",
     "ClientStats",
@@ -63,6 +68,8 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     "Address",
     "Resolver",
     "StaticResolver",
+    "DnsResolver",
+    "KubernetesResolver",
     "TargetError",
     "resolver_for",
     # Balancing and pooling
@@ -75,9 +82,16 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     "EndpointState",
     "EndpointStats",
     "NoEndpointError",
-    # Metrics
+    # Metrics and load
     "CallMetrics",
     "MethodStats",
+    "LatencyHistogram",
+    "LatencySummary",
+    "LoadConfig",
+    "LoadSnapshot",
+    "LoadSummary",
+    "parse_mix",
+    "run_load",
     # Errors
     "MeshError",
     "InvalidArgumentError",
@@ -93,3 +107,12 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     "InternalError",
     "from_rpc_error",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The kubernetes package is heavy: import it only for k8s:/// users.
+    if name == "KubernetesResolver":
+        from client._k8s import KubernetesResolver
+
+        return KubernetesResolver
+    raise AttributeError(f"module 'client' has no attribute {name!r}")

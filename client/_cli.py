@@ -47,7 +47,6 @@ __all__ = [
     "main",
     "main_async",
     "read_batch",
-    "resume_token",
     "user_dict",
 ]
 
@@ -509,39 +508,26 @@ async def _cmd_create(args: argparse.Namespace, client: UserClient, io: _Io) -> 
     return EXIT_OK
 
 
-def resume_token(user_id: str) -> str:
-    """The page token that resumes a listing right after the user ``user_id``.
-
-    ``UserClient.list_users`` yields users but not their ``next_page_token``;
-    until it does, this mirrors the service's token format (service.domain).
-    """
-    from service.domain import encode_page_token
-
-    return encode_page_token(user_id)
-
-
 async def _list_page(
     client: UserClient, args: argparse.Namespace, io: _Io, token: str
 ) -> tuple[int, str]:
-    """Print one page; (users printed, id of the last one)."""
-    count, last_id = 0, ""
-    async for user in client.list_users(
-        page_size=args.page_size, page_token=token, timeout=args.timeout
-    ):
+    """Print one page; (users printed, the token that resumes after it)."""
+    count = 0
+    listing = client.list_users(page_size=args.page_size, page_token=token, timeout=args.timeout)
+    async for user in listing:
         _print_user(io, user, args.json)
-        count, last_id = count + 1, user.id
-    return count, last_id
+        count += 1
+    return count, listing.next_page_token
 
 
 async def _cmd_list(args: argparse.Namespace, client: UserClient, io: _Io) -> int:
     page = args.page_size or 100
     token, listed = args.page_token, 0
     while listed < _MAX_LISTED:
-        count, last_id = await _list_page(client, args, io, token)
+        count, token = await _list_page(client, args, io, token)
         listed += count
         if count < page:
             return EXIT_OK
-        token = resume_token(last_id)
         if not args.all:
             io.err(f"next page: --page-token {token}")
             return EXIT_OK

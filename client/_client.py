@@ -16,6 +16,7 @@ import random
 import time
 import uuid
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterator,
     Awaitable,
     Callable,
@@ -41,6 +42,7 @@ from client._picker import Picker
 from client._pool import EndpointSet, NoEndpointError
 from client._resolver import Resolver, resolver_for
 from client._retry import Attempt, AttemptFailed, RetryBudget, RetryPolicy, call_with_retries
+from client._tasks import cancel_and_wait
 from meshdemo.v1 import user_pb2
 
 __all__ = [
@@ -175,6 +177,41 @@ class _End:
     """Marks the end of a listing in the hand-over queue, with its error if it failed."""
 
     error: Exception | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    user: user_pb2.User
+    next_page_token: str
+
+
+class UserListing(AsyncIterator[user_pb2.User]):
+    """What :meth:`UserClient.list_users` returns: an async iterator of users.
+
+    Attributes:
+        next_page_token: The token that resumes right after the last user
+            yielded so far (the request's ``page_token`` before the first);
+            pass it as ``page_token`` to fetch the next page.
+    """
+
+    def __init__(self, page_token: str) -> None:
+        self.next_page_token = page_token
+        self._users: AsyncGenerator[user_pb2.User, None] | None = None
+
+    def _attach(self, users: AsyncGenerator[user_pb2.User, None]) -> None:
+        self._users = users
+
+    def __aiter__(self) -> UserListing:
+        return self
+
+    async def __anext__(self) -> user_pb2.User:
+        assert self._users is not None
+        return await self._users.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the listing early and release its stream."""
+        if self._users is not None:
+            await self._users.aclose()
 
 
 class UserClient:
@@ -485,39 +522,42 @@ class UserClient:
 
     def list_users(
         self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None
-    ) -> AsyncIterator[user_pb2.User]:
+    ) -> UserListing:
         """Stream users in id order, at most ``page_size`` (0: the server default, 100).
 
         A stream broken mid-way resumes on another replica right after the last
         user received (its ``next_page_token``), asking only for what is left of
-        the page: no duplicate, no gap.
+        the page: no duplicate, no gap. The returned :class:`UserListing` also
+        tells the token that resumes after the last user it yielded, for the
+        next page.
 
         Raises (from the iterator):
             InvalidArgumentError: A negative page size or a bad page token.
             MeshError: The listing failed and could not be resumed.
         """
-        return self._list_users(_ListCursor(page_token, page_size), timeout)
+        listing = UserListing(page_token)
+        listing._attach(self._list_users(_ListCursor(page_token, page_size), timeout, listing))
+        return listing
 
     async def _list_users(
-        self, cursor: _ListCursor, call_timeout: float | None
-    ) -> AsyncIterator[user_pb2.User]:
+        self, cursor: _ListCursor, call_timeout: float | None, listing: UserListing
+    ) -> AsyncGenerator[user_pb2.User, None]:
         deadline = self._deadline("ListUsers", call_timeout)
         # Bounded: the producer reads the stream only as fast as the caller consumes it.
-        queue: asyncio.Queue[user_pb2.User | _End] = asyncio.Queue(maxsize=_LIST_BUFFER)
+        queue: asyncio.Queue[_Listed | _End] = asyncio.Queue(maxsize=_LIST_BUFFER)
         span = self._start_span("ListUsers")
         producer = asyncio.get_running_loop().create_task(
             self._produce_listing(cursor, queue, deadline, span), name="list-users"
         )
         try:
             while not isinstance(item := await queue.get(), _End):
-                yield item
+                listing.next_page_token = item.next_page_token
+                yield item.user
             if item.error is not None:
                 raise item.error
         finally:
             # Only a caller that stopped early finds the producer still running.
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
+            await cancel_and_wait(producer)
             span.end()
 
     def _start_span(self, method: str) -> Span:
@@ -529,7 +569,7 @@ class UserClient:
     async def _produce_listing(
         self,
         cursor: _ListCursor,
-        queue: asyncio.Queue[user_pb2.User | _End],
+        queue: asyncio.Queue[_Listed | _End],
         deadline: float | None,
         span: Span,
     ) -> None:
@@ -552,7 +592,7 @@ class UserClient:
 
     @staticmethod
     def _listing_invoker(
-        cursor: _ListCursor, queue: asyncio.Queue[user_pb2.User | _End]
+        cursor: _ListCursor, queue: asyncio.Queue[_Listed | _End]
     ) -> Callable[[Lease, float | None], Awaitable[None]]:
         async def invoke(lease: Lease, attempt_timeout: float | None) -> None:
             if cursor.done:
@@ -562,7 +602,7 @@ class UserClient:
                 # The request asked for exactly what is left, so the stream ends by itself.
                 async for item in call:
                     cursor.advance(item.next_page_token)
-                    await queue.put(item.user)
+                    await queue.put(_Listed(item.user, item.next_page_token))
             finally:
                 call.cancel()
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from client._cli import resume_token
 from client._client import ROLES, NewUserSpec, UserClient
 from client._errors import InvalidArgumentError, MeshError, NotFoundError
 from client._token import mint_token
@@ -123,10 +122,10 @@ async def _batch(client: UserClient, say: _Narrator) -> None:
 
 async def _listing(client: UserClient, say: _Narrator) -> None:
     say.step("ListUsers: a page of 3, then resume with its page token (server stream)")
-    page = [user async for user in client.list_users(page_size=3)]
-    for user in page:
+    listing = client.list_users(page_size=3)
+    async for user in listing:
         say.say(f"page 1    {_describe(user)}")
-    token = resume_token(page[-1].id)
+    token = listing.next_page_token
     say.say(f"next page token: [magenta]{token}[/]")
     async for user in client.list_users(page_size=3, page_token=token):
         say.say(f"page 2    {_describe(user)}")

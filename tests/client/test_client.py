@@ -6,6 +6,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Collection, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -386,3 +387,20 @@ async def test_an_unavailable_endpoint_triggers_re_resolution(
         with pytest.raises(NotFoundError):
             await c.get_user("nobody")
     assert resolver.resolve_now_calls == 1
+
+
+async def test_listing_tells_the_token_that_resumes_after_the_last_user_yielded(
+    tmp_path: Path,
+) -> None:
+    from service.testing import admin_token, serve
+
+    async with serve("127.0.0.2", store_url=f"sqlite:///{tmp_path}/l.db") as server:
+        async with UserClient(f"static:///{server.address}", token=admin_token()) as users:
+            created = await users.batch_create_users(
+                [NewUserSpec(f"U{i}", f"u{i}@example.com", 30) for i in range(7)]
+            )
+            first = users.list_users(page_size=3)
+            assert first.next_page_token == ""
+            page = [u.id async for u in first]
+            rest = [u.id async for u in users.list_users(page_token=first.next_page_token)]
+    assert page + rest == sorted(u.id for u in created)

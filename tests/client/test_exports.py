@@ -8,17 +8,19 @@ import client
 
 EXPECTED = {
     # The client
-    "UserClient", "ChatSession", "NewUserSpec", "ClientStats", "DEFAULT_DEADLINES",
+    "UserClient", "UserListing", "ChatSession", "NewUserSpec", "ClientStats", "DEFAULT_DEADLINES",
     "DEFAULT_ATTEMPT_TIMEOUTS", "MAX_BATCH", "ROLES", "mint_token",
     # Configuration
     "PoolConfig", "EjectionConfig", "RetryPolicy", "RetryBudget", "TokenProvider",
     # Discovery
-    "Address", "Resolver", "StaticResolver", "TargetError", "resolver_for",
+    "Address", "Resolver", "StaticResolver", "DnsResolver", "KubernetesResolver", "TargetError",
+    "resolver_for",
     # Balancing and pooling
     "Candidate", "Picker", "PICKERS", "make_picker", "Endpoint", "EndpointSet",
     "EndpointState", "EndpointStats", "NoEndpointError",
     # Metrics
-    "CallMetrics", "MethodStats",
+    "CallMetrics", "MethodStats", "LatencyHistogram", "LatencySummary", "LoadConfig",
+    "LoadSnapshot", "LoadSummary", "parse_mix", "run_load",
     # Errors
     "MeshError", "InvalidArgumentError", "FieldViolation", "NotFoundError",
     "AlreadyExistsError", "UnauthenticatedError", "PermissionDeniedError",
