@@ -52,6 +52,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from service.domain import NewUser, User, utc_now
 from service.store._base import StoreUnavailable
+from service.store._keyset import keyset_pages
 from service.store._plan import Insert, Stored, plan_creates
 from service.store._schema import ADVISORY_LOCK_KEY, MIGRATIONS_TABLE_POSTGRES, pending
 
@@ -188,22 +189,15 @@ class PostgresStore:
         """Store all of ``news`` in one transaction, or none of them."""
         return await self._create(news, batch=True)
 
-    async def iter_users(self, after_id: str | None, limit: int) -> AsyncIterator[User]:
+    def iter_users(self, after_id: str | None, limit: int) -> AsyncIterator[User]:
         """Up to ``limit`` users with id greater than ``after_id``, in id order."""
-        last = after_id or ""  # every id is non-empty, so "" precedes them all
-        remaining = limit
-        while remaining > 0:
-            want = min(self._chunk_size, remaining)
-            rows = await self._fetch(
-                f"SELECT {_COLUMNS} FROM users WHERE id > %s ORDER BY id LIMIT %s",
-                (last, want),
-            )
-            for row in rows:
-                yield _user(row)
-            if len(rows) < want:
-                return
-            remaining -= len(rows)
-            last = rows[-1][0]
+        return keyset_pages(self._users_after, after_id, limit, self._chunk_size)
+
+    async def _users_after(self, last_id: str, count: int) -> list[User]:
+        rows = await self._fetch(
+            f"SELECT {_COLUMNS} FROM users WHERE id > %s ORDER BY id LIMIT %s", (last_id, count)
+        )
+        return [_user(row) for row in rows]
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[TupleRow]:
         """One autocommit statement on a pooled connection, returned before the rows are used."""

@@ -47,6 +47,7 @@ import aiosqlite
 
 from service.domain import NewUser, User, utc_now
 from service.store._base import StoreUnavailable
+from service.store._keyset import keyset_pages
 from service.store._plan import Insert, Stored, plan_creates
 from service.store._schema import MIGRATIONS_TABLE_SQLITE, pending
 
@@ -161,26 +162,17 @@ class SQLiteStore:
         """Store all of ``news`` in one transaction, or none of them."""
         return await self._create(news, batch=True)
 
-    async def iter_users(self, after_id: str | None, limit: int) -> AsyncIterator[User]:
+    def iter_users(self, after_id: str | None, limit: int) -> AsyncIterator[User]:
         """Up to ``limit`` users with id greater than ``after_id``, in id order."""
-        last = after_id or ""  # every id is non-empty, so "" precedes them all
-        remaining = limit
-        while remaining > 0:
-            want = min(self._chunk_size, remaining)
-            _, reader = await self._connections()
-            with _translated():
-                rows = list(
-                    await reader.execute_fetchall(
-                        f"SELECT {_COLUMNS} FROM users WHERE id > ? ORDER BY id LIMIT ?",
-                        (last, want),
-                    )
-                )
-            for row in rows:
-                yield _user(row)
-            if len(rows) < want:
-                return
-            remaining -= len(rows)
-            last = rows[-1][0]
+        return keyset_pages(self._users_after, after_id, limit, self._chunk_size)
+
+    async def _users_after(self, last_id: str, count: int) -> list[User]:
+        _, reader = await self._connections()
+        with _translated():
+            rows = await reader.execute_fetchall(
+                f"SELECT {_COLUMNS} FROM users WHERE id > ? ORDER BY id LIMIT ?", (last_id, count)
+            )
+        return [_user(row) for row in rows]
 
     async def _create(self, news: Sequence[NewUser], *, batch: bool) -> list[User]:
         if not news:
