@@ -21,28 +21,27 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO_ROOT = ROOT / "protos"
 PACKAGE = Path("meshdemo") / "v1"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
 
-def _generate(out_dir: Path) -> list[Path]:
-    protos = sorted((PROTO_ROOT / PACKAGE).glob("*.proto"))
+def _generate(proto_root: Path, out_dir: Path) -> list[Path]:
+    protos = sorted((proto_root / PACKAGE).glob("*.proto"))
     bin_dir = Path(sys.executable).parent
     cmd = [
         sys.executable,
         "-m",
         "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
+        f"-I{proto_root}",
         f"--python_out={out_dir}",
         f"--grpc_python_out={out_dir}",
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"--mypy_out={out_dir}",
         f"--mypy_grpc_out={out_dir}",
-        *[str(p.relative_to(PROTO_ROOT)) for p in protos],
+        *[str(p.relative_to(proto_root)) for p in protos],
     ]
-    subprocess.run(cmd, check=True, cwd=PROTO_ROOT)
+    subprocess.run(cmd, check=True, cwd=proto_root, stdout=subprocess.DEVNULL)
     return sorted(
         p.relative_to(out_dir)
         for p in (out_dir / PACKAGE).iterdir()
@@ -50,10 +49,10 @@ def _generate(out_dir: Path) -> list[Path]:
     )
 
 
-def _stale(fresh_dir: Path, files: list[Path]) -> list[str]:
+def _stale(root: Path, fresh_dir: Path, files: list[Path]) -> list[str]:
     committed = {
-        p.relative_to(ROOT)
-        for p in (ROOT / PACKAGE).iterdir()
+        p.relative_to(root)
+        for p in (root / PACKAGE).iterdir()
         if p.name.endswith(GENERATED_SUFFIXES)
     }
     problems = [f"missing: {f}" for f in files if f not in committed]
@@ -61,7 +60,7 @@ def _stale(fresh_dir: Path, files: list[Path]) -> list[str]:
     problems += [
         f"differs: {f}"
         for f in files
-        if f in committed and not filecmp.cmp(fresh_dir / f, ROOT / f, shallow=False)
+        if f in committed and not filecmp.cmp(fresh_dir / f, root / f, shallow=False)
     ]
     return problems
 
@@ -69,20 +68,24 @@ def _stale(fresh_dir: Path, files: list[Path]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check; change nothing")
+    parser.add_argument(
+        "--root", type=Path, default=ROOT, help="project root holding protos/ and meshdemo/"
+    )
     args = parser.parse_args(argv)
+    root: Path = args.root.resolve()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         (out / PACKAGE).mkdir(parents=True)
-        files = _generate(out)
+        files = _generate(root / "protos", out)
         if args.check:
-            problems = _stale(out, files)
+            problems = _stale(root, out, files)
             for line in problems:
                 print(f"stale generated code, {line}", file=sys.stderr)
             if problems:
                 print("run: python scripts/genproto.py", file=sys.stderr)
             return 1 if problems else 0
         for f in files:
-            shutil.copyfile(out / f, ROOT / f)
+            shutil.copyfile(out / f, root / f)
     return 0
 
 
