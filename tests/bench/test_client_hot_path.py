@@ -1,8 +1,12 @@
-"""UserClient builds each method's retry policy once (a per-call cost the benchmark found)."""
+"""Per-call costs the client benchmark found: the retry policy built once, a cheap trace filter."""
 
 from __future__ import annotations
 
+import grpc
+import pytest
+
 from client import RetryPolicy, UserClient
+from client._interceptors import _not_health
 
 
 async def test_each_method_gets_its_own_attempt_timeout_from_a_cached_policy() -> None:
@@ -29,3 +33,18 @@ async def test_a_base_policy_with_its_own_attempt_timeout_applies_to_every_metho
         assert client._policy("CreateUser") is base
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "traced"),
+    [
+        ("/meshdemo.v1.UserService/GetUser", True),
+        (b"/meshdemo.v1.UserService/Chat", True),
+        ("/grpc.health.v1.Health/Watch", False),
+        (b"/grpc.health.v1.Health/Check", False),
+        ("/grpc.health.v1.HealthExtra/Check", True),
+    ],
+)
+def test_every_call_but_health_checks_is_traced(method: str | bytes, traced: bool) -> None:
+    details = grpc.aio.ClientCallDetails(method, 1.0, None, None, None)  # type: ignore[arg-type]
+    assert _not_health(details) is traced
