@@ -1,1 +1,27 @@
-"""Client benchmarks: ours vs grpcio balancing, in the same run."""
+"""Client benchmarks: ours (``UserClient``) against grpcio's own balancing, in the same run.
+
+``python -m bench.client`` runs every scenario; each is also a function that
+takes a :class:`Cluster` and :class:`Bounds` and returns a dict of figures.
+"""
+
+from bench.client._cluster import HOSTS, NAME, Cluster
+from bench.client._compare import Bounds
+from bench.client._suite import SCENARIOS, run_suite
+from bench.client.kill import DNS_MODES, sigkill
+from bench.client.slow_replica import slow_replica
+from bench.client.stall import stall
+from bench.client.throughput import throughput
+
+__all__ = [
+    "DNS_MODES",
+    "HOSTS",
+    "NAME",
+    "SCENARIOS",
+    "Bounds",
+    "Cluster",
+    "run_suite",
+    "sigkill",
+    "slow_replica",
+    "stall",
+    "throughput",
+]

@@ -39,7 +39,7 @@ SIDES = (OURS, BASELINE)
 class GetUser(Protocol):
     """One logical GetUser with an overall deadline, as either client does it."""
 
-    async def __call__(self, user_id: str, timeout: float) -> object: ...  # noqa: ASYNC109
+    async def __call__(self, user_id: str, timeout: float) -> object: ...
 
 
 def baseline_service_config() -> str:
@@ -93,7 +93,7 @@ class BaselineClient:
         self._stub = user_pb2_grpc.UserServiceStub(self.channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
 
-    async def get_user(self, user_id: str, timeout: float) -> object:  # noqa: ASYNC109
+    async def get_user(self, user_id: str, timeout: float) -> object:
         """One GetUser; grpcio's retries stay inside ``timeout``."""
         request = user_pb2.GetUserRequest(id=user_id)
         reply = await self._stub.GetUser(request, timeout=timeout, metadata=self._metadata)
@@ -109,7 +109,7 @@ async def _ours(target: str, token: str) -> AsyncIterator[GetUser]:
     # The defaults a user gets: least_conn, per-attempt timeout, retry budget, tracing hooks.
     async with UserClient(target, token=token, policy="least_conn") as client:
 
-        async def get_user(user_id: str, timeout: float) -> object:  # noqa: ASYNC109
+        async def get_user(user_id: str, timeout: float) -> object:
             return await client.get_user(user_id, timeout=timeout)
 
         yield get_user

@@ -52,11 +52,17 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 @dataclass
 class LoopResult:
-    """What one loop measured. ``calls == ok + failed``; latencies in seconds, one per call."""
+    """What one loop measured. ``calls == ok + failed``; latencies in seconds, one per call.
+
+    ``cpu`` is this process's CPU time (every thread: the event loop and grpcio's
+    own) during the loop. Per call it depends far less on what else the machine
+    runs than the call rate does.
+    """
 
     ok: int = 0
     failed: int = 0
     elapsed: float = 0.0
+    cpu: float = 0.0
     errors: Counter[str] = field(default_factory=Counter)
     latencies: list[float] = field(default_factory=list)
 
@@ -69,6 +75,11 @@ class LoopResult:
     def rate(self) -> float:
         """Successful calls per second of the loop's wall time."""
         return self.ok / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def cpu_us_per_call(self) -> float:
+        """Process CPU microseconds per call that ended (NaN before any)."""
+        return self.cpu / self.calls * 1e6 if self.calls else math.nan
 
     def latency_ms(self, q: float) -> float:
         """The ``q``-th latency percentile in milliseconds."""
@@ -83,6 +94,7 @@ class LoopResult:
             "errors": dict(sorted(self.errors.items())),
             "elapsed_s": round(self.elapsed, 3),
             "rate": round(self.rate, 1),
+            "cpu_us_per_call": round(self.cpu_us_per_call, 1),
             "p50_ms": round(self.latency_ms(50), 2),
             "p99_ms": round(self.latency_ms(99), 2),
             "max_ms": round(self.latency_ms(100), 2),
@@ -110,7 +122,7 @@ async def closed_loop(
     running that long (plus a slack) after the end are cancelled and not counted.
     """
     result = LoopResult()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     end = started + duration
     claimed = 0
 
@@ -122,6 +134,7 @@ async def closed_loop(
 
     await _bounded([worker() for _ in range(concurrency)], duration + call_timeout + _SLACK)
     result.elapsed = time.perf_counter() - started
+    result.cpu = time.process_time() - cpu
     return result
 
 
@@ -140,7 +153,7 @@ async def open_loop(
     seconds to a callable run then (a replica killed at 2 s).
     """
     result = LoopResult()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     total = int(rate * duration)
     pending = sorted((events or {}).items())
     tasks: list[asyncio.Task[None]] = []
@@ -155,6 +168,7 @@ async def open_loop(
         action()
     await _bounded(tasks, call_timeout + _SLACK)
     result.elapsed = time.perf_counter() - started
+    result.cpu = time.process_time() - cpu
     return result
 
 

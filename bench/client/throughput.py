@@ -41,7 +41,7 @@ async def throughput(cluster: Cluster, bounds: Bounds) -> dict[str, Any]:
         )
 
     rounds = await alternate(bounds.rounds, side)
-    mid = medians(rounds, ["rate", "p50_ms", "p99_ms", "failed", "min_share"])
+    mid = medians(rounds, ["rate", "cpu_us_per_call", "p50_ms", "p99_ms", "failed", "min_share"])
     value = ratio(mid[OURS]["rate"], mid[BASELINE]["rate"])
     met = value >= GOAL
     return {
@@ -58,6 +58,14 @@ async def throughput(cluster: Cluster, bounds: Bounds) -> dict[str, Any]:
                 mid[BASELINE]["rate"],
                 goal=f"ratio >= {GOAL}",
                 met=met,
+            ),
+            row(
+                _NAME,
+                "client CPU per call (us)",
+                mid[OURS]["cpu_us_per_call"],
+                mid[BASELINE]["cpu_us_per_call"],
+                goal="",
+                met=None,
             ),
             row(
                 _NAME,
