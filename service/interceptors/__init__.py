@@ -3,7 +3,8 @@
 :func:`build_server_interceptors` returns them outermost first:
 
 1. **tracing** (:mod:`._tracing`): one OpenTelemetry SERVER span per RPC,
-   covering whole streams; health checks are not traced;
+   covering whole streams, following the semantic conventions for gRPC;
+   health checks are not traced;
 2. **error mapping** (:mod:`._errors`): the one place where exceptions become
    wire statuses, with ``google.rpc`` details; unexpected ones become
    INTERNAL, never UNKNOWN;
@@ -14,7 +15,7 @@
 Auth is innermost so that refused calls are still traced, logged and
 counted; logging and metrics sit inside error mapping so they see the
 original exception and classify it with the same :func:`code_of` that the
-mapper's status follows. Layers 2 to 5 share :mod:`._base`, which wraps all
+mapper's status follows. All five layers share :mod:`._base`, which wraps all
 four RPC kinds around a per-method hook and caches the wrapped handler per
 method name.
 """
@@ -32,12 +33,18 @@ from service.interceptors._base import CallHook, HookInterceptor, MethodInfo, wr
 from service.interceptors._errors import INTERNAL_MESSAGE, ErrorMappingInterceptor, code_of
 from service.interceptors._logging import LoggingInterceptor
 from service.interceptors._metrics import MetricsInterceptor
-from service.interceptors._tracing import UNTRACED_PREFIXES, tracing_interceptor
+from service.interceptors._tracing import (
+    SERVER_FAULTS,
+    UNTRACED_PREFIXES,
+    TracingInterceptor,
+    tracing_interceptor,
+)
 from service.metrics import ServerMetrics
 
 __all__ = [
     "INTERNAL_MESSAGE",
     "RPC_LOGGER",
+    "SERVER_FAULTS",
     "UNTRACED_PREFIXES",
     "AuthInterceptor",
     "CallHook",
@@ -46,6 +53,7 @@ __all__ = [
     "LoggingInterceptor",
     "MethodInfo",
     "MetricsInterceptor",
+    "TracingInterceptor",
     "build_server_interceptors",
     "code_of",
     "tracing_interceptor",

@@ -29,7 +29,7 @@ def test_order_outermost_first() -> None:
         verifier=TokenVerifier(SECRET), metrics=ServerMetrics(), tracer_provider=None
     )
     assert [type(interceptor).__name__ for interceptor in chain] == [
-        "OpenTelemetryAioServerInterceptor",
+        "TracingInterceptor",
         "ErrorMappingInterceptor",
         "LoggingInterceptor",
         "MetricsInterceptor",
