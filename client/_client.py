@@ -240,7 +240,11 @@ class UserClient:
         budget: Retry budget shared by this client's calls (a default one when None).
         clock: Monotonic seconds (deadlines, ejection); a seam for tests.
         rng: Random source (picker, backoff jitter).
-        tracing: Whether to create spans at all.
+        tracing: Whether to create spans: True, False, or None (the default) for
+            "when tracing is configured": a ``tracer_provider`` was given, or the
+            global provider is a real SDK provider when the client is created.
+            With no SDK every span is a no-op, and OpenTelemetry's per-attempt
+            interceptor still cost about half again the CPU of a plain call.
         connect_timeout: Seconds a Chat waits for the first resolution.
     """
 
@@ -261,7 +265,7 @@ class UserClient:
         budget: RetryBudget | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
-        tracing: bool = True,
+        tracing: bool | None = None,
         connect_timeout: float = 5.0,
     ) -> None:
         self.target = target
@@ -276,11 +280,14 @@ class UserClient:
         self._rng = rng or random.Random()
         self._connect_timeout = connect_timeout
         self._tracer = trace.get_tracer("meshdemo.client", tracer_provider=tracer_provider)
-        self._tracing = tracing
+        self._tracing = tracing_configured(tracer_provider) if tracing is None else tracing
         self.metrics = CallMetrics(clock)
         provider = token_provider or ((lambda: token) if token else None)
         interceptors = client_interceptors(
-            token=provider, metrics=self.metrics, tracer_provider=tracer_provider, tracing=tracing
+            token=provider,
+            metrics=self.metrics,
+            tracer_provider=tracer_provider,
+            tracing=self._tracing,
         )
         self.endpoints = EndpointSet(
             resolver or resolver_for(target),
@@ -431,12 +438,14 @@ class UserClient:
         invoke: Callable[[Lease, float | None], Awaitable[T]],
         deadline: float | None,
         idempotent: bool,
+        *,
+        timed: bool = True,
     ) -> T:
         self._check_open()
         self._calls += 1
 
         async def attempt(spec: Attempt) -> T:
-            return await self._attempt(invoke, spec, deadline)
+            return await self._attempt(invoke, spec, deadline, timed)
 
         try:
             return await call_with_retries(
@@ -458,6 +467,7 @@ class UserClient:
         invoke: Callable[[Lease, float | None], Awaitable[T]],
         spec: Attempt,
         deadline: float | None,
+        timed: bool,
     ) -> T:
         endpoint = await self._pick(spec.excluded, spec.timeout)
         started = self._clock()
@@ -465,11 +475,16 @@ class UserClient:
             async with endpoint.lease() as lease:
                 result = await invoke(lease, spec.timeout)
         except grpc.RpcError as err:
-            self._attempt_failed(endpoint, err, _cut_by_attempt(spec, started, deadline))
+            cut = _cut_by_attempt(spec, started, deadline)
+            if cut and timed:
+                # A replica that let an attempt time out is at least that slow.
+                endpoint.latency.observe(self._clock() - started)
+            self._attempt_failed(endpoint, err, cut)
             raise AttemptFailed(err, endpoint) from err
         except RuntimeError as exc:  # Drained between the pick and the lease.
             raise AttemptFailed(_unavailable(str(exc)), endpoint) from exc
-        endpoint.record_success()
+        # A stream's duration is set by its reader, so it says nothing of the replica.
+        endpoint.record_success(self._clock() - started if timed else None)
         return result
 
     async def _pick(self, excluded: Collection[object], max_wait: float | None) -> Endpoint:
@@ -586,7 +601,7 @@ class UserClient:
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             invoke = self._listing_invoker(cursor, queue)
-            await self._with_retries("ListUsers", invoke, deadline, True)
+            await self._with_retries("ListUsers", invoke, deadline, True, timed=False)
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
@@ -638,6 +653,14 @@ class UserClient:
     def _chat_failed(self, endpoint: Endpoint, err: grpc.RpcError) -> None:
         self._failures += 1
         self._attempt_failed(endpoint, err, cut=False)
+
+
+def tracing_configured(tracer_provider: TracerProvider | None = None) -> bool:
+    """Whether spans would go anywhere: a provider given, or a real global one set."""
+    if tracer_provider is not None:
+        return True
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
 def _code(err: grpc.RpcError) -> grpc.StatusCode:

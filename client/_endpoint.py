@@ -39,6 +39,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from client._picker import PeakEwma
 from client._resolver import Address
 from client._tasks import cancel_and_wait
 from meshdemo.v1 import user_pb2_grpc
@@ -252,6 +253,8 @@ class Endpoint:
         self.failures = 0
         self.times_ejected = 0
         self._consecutive_failures = 0
+        #: Recent answer latency, read by the peak_ewma picker.
+        self.latency = PeakEwma(clock=clock)
         self._ejected_until: float | None = None
         self._health = EndpointState.CONNECTING
         self._watch_broken = False
@@ -327,9 +330,17 @@ class Endpoint:
 
     # --- outcomes and ejection ------------------------------------------------------------
 
-    def record_success(self) -> None:
-        """An attempt on this endpoint got an answer: the failure streak ends."""
+    def record_success(self, latency: float | None = None) -> None:
+        """An attempt on this endpoint got an answer: the failure streak ends.
+
+        Args:
+            latency: Seconds the answer took, for the latency estimate the
+                peak_ewma picker reads; None for calls whose duration says
+                nothing about the replica (streams paced by their reader).
+        """
         self._consecutive_failures = 0
+        if latency is not None:
+            self.latency.observe(latency)
 
     def record_failure(self, code: grpc.StatusCode | None = None, *, outlier: bool = True) -> None:
         """An attempt failed; outlier failures in a row eject the endpoint.

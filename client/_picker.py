@@ -22,15 +22,20 @@ pass over the endpoints, which is a handful of replicas here.
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from typing import Protocol, TypeVar, runtime_checkable
 
 __all__ = [
     "PICKERS",
     "Candidate",
+    "LatencyCandidate",
     "LeastConnFullPicker",
     "LeastConnPicker",
+    "PeakEwma",
+    "PeakEwmaPicker",
     "Picker",
     "RandomPicker",
     "RoundRobinPicker",
@@ -123,7 +128,11 @@ class LeastConnPicker(_GroupPicker):
         if second >= first:
             second += 1
         a, b = group[first], group[second]
-        return b if b.in_flight < a.in_flight else a
+        return b if self._load(b) < self._load(a) else a
+
+    @staticmethod
+    def _load(endpoint: Candidate) -> float:
+        return endpoint.in_flight
 
 
 class LeastConnFullPicker(_GroupPicker):
@@ -164,8 +173,84 @@ class RandomPicker(_GroupPicker):
         return self._rng.choice(group)
 
 
+class PeakEwma:
+    """A latency estimate that jumps up at once and decays slowly (Finagle's peak EWMA).
+
+    A sample above the estimate replaces it; a lower one is blended in with a
+    weight that grows with the time since the last sample (time constant
+    ``tau``). With no samples the estimate decays toward zero, so an endpoint
+    that was slow is tried again after a while instead of being shunned for
+    ever. Time comes through ``clock``.
+    """
+
+    __slots__ = ("_clock", "_stamp", "_tau", "_value")
+
+    def __init__(self, tau: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        if tau <= 0:
+            raise ValueError("tau must be positive")
+        self._tau = tau
+        self._clock = clock
+        self._value = 0.0
+        self._stamp = clock()
+
+    def _decayed(self, now: float) -> float:
+        return self._value * math.exp(-max(0.0, now - self._stamp) / self._tau)
+
+    def observe(self, seconds: float) -> None:
+        """Fold in one latency sample, in seconds."""
+        now = self._clock()
+        current = self._decayed(now)
+        if seconds >= current:
+            self._value = seconds
+        else:
+            weight = math.exp(-max(0.0, now - self._stamp) / self._tau)
+            self._value = current * weight + seconds * (1.0 - weight)
+        self._stamp = now
+
+    def value(self) -> float:
+        """The estimate now, in seconds (0.0 before any sample)."""
+        return self._decayed(self._clock())
+
+
+@runtime_checkable
+class LatencyCandidate(Candidate, Protocol):
+    """A candidate that also keeps a latency estimate (for :class:`PeakEwmaPicker`)."""
+
+    @property
+    def latency(self) -> PeakEwma:
+        """Recent latency of this endpoint's answers."""
+        ...
+
+
+#: Cost of an endpoint with calls in flight but no latency sample yet: high, so
+#: a new endpoint is not buried under calls before its first answer.
+UNKNOWN_LATENCY_PENALTY = 1.0
+
+
+def _ewma_cost(endpoint: Candidate) -> float:
+    latency = endpoint.latency.value() if isinstance(endpoint, LatencyCandidate) else 0.0
+    if latency == 0.0 and endpoint.in_flight:
+        latency = UNKNOWN_LATENCY_PENALTY
+    return latency * (endpoint.in_flight + 1)
+
+
+class PeakEwmaPicker(LeastConnPicker):
+    """Power of two choices on latency times load, as Finagle's and Linkerd's peak EWMA.
+
+    The cost of an endpoint is its peak-EWMA latency times (in-flight calls +
+    1): a replica ten times slower than the others looks ten times as loaded,
+    so it gets a far smaller share than in-flight counting alone gives it
+    (least_conn sends it roughly 1/(1 + 2 x 10) of the calls among three
+    replicas; here it gets the occasional probe as its estimate decays).
+    Endpoints without a latency estimate cost 0 while idle, so they are tried.
+    """
+
+    _load = staticmethod(_ewma_cost)
+
+
 _FACTORIES: dict[str, type[_GroupPicker]] = {
     "least_conn": LeastConnPicker,
+    "peak_ewma": PeakEwmaPicker,
     "least_conn_full": LeastConnFullPicker,
     "round_robin": RoundRobinPicker,
     "random": RandomPicker,

@@ -47,3 +47,12 @@ async def test_least_conn_sends_a_slow_replica_less_than_round_robin() -> None:
     least_conn = await slow_share("least_conn")
     assert 0.30 <= round_robin <= 0.37  # Its fair third, however slow it is.
     assert least_conn < round_robin / 2
+
+
+async def test_peak_ewma_sends_a_slow_replica_less_than_least_conn() -> None:
+    least_conn = await slow_share("least_conn")
+    peak_ewma = await slow_share("peak_ewma")
+    # Latency times load: the slow replica costs ten times more per call, so
+    # after its first answers it gets only probes as its estimate decays.
+    assert peak_ewma < least_conn
+    assert peak_ewma <= 0.06

@@ -107,3 +107,18 @@ async def test_tracing_off_creates_no_spans(
         await c.get_user("u-1")
     assert exporter.get_finished_spans() == ()
     assert "traceparent" not in servicer.metadata[0]
+
+
+def test_tracing_is_on_only_where_spans_would_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
+
+    from client._client import tracing_configured
+
+    assert tracing_configured(SdkTracerProvider())
+    monkeypatch.setattr(otel_trace, "get_tracer_provider", otel_trace.NoOpTracerProvider)
+    assert not tracing_configured()
+    monkeypatch.setattr(otel_trace, "get_tracer_provider", otel_trace.ProxyTracerProvider)
+    assert not tracing_configured()
+    monkeypatch.setattr(otel_trace, "get_tracer_provider", SdkTracerProvider)
+    assert tracing_configured()

@@ -55,8 +55,8 @@ def tally(picker: Picker, endpoints: list[FakeCandidate], picks: int) -> Counter
 # -- make_picker -------------------------------------------------------------------
 
 
-def test_pickers_lists_the_four_names() -> None:
-    assert PICKERS == ("least_conn", "least_conn_full", "round_robin", "random")
+def test_pickers_lists_the_five_names() -> None:
+    assert PICKERS == ("least_conn", "peak_ewma", "least_conn_full", "round_robin", "random")
 
 
 @pytest.mark.parametrize(
