@@ -23,6 +23,7 @@ from meshdemo.v1 import user_pb2, user_pb2_grpc
 __all__ = [
     "BASELINE",
     "OURS",
+    "OURS_PEAK_EWMA",
     "SIDES",
     "BaselineClient",
     "GetUser",
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 OURS = "ours"
+#: Ours with the latency-aware policy instead of the default least_conn.
+OURS_PEAK_EWMA = "ours_peak_ewma"
 BASELINE = "baseline"
 #: The two sides of every comparison.
 SIDES = (OURS, BASELINE)
@@ -104,10 +107,18 @@ class BaselineClient:
         await self.channel.close(None)
 
 
+def _ours(target: str, token: str) -> AbstractAsyncContextManager[GetUser]:
+    # The defaults a user gets: least_conn, per-attempt timeout, retry budget, no tracing SDK.
+    return _user_client(target, token, "least_conn")
+
+
+def _ours_peak_ewma(target: str, token: str) -> AbstractAsyncContextManager[GetUser]:
+    return _user_client(target, token, "peak_ewma")
+
+
 @asynccontextmanager
-async def _ours(target: str, token: str) -> AsyncIterator[GetUser]:
-    # The defaults a user gets: least_conn, per-attempt timeout, retry budget, tracing hooks.
-    async with UserClient(target, token=token, policy="least_conn") as client:
+async def _user_client(target: str, token: str, policy: str) -> AsyncIterator[GetUser]:
+    async with UserClient(target, token=token, policy=policy) as client:
 
         async def get_user(user_id: str, timeout: float) -> object:
             return await client.get_user(user_id, timeout=timeout)
@@ -126,6 +137,7 @@ async def _baseline(target: str, token: str) -> AsyncIterator[GetUser]:
 
 _OPENERS: dict[str, Callable[[str, str], AbstractAsyncContextManager[GetUser]]] = {
     OURS: _ours,
+    OURS_PEAK_EWMA: _ours_peak_ewma,
     BASELINE: _baseline,
 }
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.client._clients import BASELINE, OURS, SIDES, open_client
+from bench.client._clients import SIDES, open_client
 from bench.client._cluster import Cluster
 from bench.client._loop import Call, LoopResult, closed_loop
 from service.testing import reader_token
@@ -93,11 +93,13 @@ async def measure(
     return {**result.summary(), "per_replica": counts, "share": split, "min_share": least}
 
 
-async def alternate(rounds: int, measure_side: Measure) -> dict[str, list[dict[str, Any]]]:
-    """Measure both sides ``rounds`` times, alternating which one goes first."""
-    figures: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+async def alternate(
+    rounds: int, measure_side: Measure, sides: Sequence[str] = SIDES
+) -> dict[str, list[dict[str, Any]]]:
+    """Measure every side ``rounds`` times, reversing their order every other round."""
+    figures: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     for number in range(rounds):
-        order = (OURS, BASELINE) if number % 2 == 0 else (BASELINE, OURS)
+        order = tuple(sides) if number % 2 == 0 else tuple(reversed(sides))
         for side in order:
             figures[side].append(await measure_side(side))
     return figures
