@@ -180,8 +180,7 @@ class DnsResolver(FeedResolver):
         try:
             await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for waiter in (sleeper, waker):
-                await cancel_and_wait(waiter)
+            await cancel_and_wait(sleeper, waker)
 
     async def _resolve(self) -> _Answer:
         resolver = self._resolver()
