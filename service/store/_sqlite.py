@@ -19,6 +19,13 @@ Concurrency, inside one process:
   would interleave their statements;
 - one reader connection in autocommit mode: every read is one statement with
   its own snapshot, fetched whole, so no snapshot outlives the statement.
+- GetUser's point read first runs on the event loop itself, on a third,
+  plain ``sqlite3`` connection with no busy timeout: one primary-key lookup
+  in WAL mode never waits for a writer, so it costs a few page reads and
+  saves the hop to the reader thread and back (about a quarter of a
+  GetUser's CPU; see bench/service/RESULTS.md). If SQLite answers busy or
+  locked (a checkpoint or recovery holds the file), the read goes to the
+  reader thread, which waits up to the busy timeout off the loop.
 
 Listing (``iter_users``) is keyset pagination in chunks of ``chunk_size``
 rows (``WHERE id > ? ORDER BY id LIMIT ?``): one statement per chunk on the
@@ -58,6 +65,7 @@ _MICROSECOND: Final = timedelta(microseconds=1)
 # Keys per IN (...) lookup: far below SQLite's bound on host parameters.
 _LOOKUP_CHUNK: Final = 500
 _COLUMNS: Final = "id, name, email, age, roles, created_at, request_fingerprint"
+_GET_USER: Final = f"SELECT {_COLUMNS} FROM users WHERE id = ?"
 _INSERT: Final = (
     "INSERT INTO users (id, name, email, email_key, age, roles, created_at,"
     " request_id, request_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -95,6 +103,8 @@ class SQLiteStore:
         self._clock = clock
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
+        # The loop's own connection for point reads; None until connected.
+        self._point_reader: sqlite3.Connection | None = None
         self._started = False
         self._closed = False
         self._open_lock = asyncio.Lock()
@@ -147,12 +157,22 @@ class SQLiteStore:
         """The user with ``user_id``, or None."""
         _, reader = await self._connections()
         with _translated():
-            rows = list(
-                await reader.execute_fetchall(
-                    f"SELECT {_COLUMNS} FROM users WHERE id = ?", (user_id,)
-                )
-            )
+            rows = self._point_read(_GET_USER, (user_id,))
+            if rows is None:  # the file is busy: wait for it off the loop
+                rows = list(await reader.execute_fetchall(_GET_USER, (user_id,)))
         return _user(rows[0]) if rows else None
+
+    def _point_read(self, query: str, parameters: tuple[Any, ...]) -> list[Any] | None:
+        """``query``'s rows read on the loop, or None when SQLite is busy or locked."""
+        conn = self._point_reader
+        if conn is None:
+            return None
+        try:
+            return conn.execute(query, parameters).fetchall()
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                return None
+            raise
 
     async def create_user(self, new: NewUser) -> User:
         """Store one user, or replay the one its request id made."""
@@ -237,6 +257,7 @@ class SQLiteStore:
                 await _migrate(self._writer, self._clock())
                 self._reader = await self._connection()
                 await self._reader.execute_fetchall("PRAGMA query_only = ON")
+                self._point_reader = _point_reader(self._path)
                 return self._writer, self._reader
         except BaseException:
             await self._disconnect()
@@ -254,12 +275,33 @@ class SQLiteStore:
         return conn
 
     async def _disconnect(self) -> None:
-        writer, reader = self._writer, self._reader
-        self._writer = self._reader = None
+        writer, reader, point = self._writer, self._reader, self._point_reader
+        self._writer = self._reader = self._point_reader = None
+        if point is not None:
+            with contextlib.suppress(sqlite3.Error):
+                point.close()
         for conn in (writer, reader):
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error, ValueError):
                     await conn.close()
+
+
+def _point_reader(path: str) -> sqlite3.Connection:
+    """A read-only autocommit connection that never waits for a lock."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    try:
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.execute("PRAGMA query_only = ON")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether ``exc`` only says another connection holds a lock right now."""
+    # The low byte is the primary result code (SQLITE_BUSY_SNAPSHOT is BUSY).
+    return exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 @contextlib.contextmanager
