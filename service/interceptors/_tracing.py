@@ -150,7 +150,9 @@ class _ServerSpan(CallHook[_Call | None]):
     def _finish(self, span: Span, context: Context, exc: BaseException | None) -> None:
         if span.is_recording():
             code = code_of(exc, context)
-            span.set_attribute(_STATUS_ATTR, code.value[0])
+            # The span started with OK; most calls end OK and skip a write.
+            if code is not grpc.StatusCode.OK:
+                span.set_attribute(_STATUS_ATTR, code.value[0])
             if code in SERVER_FAULTS:
                 span.set_status(Status(StatusCode.ERROR, code.name))
             if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
