@@ -65,7 +65,7 @@ async def run_suite(
         if "throughput" in only:
             results["throughput"] = await throughput(cluster, closed)
         if "slow" in only:
-            results["slow"] = await slow_replica(cluster, closed)
+            results["slow"] = await slow_replica(cluster, chaos)
         if "kill" in only:
             for mode in DNS_MODES:
                 results[f"kill_{mode}"] = await sigkill(cluster, chaos, mode)
