@@ -1,1 +1,1 @@
-"""Service benchmarks: ``python -m bench.service`` (see bench/service/RESULTS.md)."""
+"""Service benchmarks: ``python -m bench.service`` (see docs/PERFORMANCE.md)."""

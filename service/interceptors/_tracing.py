@@ -5,7 +5,7 @@ name, constant attributes) is done once and a call costs one span, one
 context attach and a few attribute writes. (The stock
 opentelemetry-instrumentation-grpc aio interceptor rebuilt its wrappers and
 a context proxy on every call and halved the replica's throughput; see
-bench/service/RESULTS.md.)
+docs/PERFORMANCE.md.)
 
 The span follows the OpenTelemetry semantic conventions for gRPC server spans:
 

@@ -23,7 +23,7 @@ Concurrency, inside one process:
   plain ``sqlite3`` connection with no busy timeout: one primary-key lookup
   in WAL mode never waits for a writer, so it costs a few page reads and
   saves the hop to the reader thread and back (about a quarter of a
-  GetUser's CPU; see bench/service/RESULTS.md). If SQLite answers busy or
+  GetUser's CPU; see docs/PERFORMANCE.md). If SQLite answers busy or
   locked (a checkpoint or recovery holds the file), the read goes to the
   reader thread, which waits up to the busy timeout off the loop.
 
