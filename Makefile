@@ -42,7 +42,8 @@ gen: install
 
 ## bench: the benchmarks behind docs/PERFORMANCE.md
 bench: install
-	$(PY) -m bench.run_all
+	$(PY) -m bench.service
+	$(PY) -m bench.client
 
 clean:
 	rm -rf .venv node_modules .pytest_cache .mypy_cache .ruff_cache
