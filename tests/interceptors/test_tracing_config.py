@@ -64,33 +64,33 @@ def test_no_endpoint_means_no_export(providers: list[TracerProvider]) -> None:
     [
         ({}, False),
         ({"OTEL_TRACES_EXPORTER": "otlp"}, False),
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}, True),
-        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4317"}, True),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4399"}, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:4399"}, True),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "  "}, False),
         (
             {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4399",
                 "OTEL_TRACES_EXPORTER": "none",
             },
             False,
         ),
         (
             {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4399",
                 "OTEL_TRACES_EXPORTER": "otlp,none",
             },
             False,
         ),
         (
             {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4399",
                 "OTEL_TRACES_EXPORTER": "OTLP",
             },
             True,
         ),
         (
             {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4399",
                 "OTEL_TRACES_EXPORTER": "zipkin",
             },
             False,

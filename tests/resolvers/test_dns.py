@@ -349,7 +349,7 @@ async def test_close_before_any_answer_ends_the_iterator(
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        ("127.0.0.9:50051", Address("127.0.0.9", 50051)),
+        ("127.0.0.9:50099", Address("127.0.0.9", 50099)),
         ("[::1]:8443", Address("::1", 8443)),
         ("127.0.0.9", Address("127.0.0.9", DEFAULT_TARGET_PORT)),
     ],

@@ -77,7 +77,7 @@ def test_static_resolver_rejects_bad_lists(target: str) -> None:
     [
         ("api.mesh.test:50051", "DnsResolver(dns:///api.mesh.test:50051)"),
         ("dns:///api:1", "DnsResolver(dns:///api:1)"),
-        ("dns://127.0.0.1:5353/api:1", "DnsResolver(dns://127.0.0.1:5353/api:1)"),
+        ("dns://127.0.0.1:5300/api:1", "DnsResolver(dns://127.0.0.1:5300/api:1)"),
         ("DNS:///api:1", "DnsResolver(dns:///api:1)"),
     ],
 )
