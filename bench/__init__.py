@@ -1,1 +1,4 @@
-"""Benchmarks of the meshdemo project (``python -m bench.client`` for the client's)."""
+"""Benchmarks: ``python -m bench.service`` and ``python -m bench.client``.
+
+Results, with the command and machine, are in docs/PERFORMANCE.md.
+"""

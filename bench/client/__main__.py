@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
+from bench._cli import json_safe, suite_parser
 from bench.client._report import markdown_table
 from bench.client._suite import SCENARIOS, machine, run_suite
 
@@ -22,25 +20,7 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.client", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="one short round of each (smoke)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds per side (median)")
-    parser.add_argument(
-        "--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS), help="scenarios to run"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
-    return parser
-
-
-def _clean(value: Any) -> Any:
-    """JSON has no NaN: write it as null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
+    return suite_parser("python -m bench.client", __doc__, SCENARIOS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     results = asyncio.run(run_suite(args.only, quick=args.quick, rounds=args.rounds))
     rows = [r for result in results.values() for r in result["rows"]]
-    document = _clean({"machine": machine(), "quick": args.quick, "results": results})
+    document = json_safe({"machine": machine(), "quick": args.quick, "results": results})
     text = json.dumps(document, indent=2, sort_keys=True)
     print(markdown_table(rows))
     print()

@@ -11,12 +11,10 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import math
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
-from typing import Any
 
+from bench._cli import json_safe, suite_parser
 from bench.service._common import Bounds, Row
 from bench.service._load import Load
 from bench.service._report import machine, markdown_table
@@ -55,25 +53,7 @@ async def run(names: Sequence[str], bounds: Bounds) -> list[Row]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny bounds (smoke run)")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds per comparison")
-    parser.add_argument(
-        "--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS), help="subset"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the JSON here")
-    return parser
-
-
-def _clean(value: Any) -> Any:
-    """JSON has no NaN: write it as null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _clean(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(item) for item in value]
-    return value
+    return suite_parser("python -m bench.service", __doc__, list(BENCHMARKS))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bounds = dataclasses.replace(bounds, rounds=args.rounds)
     info = machine()
     rows = asyncio.run(run(args.only, bounds))
-    document = _clean(
+    document = json_safe(
         {"machine": info, "quick": args.quick, "rows": [dataclasses.asdict(r) for r in rows]}
     )
     text = json.dumps(document, indent=2)
