@@ -11,6 +11,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -226,17 +227,22 @@ async def test_a_client_on_another_grpc_implementation_calls_everything() -> Non
 POSTGRES_URL = os.environ.get("MESH_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-@pytest.mark.postgres
-async def test_health_follows_the_store_when_the_database_goes_away() -> None:
+async def _postgres_admin() -> Any:
+    """An autocommit connection to the shared server; skip (or fail in CI) without one."""
     psycopg = pytest.importorskip("psycopg")
     try:
-        admin = await psycopg.AsyncConnection.connect(
+        return await psycopg.AsyncConnection.connect(
             POSTGRES_URL, autocommit=True, connect_timeout=3
         )
     except psycopg.OperationalError as exc:
         if os.environ.get("MESH_TEST_REQUIRE_POSTGRES"):
             raise
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
+
+
+@pytest.mark.postgres
+async def test_health_follows_the_store_when_the_database_goes_away() -> None:
+    admin = await _postgres_admin()
     name = f"meshdemo_health_{uuid.uuid4().hex[:10]}"
     base = POSTGRES_URL.rsplit("/", 1)[0]
     async with admin:
@@ -296,15 +302,7 @@ async def test_fault_delay_slows_user_calls_but_not_health() -> None:
 
 @pytest.mark.postgres
 async def test_a_replica_started_before_its_database_becomes_serving_when_it_appears() -> None:
-    psycopg = pytest.importorskip("psycopg")
-    try:
-        admin = await psycopg.AsyncConnection.connect(
-            POSTGRES_URL, autocommit=True, connect_timeout=3
-        )
-    except psycopg.OperationalError as exc:
-        if os.environ.get("MESH_TEST_REQUIRE_POSTGRES"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
+    admin = await _postgres_admin()
     name = f"meshdemo_late_{uuid.uuid4().hex[:10]}"
     base = POSTGRES_URL.rsplit("/", 1)[0]
     async with admin:
