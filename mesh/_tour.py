@@ -1,4 +1,4 @@
-"""``python -m client.demo`` (``make demo``): one real replica, every RPC, narrated.
+"""``python -m mesh tour``: one real replica, every RPC, narrated.
 
 Starts ``python -m service`` as a subprocess on 127.0.0.1 (port 0, a SQLite
 store in a temporary directory, no metrics port, a random JWT secret made for
@@ -12,6 +12,7 @@ is gone and the temporary directory removed when it returns.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import secrets
@@ -21,17 +22,24 @@ import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TextIO
 
 from rich.console import Console
 from rich.table import Table
 
-from client._client import ROLES, NewUserSpec, UserClient
-from client._errors import InvalidArgumentError, MeshError, NotFoundError
-from client._token import mint_token
+from client import (
+    ROLES,
+    InvalidArgumentError,
+    MeshError,
+    NewUserSpec,
+    NotFoundError,
+    UserClient,
+    mint_token,
+)
 from meshdemo.v1 import user_pb2
 from service.testing import ReplicaProcess
 
-__all__ = ["Interrupted", "main", "run_demo"]
+__all__ = ["Interrupted", "run_tour", "run_tour_command"]
 
 _HOST = "127.0.0.1"
 _ROLE_NAMES = {value: name for name, value in ROLES.items()}
@@ -185,8 +193,8 @@ async def _with_replica(
         return code
 
 
-async def run_demo(console: Console | None = None) -> int:
-    """Run the whole demo; 0 when every step behaved as narrated.
+async def run_tour(console: Console | None = None) -> int:
+    """Run the whole tour; 0 when every step behaved as narrated.
 
     SIGINT and SIGTERM stop it (raising :class:`Interrupted` or
     ``asyncio.CancelledError``) after the replica is killed and the temporary
@@ -234,14 +242,10 @@ async def _demo(say: _Narrator) -> int:
     return 0 if code == 0 else 1
 
 
-def main() -> int:
-    """Entry point of ``python -m client.demo``; the exit code (130 when interrupted)."""
+async def run_tour_command(args: argparse.Namespace, state: object, out: TextIO) -> int:
+    """``python -m mesh tour``; the exit code (130 when interrupted)."""
     try:
-        return asyncio.run(run_demo())
-    except (KeyboardInterrupt, asyncio.CancelledError, Interrupted):
+        return await run_tour(Console(file=out, soft_wrap=True))
+    except (asyncio.CancelledError, Interrupted):
         print("interrupted; the replica was stopped and its files removed", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,260 @@
+"""``python -m mesh demo`` (``make demo``): failover you can watch, in about a minute and a half.
+
+The demo brings a mesh up, seeds users and runs the load generator with its
+live view through a :class:`~client.UserClient` that exports spans to the
+mesh. On a schedule it SIGKILLs one replica, later restarts another
+gracefully and scales up by one. At the end it prints the load summary, how
+traffic moved at each event, the waterfall of a trace that needed a retry,
+and where the timeline picture is. It exits 1 if any call failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from rich.console import Console
+
+from client import LoadConfig, LoadSnapshot, LoadSummary, UserClient, mint_token, run_load
+from client._live import LiveView, PlainProgress, render_summary
+from mesh._config import MeshConfig, user_otlp_endpoint
+from mesh._recorder import DemoRecorder
+from mesh._state import STATE_DIR_VARIABLE, StateDir
+from mesh._supervisor import Mesh, MeshEvent
+
+__all__ = ["DemoPlan", "Step", "run_demo", "run_demo_command"]
+
+#: The demo's own state directory inside the default one, so a `mesh up` there is untouched.
+DEMO_STATE_DIR = Path(".mesh") / "demo"
+#: Files of an earlier demo run that a new one replaces.
+_PREVIOUS_RUN = ("users.db", "users.db-wal", "users.db-shm", "spans.jsonl", "spans.jsonl.1",
+                 "timeline.json", "timeline.png", "status.json")  # fmt: skip
+_MIX = (("get", 80), ("create", 10), ("list", 10))
+_CONCURRENCY = 16
+_SEED_USERS = 50
+# Replica spans leave on a 0.5 s batch schedule; give the last ones time to arrive.
+_SPAN_SETTLE_S = 1.5
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One scheduled action: at ``at`` seconds into the load, do ``kind`` to ``replica``."""
+
+    at: float
+    kind: str  # "kill", "graceful" or "scale"
+    replica: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoPlan:
+    """What the demo does when, scaled to its duration."""
+
+    duration: float
+    replicas: int
+    steps: tuple[Step, ...] = field(default=())
+
+    @classmethod
+    def for_run(cls, duration: float, replicas: int) -> DemoPlan:
+        """SIGKILL at a quarter, a graceful restart at half, scale up by one at 70 %."""
+        victims = [f"users-{n}" for n in range(replicas)]
+        killed = victims[1 % len(victims)] if victims else ""
+        restarted = victims[2 % len(victims)] if victims else ""
+        steps = (
+            Step(round(duration * 0.25, 1), "kill", killed),
+            Step(round(duration * 0.50, 1), "graceful", restarted),
+            Step(round(duration * 0.70, 1), "scale"),
+        )
+        return cls(duration, replicas, steps if victims else steps[2:])
+
+
+async def run_demo_command(args: argparse.Namespace, state: StateDir, out: TextIO) -> int:
+    """``python -m mesh demo``: the exit code (1 when a call failed, 130 when interrupted)."""
+    root = Path(args.state_dir) if args.state_dir else _default_dir()
+    console = Console(file=out, soft_wrap=False, highlight=False)
+    live = not args.no_live and out.isatty()
+    plan = DemoPlan.for_run(args.duration, args.replicas)
+    task = asyncio.current_task()
+    assert task is not None
+    with _cancel_on_signals(task):
+        try:
+            return await run_demo(
+                plan, StateDir(root.resolve()), console, live=live, rps=args.rps, seed=args.seed
+            )
+        except asyncio.CancelledError:
+            console.print("interrupted: the mesh was stopped; nothing is left running")
+            return 130
+
+
+def _default_dir() -> Path:
+    configured = os.environ.get(STATE_DIR_VARIABLE)
+    return Path(configured) / "demo" if configured else DEMO_STATE_DIR
+
+
+@contextlib.contextmanager
+def _cancel_on_signals(task: asyncio.Task[Any]) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _fresh(state: StateDir) -> None:
+    state.create()
+    for name in _PREVIOUS_RUN:
+        with contextlib.suppress(FileNotFoundError):
+            (state.root / name).unlink()
+
+
+async def run_demo(
+    plan: DemoPlan,
+    state: StateDir,
+    console: Console,
+    *,
+    live: bool,
+    rps: float = 100.0,
+    seed: int | None = None,
+) -> int:
+    """Run the demo of ``plan`` in ``state``; 0 when no call failed."""
+    _fresh(state)
+    config = MeshConfig(
+        state_dir=state.root,
+        replicas=plan.replicas,
+        port=0,
+        scrape_interval=0,  # the load generator's own view feeds the timeline
+        forward_to=user_otlp_endpoint(),
+    )
+    console.print(f"[bold]1. mesh up[/]: {plan.replicas} replicas of the user service, DNS, traces")
+    async with Mesh(config) as mesh:
+        mesh.timeline.title = "mesh demo"
+        console.print(_mesh_lines(mesh))
+        recorder = DemoRecorder(mesh, plan)
+        mesh.subscribe(lambda event: _announce(console, event))
+        summary = await _load(mesh, plan, recorder, console, live=live, rps=rps, seed=seed)
+        await asyncio.sleep(_SPAN_SETTLE_S)
+        code = _report(console, mesh, summary, recorder)
+    console.print(f"\nthe mesh is down; timeline picture: [bold]{state.timeline_png}[/]")
+    return code
+
+
+def _mesh_lines(mesh: Mesh) -> str:
+    rows = [f"   target {mesh.target}", f"   traces {mesh.otlp_endpoint} (kept in the state dir)"]
+    rows += [f"   {r.name} {r.address} pid {r.pid} {r.state.value}" for r in mesh.replicas]
+    return "\n".join(rows)
+
+
+def _announce(console: Console, event: MeshEvent) -> None:
+    style = {"kill": "bold red", "graceful": "bold yellow", "scale": "bold blue"}.get(event.kind)
+    if style is None and event.kind not in ("ready", "unready"):
+        return
+    text = f"{event.t:7.1f}s  mesh: {event.replica} {event.text}".replace("  mesh:  ", "  mesh: ")
+    console.print(f"[{style or 'dim'}]{text}[/]")
+
+
+async def _load(
+    mesh: Mesh,
+    plan: DemoPlan,
+    recorder: DemoRecorder,
+    console: Console,
+    *,
+    live: bool,
+    rps: float,
+    seed: int | None,
+) -> LoadSummary:
+    provider = _tracer_provider(mesh.otlp_endpoint)
+    token = mint_token(mesh.secret, "demo", ["admin"], plan.duration + 600)
+    load = LoadConfig(
+        duration=plan.duration,
+        rps=rps,
+        concurrency=_CONCURRENCY,
+        mix=_MIX,
+        seed_users=_SEED_USERS,
+        seed=seed,
+        policy="least_conn",
+    )
+    label = recorder.label
+    console.print(
+        f"\n[bold]2. load[/]: {rps:g} calls/s for {plan.duration:g} s "
+        f"({', '.join(f'{n} {w}%' for n, w in _MIX)}), least_conn; "
+        + "; ".join(f"{s.kind} {s.replica} at {s.at:g} s".replace("  ", " ") for s in plan.steps)
+    )
+    try:
+        async with UserClient(mesh.target, token=token, tracer_provider=provider) as client:
+            view: Any = LiveView(console, label=label) if live else None
+            plain = None if live else PlainProgress(console.file, interval=2.0, label=label)
+
+            def on_tick(snapshot: LoadSnapshot) -> None:
+                recorder.tick(snapshot)
+                (view or plain).update(snapshot)
+
+            actions = asyncio.create_task(_act(mesh, plan, recorder), name="demo-actions")
+            try:
+                with view if view is not None else contextlib.nullcontext():
+                    summary = await run_load(client, load, on_tick)
+            finally:
+                actions.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await actions
+            return summary
+    finally:
+        provider.force_flush(5000)
+        provider.shutdown()
+
+
+def _tracer_provider(endpoint: str) -> Any:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource({"service.name": "meshdemo-loadgen"}))
+    exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True)
+    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+    return provider
+
+
+async def _act(mesh: Mesh, plan: DemoPlan, recorder: DemoRecorder) -> None:
+    """Carry out the plan's steps at their times (run time of the load, after seeding)."""
+    await recorder.started.wait()
+    for step in plan.steps:
+        await asyncio.sleep(max(0.0, step.at - recorder.elapsed()))
+        if step.kind == "scale":
+            await mesh.scale(len(mesh.replicas) + 1)
+        else:
+            mesh.kill(step.replica, graceful=step.kind == "graceful")
+
+
+def _report(console: Console, mesh: Mesh, summary: LoadSummary, recorder: DemoRecorder) -> int:
+    console.print("\n[bold]3. summary[/]")
+    console.print(render_summary(summary, label=recorder.label))
+    console.print(recorder.render(summary))
+    console.print("\n[bold]4. a trace that needed a retry[/]")
+    console.print(_waterfall(mesh.state.root), markup=False)
+    if summary.failed:
+        console.print(f"\n[bold red]{summary.failed} calls failed[/]")
+        return 1
+    console.print(f"\n[bold green]0 failed calls[/] out of {summary.calls}")
+    return 0
+
+
+def _waterfall(root: Path) -> str:
+    from mesh._spans import find_trace, has_retry, recent_traces
+    from mesh._waterfall import render_waterfall
+
+    trace = find_trace(root, has_retry)
+    if trace is not None:
+        return render_waterfall(trace)
+    summaries = recent_traces(root, limit=1)
+    if not summaries:
+        return "no trace reached the receiver"
+    return "no call needed a retry this run; see `python -m mesh traces` for the others"
