@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import dns.asyncresolver
@@ -364,14 +365,18 @@ async def test_an_ip_literal_resolves_to_itself_without_a_query(
     await collector.wait_ended()
 
 
-async def test_search_domains_and_ndots_apply_without_a_server(dns_server: DnsServer) -> None:
+async def test_search_domains_and_ndots_apply_without_a_server(
+    dns_server: DnsServer, tmp_path: Path
+) -> None:
     dns_server.publish(NAME, ["127.0.0.2"])
     system_like = dns.asyncresolver.Resolver(configure=False)
     system_like.nameservers = ["127.0.0.1"]
     system_like.port = dns_server.port
     system_like.search = [dns.name.from_text("mesh.test.")]
     system_like.ndots = 1
-    resolver = DnsResolver.from_target("", "api:50051", dns_resolver=system_like)
+    resolver = DnsResolver.from_target(
+        "", "api:50051", dns_resolver=system_like, hosts_file=tmp_path / "missing"
+    )
     try:
         assert await next_update(resolver.updates()) == addrs("127.0.0.2")
         # "api" has fewer than ndots dots: the search domain is tried first.
@@ -437,3 +442,99 @@ def test_from_target_rejects_malformed_targets(netloc: str, path: str) -> None:
 def test_bad_options_are_rejected(options: dict[str, float]) -> None:
     with pytest.raises(ValueError, match=r"must|need"):
         DnsResolver("api", 50051, **options)  # type: ignore[arg-type]
+
+
+# -- names resolved on the machine: no DNS query (RFC 6761, the hosts file) --
+
+HOSTS = """\
+127.0.0.1 localhost
+::1 localhost ip6-localhost   # IPv6 loopback
+127.0.0.2 users.mesh users-0
+127.0.0.3 users.mesh
+"""
+
+
+def local(dns_server: DnsServer, tmp_path: Path, target: str, hosts: str = HOSTS) -> DnsResolver:
+    """A resolver without an authority whose DNS (if asked) is the test server."""
+    path = tmp_path / "hosts"
+    path.write_text(hosts)
+    system_like = dns.asyncresolver.Resolver(configure=False)
+    system_like.nameservers = ["127.0.0.1"]
+    system_like.port = dns_server.port
+    return DnsResolver.from_target("", target, dns_resolver=system_like, hosts_file=path)
+
+
+async def assert_no_query(resolver: DnsResolver, dns_server: DnsServer) -> None:
+    resolver.resolve_now()
+    await asyncio.sleep(0.2)
+    assert dns_server.queries == []
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("localhost:50051", addrs("127.0.0.1", "::1")),
+        ("LOCALHOST.:50051", addrs("127.0.0.1", "::1")),
+        ("users.localhost:50051", addrs("127.0.0.1", "::1")),
+        ("users.mesh:50051", addrs("127.0.0.2", "127.0.0.3")),
+        ("users-0:50051", addrs("127.0.0.2")),
+        ("ip6-localhost:50051", addrs("::1")),
+    ],
+)
+async def test_local_names_resolve_without_a_dns_query(
+    dns_server: DnsServer, tmp_path: Path, target: str, expected: frozenset[Address]
+) -> None:
+    dns_server.publish(target.rsplit(":", 1)[0], ["127.0.0.9"])  # DNS would say otherwise
+    resolver = local(dns_server, tmp_path, target)
+    collector = Collector(resolver.updates())
+    try:
+        assert await collector.wait_for(1) == expected
+        await assert_no_query(resolver, dns_server)
+        assert collector.sets == [expected]
+    finally:
+        await resolver.close()
+
+
+async def test_localhost_without_an_entry_is_both_loopbacks(
+    dns_server: DnsServer, tmp_path: Path
+) -> None:
+    resolver = local(dns_server, tmp_path, "localhost:7000", hosts="# nothing\n")
+    try:
+        got = await next_update(resolver.updates())
+        assert got == frozenset({Address("127.0.0.1", 7000), Address("::1", 7000)})
+        assert {a.grpc_target for a in got} == {"ipv4:127.0.0.1:7000", "ipv6:[::1]:7000"}
+        await assert_no_query(resolver, dns_server)
+    finally:
+        await resolver.close()
+
+
+async def test_the_cli_default_target_never_builds_a_system_resolver(tmp_path: Path) -> None:
+    # No dns_resolver given: a system one (reading resolv.conf) would be made
+    # on the first query. Resolving localhost must not get that far.
+    resolver = DnsResolver.from_target("", "localhost:50051", hosts_file=tmp_path / "missing")
+    try:
+        assert await next_update(resolver.updates()) == addrs("127.0.0.1", "::1")
+        assert resolver._dns is None
+    finally:
+        await resolver.close()
+
+
+async def test_an_unknown_name_still_goes_to_dns(dns_server: DnsServer, tmp_path: Path) -> None:
+    dns_server.publish(NAME, ["127.0.0.4"])
+    resolver = local(dns_server, tmp_path, "api.mesh.test:50051")
+    try:
+        assert await next_update(resolver.updates()) == addrs("127.0.0.4")
+        assert dns_server.count("A", NAME) == 1
+    finally:
+        await resolver.close()
+
+
+async def test_with_a_server_localhost_is_asked_of_it(dns_server: DnsServer) -> None:
+    # An explicit DNS server is asked for every name, as before.
+    dns_server.publish("localhost", ["127.0.0.7"])
+    resolver = make(dns_server, name="localhost")
+    try:
+        assert await next_update(resolver.updates()) == addrs("127.0.0.7")
+        assert dns_server.count("A", "localhost") == 1
+    finally:
+        await resolver.close()
