@@ -7,9 +7,12 @@ than once per ``min_interval``. A name that does not exist, or has no
 address records, resolves to the empty set; a DNS failure (timeout, SERVFAIL,
 refused) keeps the last known set and is retried with backoff.
 
-Without an authority the system configuration (``/etc/resolv.conf``) is used,
-search domains and ``ndots`` included, as the C library would. With an
-authority only that server is asked and the name is taken as absolute.
+Without an authority, ``localhost``, ``*.localhost`` and the names in the
+hosts file resolve on the machine without any DNS query (RFC 6761; see
+``client._hosts``), and are not re-resolved; other names go to the system
+configuration (``/etc/resolv.conf``), search domains and ``ndots`` included,
+as the C library would. With an authority only that server is asked, for
+every name, and the name is taken as absolute.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random as _random
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +34,7 @@ import dns.resolver
 
 from client._discovery_backoff import DiscoveryBackoff
 from client._feed import FeedResolver
+from client._hosts import DEFAULT_HOSTS_FILE, local_addresses
 from client._resolver import Address, TargetError, _is_ip, parse_hostport
 from client._tasks import cancel_and_wait
 
@@ -69,6 +74,8 @@ class DnsResolver(FeedResolver):
         random: Floats in ``[0, 1)`` for backoff jitter; injected for tests.
         dns_resolver: A configured ``dns.asyncresolver.Resolver`` to use instead
             of one built from ``server`` or the system configuration.
+        hosts_file: The hosts file consulted (with ``localhost``) before DNS
+            when ``server`` is None; a missing file has no entries.
     """
 
     def __init__(
@@ -86,6 +93,7 @@ class DnsResolver(FeedResolver):
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         random: Callable[[], float] = _random.random,
         dns_resolver: dns.asyncresolver.Resolver | None = None,
+        hosts_file: str | os.PathLike[str] = DEFAULT_HOSTS_FILE,
     ) -> None:
         super().__init__()
         if not 0 < min_ttl <= max_ttl:
@@ -106,6 +114,7 @@ class DnsResolver(FeedResolver):
         self._sleep = sleep
         self._random = random
         self._dns = dns_resolver
+        self._hosts_file = hosts_file
         self._wake = asyncio.Event()
         self._last_query: float | None = None
 
@@ -139,6 +148,12 @@ class DnsResolver(FeedResolver):
             # An IP literal is its own answer: no query, nothing ever changes.
             self._publish(frozenset({Address(self._host, self._port)}))
             return
+        local = self._local_addresses()
+        if local is not None:
+            # Known on the machine (localhost, hosts file): no query, ever.
+            _log.debug("%r: resolved locally to %s", self, ", ".join(local))
+            self._publish(frozenset(Address(ip, self._port) for ip in local))
+            return
         failures = 0
         while True:
             await self._respect_min_interval()
@@ -164,6 +179,16 @@ class DnsResolver(FeedResolver):
             failures = 0
             self._publish(answer.addresses)
             await self._wait_for_refresh(answer.ttl)
+
+    def _local_addresses(self) -> tuple[str, ...] | None:
+        """The name's addresses known without DNS; None when DNS must be asked.
+
+        Only without a DNS server in the target: a server given explicitly is
+        asked for every name, localhost included.
+        """
+        if self._server is not None:
+            return None
+        return local_addresses(self._host, self._hosts_file)
 
     async def _respect_min_interval(self) -> None:
         if self._last_query is None:

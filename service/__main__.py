@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level)
     log = logging.getLogger("meshdemo.server")
-    tracer_provider = configure_tracing("meshdemo-user-service")
+    tracer_provider = configure_tracing("meshdemo-user-service", instance_default=config.replica)
     try:
         return asyncio.run(run(config, tracer_provider=tracer_provider))
     except ConfigError as exc:

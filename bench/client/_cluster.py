@@ -2,8 +2,8 @@
 
 The replicas are ``python -m service`` subprocesses on 127.0.0.2-4, all on
 the same port (one DNS name, one port, as a headless Service publishes pods)
-and sharing one SQLite file in a temporary directory. A dnslib server on
-127.0.0.1 publishes their A records with a 1 s TTL. Users are seeded so that
+and sharing one SQLite file in a temporary directory. The mesh's DNS server
+(``mesh.dns``) on 127.0.0.1 publishes their A records with a 1 s TTL. Users are seeded so that
 GetUser reads real rows.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from bench.client._dns import BenchDns
 from client import NewUserSpec, UserClient
+from mesh.dns import DnsServer
 from service.testing import ReplicaProcess, admin_token
 
 __all__ = ["HOSTS", "NAME", "Cluster"]
@@ -43,7 +43,7 @@ class Cluster:
         self.seed_users = seed_users
         self.port = 0
         self.user_ids: list[str] = []
-        self.dns = BenchDns(ttl=1)
+        self.dns = DnsServer(zone="mesh.test", ttl=1)
         self._rng = rng or random.Random(1)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._store_url = ""
@@ -52,7 +52,7 @@ class Cluster:
     @property
     def target(self) -> str:
         """The one target both clients dial: the DNS server in the authority."""
-        return f"dns://127.0.0.1:{self.dns.port}/{NAME.rstrip('.')}:{self.port}"
+        return self.dns.target(NAME, self.port)
 
     def replica(self, host: str) -> ReplicaProcess:
         """The running replica on ``host``."""
@@ -65,7 +65,7 @@ class Cluster:
     async def __aenter__(self) -> Cluster:
         self._tmp = tempfile.TemporaryDirectory(prefix="meshdemo-bench-")
         self._store_url = f"sqlite:///{Path(self._tmp.name) / 'users.db'}"
-        self.dns.__enter__()
+        self.dns.start()
         try:
             await self._start_all()
             self.publish(HOSTS)
@@ -152,7 +152,7 @@ class Cluster:
         for proc in procs:
             proc.resume()
         await asyncio.gather(*(proc.close() for proc in procs), return_exceptions=True)
-        self.dns.__exit__(None, None, None)
+        self.dns.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -1,4 +1,4 @@
-"""configure_tracing: the OTEL_* variables decide; no endpoint means no export."""
+"""configure_tracing (meshdemo.telemetry): the OTEL_* variables decide; no endpoint, no export."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from service.tracing import configure_tracing, export_enabled, shutdown_tracing
+import service.tracing
+from meshdemo.telemetry import configure_tracing, export_enabled, shutdown_tracing
 
 OTEL_VARS = (
     "OTEL_SERVICE_NAME",
@@ -127,6 +128,25 @@ def test_service_name_default_and_override(
     providers.append(attributed)
     assert attributed.resource.attributes["service.name"] == "from-attrs"
     assert attributed.resource.attributes["team"] == "mesh"
+
+
+def test_the_service_keeps_its_import_path() -> None:
+    assert service.tracing.configure_tracing is configure_tracing
+    assert service.tracing.shutdown_tracing is shutdown_tracing
+    assert service.tracing.export_enabled is export_enabled
+
+
+def test_instance_default_names_the_instance_unless_the_environment_does(
+    monkeypatch: pytest.MonkeyPatch, providers: list[TracerProvider]
+) -> None:
+    made_up = configure_tracing("svc")
+    named = configure_tracing("svc", instance_default="users-0")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=pod-7")
+    from_env = configure_tracing("svc", instance_default="users-0")
+    providers += [made_up, named, from_env]
+    assert made_up.resource.attributes["service.instance.id"] not in ("", "users-0")
+    assert named.resource.attributes["service.instance.id"] == "users-0"
+    assert from_env.resource.attributes["service.instance.id"] == "pod-7"
 
 
 def test_sampler_comes_from_the_environment(

@@ -1,25 +1,20 @@
-"""Helpers for the resolver tests: a manual clock and a real DNS server.
+"""Helpers for the resolver tests: a manual clock, waits and update collectors.
 
-The DNS server is dnslib's ``DNSServer`` on 127.0.0.1, an ephemeral UDP port,
-answering from records the test changes while it runs. Only loopback
-addresses appear in its records.
+The real DNS server the tests ask is ``mesh.dns.DnsServer`` (one for the mesh,
+the tests and the benchmarks); ``conftest.py`` makes one per test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
-
-from dnslib import AAAA, QTYPE, RCODE, RR, SOA, A, DNSRecord
-from dnslib.server import DNSServer
 
 from client._resolver import Address
 
-ZONE = "mesh.test."
+#: The zone of the names the resolver tests publish.
+ZONE = "mesh.test"
 
 
 class ManualClock:
@@ -58,97 +53,6 @@ class ManualClock:
     def pending(self) -> int:
         """How many sleeps are waiting (cancelled ones excluded)."""
         return sum(1 for _, f in self._sleepers if not f.done())
-
-
-@dataclass
-class Zone:
-    """Records served by the test DNS server; changed by tests while it runs."""
-
-    a: dict[str, list[str]] = field(default_factory=dict)
-    aaaa: dict[str, list[str]] = field(default_factory=dict)
-    ttl: int = 1
-    negative_ttl: int = 3600
-    servfail: bool = False
-    queries: list[tuple[str, str]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def set(self, name: str, a: list[str] | None = None, aaaa: list[str] | None = None) -> None:
-        with self.lock:
-            self.a[name] = list(a or [])
-            self.aaaa[name] = list(aaaa or [])
-
-    def delete(self, name: str) -> None:
-        with self.lock:
-            self.a.pop(name, None)
-            self.aaaa.pop(name, None)
-
-    def count(self, qtype: str, name: str | None = None) -> int:
-        with self.lock:
-            return sum(1 for n, t in self.queries if t == qtype and name in (None, n))
-
-
-class _ZoneResolver:
-    """dnslib resolver interface: answer from a ``Zone``."""
-
-    def __init__(self, zone: Zone) -> None:
-        self.zone = zone
-
-    def resolve(self, request: DNSRecord, handler: Any) -> DNSRecord:
-        zone = self.zone
-        qname = str(request.q.qname)
-        qtype = QTYPE[request.q.qtype]
-        reply = request.reply()
-        with zone.lock:
-            zone.queries.append((qname, qtype))
-            if zone.servfail:
-                reply.header.rcode = RCODE.SERVFAIL
-                return reply
-            exists = qname in zone.a
-            found = {"A": zone.a, "AAAA": zone.aaaa}.get(qtype, {}).get(qname, [])
-            rdata = A if qtype == "A" else AAAA
-            for ip in found:
-                reply.add_answer(RR(qname, QTYPE.reverse[qtype], rdata=rdata(ip), ttl=zone.ttl))
-            if not found:
-                # A negative answer carries the zone's SOA (RFC 2308).
-                soa = SOA("ns." + ZONE, "admin." + ZONE, (1, 60, 60, 60, zone.negative_ttl))
-                reply.add_auth(RR(ZONE, QTYPE.SOA, rdata=soa, ttl=zone.negative_ttl))
-                if not exists:
-                    reply.header.rcode = RCODE.NXDOMAIN
-        return reply
-
-
-class _QuietLogger:
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args: None
-
-
-class DnsTestServer:
-    """A real UDP DNS server on 127.0.0.1 that can be stopped and restarted."""
-
-    def __init__(self, zone: Zone) -> None:
-        self.zone = zone
-        self.port = 0
-        self._server: DNSServer | None = None
-
-    def start(self) -> None:
-        server = DNSServer(
-            _ZoneResolver(self.zone), address="127.0.0.1", port=self.port, logger=_QuietLogger()
-        )
-        self.port = server.server.server_address[1]
-        # A short poll interval so that stop() does not wait half a second.
-        server.thread = threading.Thread(
-            target=server.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        server.thread.start()
-        self._server = server
-
-    def stop(self) -> None:
-        """Stop answering and release the port (queries are then refused)."""
-        if self._server is not None:
-            self._server.stop()
-            self._server.server.server_close()
-            self._server.thread.join(timeout=5)
-            self._server = None
 
 
 async def next_update(

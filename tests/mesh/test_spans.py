@@ -1,0 +1,183 @@
+"""The span store on disk and the trace summaries built from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mesh._spans import (
+    SPANS_FILE,
+    SpanEvent,
+    SpanRecord,
+    SpanStore,
+    TraceLookupError,
+    find_trace,
+    group_traces,
+    has_retry,
+    load_trace,
+    read_spans,
+    recent_traces,
+    summarize,
+)
+
+MS = 1_000_000
+
+
+def span(
+    name: str,
+    span_id: str,
+    parent: str = "",
+    *,
+    trace_id: str = "a" * 32,
+    kind: str = "INTERNAL",
+    start_ms: int = 0,
+    end_ms: int = 10,
+    service: str = "meshdemo-client",
+    instance: str = "",
+    status: str = "UNSET",
+    events: tuple[SpanEvent, ...] = (),
+) -> SpanRecord:
+    return SpanRecord(
+        trace_id=trace_id,
+        span_id=span_id.rjust(16, "0"),
+        parent_span_id=parent.rjust(16, "0") if parent else "",
+        name=name,
+        kind=kind,
+        service=service,
+        instance=instance,
+        start_ns=1_700_000_000_000 * MS + start_ms * MS,
+        end_ns=1_700_000_000_000 * MS + end_ms * MS,
+        status=status,
+        events=events,
+    )
+
+
+def retried_get(trace_id: str = "a" * 32, start_ms: int = 0) -> list[SpanRecord]:
+    """A GetUser whose first attempt failed UNAVAILABLE and second reached users-1."""
+    retry = SpanEvent("retry", 0, {"retry": 1, "code": "UNAVAILABLE"})
+    kw = {"trace_id": trace_id}
+    return [
+        span("GetUser logical", "1", start_ms=start_ms, end_ms=start_ms + 30, events=(retry,),
+             **kw),
+        span("/GetUser", "2", "1", kind="CLIENT", start_ms=start_ms + 1, end_ms=start_ms + 5,
+             status="ERROR", **kw),
+        span("/GetUser", "3", "1", kind="CLIENT", start_ms=start_ms + 10, end_ms=start_ms + 29,
+             **kw),
+        span("GetUser", "4", "3", kind="SERVER", start_ms=start_ms + 12, end_ms=start_ms + 28,
+             service="meshdemo-user-service", instance="users-1", **kw),
+        span("store.get_user", "5", "4", start_ms=start_ms + 13, end_ms=start_ms + 20,
+             service="meshdemo-user-service", instance="users-1", **kw),
+    ]  # fmt: skip
+
+
+def test_records_round_trip_through_json() -> None:
+    record = retried_get()[0]
+    assert SpanRecord.from_json(record.to_json()) == record
+    with pytest.raises(ValueError, match="not a span record"):
+        SpanRecord.from_json('{"trace_id": "x"}')
+
+
+def test_append_then_read_in_order(tmp_path: Path) -> None:
+    store = SpanStore(tmp_path / "state")
+    assert read_spans(tmp_path / "state") == []
+    spans = retried_get()
+    assert store.append(spans[:2]) == 2
+    assert store.append([]) == 0
+    store.append(spans[2:])
+    assert store.read() == spans
+
+
+def test_a_partial_last_line_and_garbage_are_skipped(tmp_path: Path) -> None:
+    store = SpanStore(tmp_path)
+    spans = retried_get()
+    store.append(spans[:2])
+    with open(store.path, "a", encoding="utf-8") as stream:
+        stream.write("not json\n")
+        stream.write('{"also": "not a span"}\n')
+        stream.write(spans[2].to_json()[:40])  # A writer half-way through a line.
+    assert read_spans(tmp_path) == spans[:2]
+
+
+def test_the_file_rotates_past_its_limit_and_disk_use_stays_bounded(tmp_path: Path) -> None:
+    one = span("s10", "a")
+    line_bytes = len(one.to_json()) + 1
+    store = SpanStore(tmp_path, max_bytes=line_bytes * 10)
+    for n in range(95):
+        store.append([span(f"s{n}", f"{n + 1:x}")])
+    assert store.rotations >= 8
+    assert store.rotated_path.exists()
+    total = store.path.stat().st_size + store.rotated_path.stat().st_size
+    assert total <= 2 * store.max_bytes + line_bytes
+    names = [s.name for s in read_spans(tmp_path)]
+    # The newest spans survive, oldest first; the oldest are gone.
+    assert names == [f"s{n}" for n in range(95 - len(names), 95)]
+    assert "s0" not in names
+    with pytest.raises(ValueError, match="positive"):
+        SpanStore(tmp_path, max_bytes=0)
+
+
+def test_summary_of_a_retried_call() -> None:
+    [trace] = group_traces(retried_get()).values()
+    summary = summarize(trace)
+    assert summary.root_name == "GetUser logical"
+    assert summary.span_count == 5
+    assert summary.duration_ns == 30 * MS
+    assert summary.replicas == {"users-1"}
+    assert summary.retries == 1
+    assert summary.errors == 1
+    assert summary.services == {"meshdemo-client", "meshdemo-user-service"}
+    assert has_retry(trace)
+
+
+def test_retry_events_count_when_attempt_spans_are_missing() -> None:
+    retries = tuple(SpanEvent("retry", 0, {"retry": n}) for n in (1, 2))
+    [trace] = group_traces([span("GetUser logical", "1", events=retries)]).values()
+    assert summarize(trace).retries == 2
+
+
+def test_a_call_with_one_attempt_has_no_retry() -> None:
+    spans = [s for s in retried_get() if s.span_id != "2".rjust(16, "0")]
+    [trace] = group_traces(spans).values()
+    assert summarize(trace).retries == 1  # The logical span's retry event still says so.
+    plain = [span("L", "1"), span("/A", "2", "1", kind="CLIENT")]
+    [trace] = group_traces(plain).values()
+    assert summarize(trace).retries == 0
+    assert not has_retry(trace)
+
+
+def test_orphans_and_duplicates() -> None:
+    spans = [*retried_get()[1:], retried_get()[1]]  # The root has not arrived; one span twice.
+    [trace] = group_traces(spans).values()
+    assert len(trace.spans) == 4
+    assert trace.root().span_id == "2".rjust(16, "0")  # The earliest orphan.
+    assert [s.span_id[-1] for s in trace.children()[""]] == ["2", "3"]
+
+
+def test_recent_find_and_load(tmp_path: Path) -> None:
+    store = SpanStore(tmp_path)
+    store.append(retried_get("1" * 32, start_ms=0))
+    store.append([span("plain", "9", trace_id="2" * 32, start_ms=100, end_ms=110)])
+    store.append([span("plain", "8", trace_id="3" * 32, start_ms=200, end_ms=210)])
+    assert [s.trace_id[0] for s in recent_traces(tmp_path)] == ["3", "2", "1"]
+    assert [s.trace_id[0] for s in recent_traces(tmp_path, limit=2)] == ["3", "2"]
+    found = find_trace(tmp_path, has_retry)
+    assert found is not None
+    assert found.trace_id == "1" * 32
+    assert find_trace(tmp_path, lambda t: False) is None
+    assert load_trace(tmp_path, "22").trace_id == "2" * 32
+    assert load_trace(tmp_path, "3" * 32).trace_id == "3" * 32
+
+
+def test_load_trace_says_why_it_failed(tmp_path: Path) -> None:
+    store = SpanStore(tmp_path)
+    store.append(
+        [span("x", "1", trace_id="ab" + "0" * 30), span("y", "2", trace_id="ac" + "0" * 30)]
+    )
+    with pytest.raises(TraceLookupError, match="ambiguous"):
+        load_trace(tmp_path, "a")
+    with pytest.raises(TraceLookupError, match=f"no trace 'ff'.*{SPANS_FILE}"):
+        load_trace(tmp_path, "ff")
+    with pytest.raises(TraceLookupError, match="empty"):
+        load_trace(tmp_path, " ")
+    assert load_trace(tmp_path, "AB").spans[0].name == "x"
