@@ -385,21 +385,29 @@ def _banner(mesh: Any) -> str:
 _Command = Callable[[argparse.Namespace, StateDir, TextIO], Awaitable[int]]
 
 
-def _commands() -> dict[str, _Command]:
-    from mesh._demo import run_demo_command
+async def _cmd_demo(args: argparse.Namespace, state: StateDir, out: TextIO) -> int:
+    from mesh._demo import run_demo_command  # the live view and the load engine: only here
+
+    return await run_demo_command(args, state, out)
+
+
+async def _cmd_tour(args: argparse.Namespace, state: StateDir, out: TextIO) -> int:
     from mesh._tour import run_tour_command
 
-    return {
-        "up": _cmd_up,
-        "status": _cmd_status,
-        "kill": _cmd_kill,
-        "scale": _cmd_scale,
-        "env": _cmd_env,
-        "down": _cmd_down,
-        "traces": _cmd_traces,
-        "demo": run_demo_command,
-        "tour": run_tour_command,
-    }
+    return await run_tour_command(args, state, out)
+
+
+_COMMANDS: Mapping[str, _Command] = {
+    "up": _cmd_up,
+    "status": _cmd_status,
+    "kill": _cmd_kill,
+    "scale": _cmd_scale,
+    "env": _cmd_env,
+    "down": _cmd_down,
+    "traces": _cmd_traces,
+    "demo": _cmd_demo,
+    "tour": _cmd_tour,
+}
 
 
 def _configure_logging(command: str) -> None:
@@ -421,7 +429,7 @@ async def main_async(argv: Sequence[str] | None = None, *, out: TextIO | None = 
     _configure_logging(args.command)
     state = StateDir(resolve_state_dir(args.state_dir))
     try:
-        return await _commands()[args.command](args, state, stream)
+        return await _COMMANDS[args.command](args, state, stream)
     except ControlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -2,13 +2,18 @@
 
 The status of both the overall service ("") and ``meshdemo.v1.UserService``
 is SERVING only while the store answers. ``enter_graceful_shutdown`` turns
-both to NOT_SERVING for good (the first step of the shutdown protocol).
+both to NOT_SERVING for good (the first step of the shutdown protocol), and
+``end_watches`` ends every open Watch stream with OK once the drain is over:
+otherwise each watcher (every client, the local mesh) would hold the server's
+``stop(grace)`` for the whole grace period.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from typing import Any
 
 from grpc_health.v1 import health, health_pb2
 
@@ -23,11 +28,37 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 log = logging.getLogger("meshdemo.health")
 
 
+class _EndableHealthServicer(health.aio.HealthServicer):  # type: ignore[misc,name-defined]
+    """The stock aio servicer whose Watch streams can be ended all at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ending = asyncio.Event()
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        if self._ending.is_set():
+            return
+        watch = asyncio.ensure_future(super().Watch(request, context))
+        ending = asyncio.ensure_future(self._ending.wait())
+        try:
+            await asyncio.wait({watch, ending}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (watch, ending):
+                task.cancel()
+            for task in (watch, ending):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        # Returning ends the stream with OK: the watcher saw NOT_SERVING already.
+
+    def end_watches(self) -> None:
+        self._ending.set()
+
+
 class HealthReporter:
     """Owns the health servicer and the task that probes the store."""
 
     def __init__(self, store: Store, *, interval: float, probe_timeout: float = 1.0) -> None:
-        self.servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.servicer = _EndableHealthServicer()
         self._store = store
         self._interval = interval
         self._probe_timeout = probe_timeout
@@ -83,6 +114,10 @@ class HealthReporter:
         await self.stop()
         await self.servicer.enter_graceful_shutdown()
         log.info("health NOT_SERVING: shutting down")
+
+    def end_watches(self) -> None:
+        """End every open Watch stream (and refuse new ones) with OK; for the end of a drain."""
+        self.servicer.end_watches()
 
     async def stop(self) -> None:
         """Stop probing (idempotent)."""

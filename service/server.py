@@ -3,7 +3,8 @@
 Shutdown protocol (matches the chart's preStop and terminationGracePeriod):
 1. health turns NOT_SERVING (clients watching health stop picking us);
 2. wait ``drain_delay`` so endpoint removal propagates (a second signal skips it);
-3. ``server.stop(shutdown_grace)``: no new RPCs, in-flight ones get the grace;
+3. open health Watch streams end with OK (they would hold the grace otherwise);
+   ``server.stop(shutdown_grace)``: no new RPCs, in-flight ones get the grace;
 4. close the store, stop metrics, flush spans; exit 0.
 """
 
@@ -87,6 +88,7 @@ class Replica:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter.wait(), delay)
         log.info("stopping", extra={"grace_s": self.config.shutdown_grace})
+        self.health.end_watches()
         await self.server.stop(self.config.shutdown_grace)
         await self.store.close()
         for cleanup in reversed(self._cleanups):

@@ -139,6 +139,27 @@ async def test_graceful_stop_lets_in_flight_streams_finish_within_grace() -> Non
             await stopping
 
 
+async def test_open_health_watches_end_with_ok_instead_of_holding_the_grace() -> None:
+    # A watcher (a client, the local mesh) must not keep a stopping replica for
+    # its whole shutdown grace: after the drain its Watch ends, and stop returns.
+    async with serve(shutdown_grace=30.0) as server:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watch = stub.Watch(health_pb2.HealthCheckRequest(service=SERVICE))
+            first = await watch.read()
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            stopping = asyncio.create_task(server.replica.shutdown(drain_delay=0.2))
+            statuses = [first.status]
+            while (reply := await watch.read()) is not grpc.aio.EOF:
+                statuses.append(reply.status)
+            await asyncio.wait_for(stopping, 10)
+            assert await watch.code() == grpc.StatusCode.OK
+            assert loop.time() - started < 10  # far below the 30 s grace
+    response = health_pb2.HealthCheckResponse
+    assert statuses == [response.SERVING, response.NOT_SERVING]
+
+
 async def test_beyond_max_concurrent_rpcs_is_resource_exhausted() -> None:
     async with serve("127.0.0.1", max_concurrent_rpcs=2) as server:
         async with grpc.aio.insecure_channel(server.address) as ch:
