@@ -364,7 +364,11 @@ async def _cmd_up(args: argparse.Namespace, state: StateDir, out: TextIO) -> int
 def _banner(mesh: Any) -> str:
     status = mesh.status()
     forward = f" (forwarded to {mesh.config.forward_to})" if mesh.config.forward_to else ""
-    state_flag = "" if mesh.state.root == resolve_state_dir(None) else f" --state-dir {shlex.quote(str(mesh.state.root))}"
+    state_flag = (
+        ""
+        if mesh.state.root == resolve_state_dir(None)
+        else f" --state-dir {shlex.quote(str(mesh.state.root))}"
+    )
     return "\n".join(
         [
             format_status(status),

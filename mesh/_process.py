@@ -11,6 +11,7 @@ and Ctrl-C still stop everything, and the docs say so.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -109,10 +110,8 @@ class Child:
     def signal(self, signum: signal.Signals) -> None:
         """Send ``signum`` if the process still runs."""
         if self.process.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signum)
-            except ProcessLookupError:
-                pass
 
     async def wait(self) -> int:
         """The exit code, once the process ended and its output was read to the end."""

@@ -257,7 +257,10 @@ class Replica:
     async def _watch_health(self, child: Child) -> None:
         """Follow the replica's health until its process ends; readiness follows it."""
         await self._bound.wait()
-        options = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 500)]
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 500),
+        ]
         async with grpc.aio.insecure_channel(self.address, options=options) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while child.alive:

@@ -34,7 +34,7 @@ from mesh._state import StateDir
 from mesh._timeline import Timeline
 from mesh.dns import DnsServer
 
-__all__ = ["Mesh", "MeshEvent", "MeshError"]
+__all__ = ["Mesh", "MeshError", "MeshEvent"]
 
 _log = logging.getLogger("meshdemo.mesh")
 
@@ -455,4 +455,3 @@ def _redact(url: str) -> str:
         return url
     user = credentials.split(":", 1)[0]
     return f"{scheme}{sep}{user}:***@{host}"
-
