@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import dns.exception
@@ -221,12 +222,14 @@ def test_tcp_answers_on_the_same_port() -> None:
         assert ask(server, SERVICE_NAME, "A", tcp=True).rcode() == dns.rcode.NOERROR
 
 
-def test_close_leaves_no_thread_and_no_socket() -> None:
+def test_close_is_fast_and_leaves_no_thread_and_no_socket() -> None:
     before = set(threading.enumerate())
     with DnsServer(tcp=True) as server:
         ask(server, "x.test", "A")
         ask(server, "x.test", "A", tcp=True)
         port = server.port
+        began = time.monotonic()
+    assert time.monotonic() - began < 0.5  # the serving threads poll every 50 ms
     assert set(threading.enumerate()) <= before
     # Both ports are free again: binding them succeeds.
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
