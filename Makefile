@@ -15,9 +15,10 @@ install: .venv/.installed node_modules/.package-lock.json
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
 
-## demo: start a local replica and walk a client through every RPC
+## demo: the local mesh: replicas, DNS, load with a live view, a SIGKILL, a graceful restart,
+## a scale-up, the summary, a trace waterfall and a timeline picture (about 1.5 minutes)
 demo: install
-	$(PY) -m client.demo
+	$(PY) -m mesh demo $(DEMO_ARGS)
 
 ## test: everything CI checks: contract, lint, types, the test suite
 test: install contract lint typecheck unit
@@ -44,6 +45,7 @@ gen: install
 bench: install
 	$(PY) -m bench.service
 	$(PY) -m bench.client
+	$(PY) -m bench.mesh
 
 clean:
 	rm -rf .venv node_modules .pytest_cache .mypy_cache .ruff_cache

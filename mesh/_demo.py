@@ -29,7 +29,7 @@ from mesh._recorder import DemoRecorder
 from mesh._state import STATE_DIR_VARIABLE, StateDir
 from mesh._supervisor import Mesh, MeshEvent
 
-__all__ = ["DemoPlan", "Step", "run_demo", "run_demo_command"]
+__all__ = ["DemoPlan", "DemoResult", "Step", "run_demo", "run_demo_command"]
 
 #: The demo's own state directory inside the default one, so a `mesh up` there is untouched.
 DEMO_STATE_DIR = Path(".mesh") / "demo"
@@ -50,6 +50,15 @@ class Step:
     at: float
     kind: str  # "kill", "graceful" or "scale"
     replica: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoResult:
+    """How a demo run went: its exit code, the load summary and what the recorder saw."""
+
+    code: int
+    summary: LoadSummary
+    recorder: DemoRecorder
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +93,13 @@ async def run_demo_command(args: argparse.Namespace, state: StateDir, out: TextI
     assert task is not None
     with _cancel_on_signals(task):
         try:
-            return await run_demo(
+            result = await run_demo(
                 plan, StateDir(root.resolve()), console, live=live, rps=args.rps, seed=args.seed
             )
         except asyncio.CancelledError:
             console.print("interrupted: the mesh was stopped; nothing is left running")
             return 130
+    return result.code
 
 
 def _default_dir() -> Path:
@@ -124,8 +134,8 @@ async def run_demo(
     live: bool,
     rps: float = 100.0,
     seed: int | None = None,
-) -> int:
-    """Run the demo of ``plan`` in ``state``; 0 when no call failed."""
+) -> DemoResult:
+    """Run the demo of ``plan`` in ``state``; its result (code 0 when no call failed)."""
     _fresh(state)
     config = MeshConfig(
         state_dir=state.root,
@@ -144,7 +154,7 @@ async def run_demo(
         await asyncio.sleep(_SPAN_SETTLE_S)
         code = _report(console, mesh, summary, recorder)
     console.print(f"\nthe mesh is down; timeline picture: [bold]{state.timeline_png}[/]")
-    return code
+    return DemoResult(code, summary, recorder)
 
 
 def _mesh_lines(mesh: Mesh) -> str:

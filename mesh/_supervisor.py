@@ -412,7 +412,7 @@ class Mesh:
     async def _scrape(self) -> None:
         from mesh._scrape import MetricsScraper
 
-        scraper = MetricsScraper()
+        scraper = MetricsScraper(clock=self._clock, started=self._started)
         while True:
             await asyncio.sleep(self.config.scrape_interval)
             targets = {
@@ -420,8 +420,7 @@ class Mesh:
                 for r in self._replicas.values()
                 if r.metrics_port and r.pid is not None
             }
-            sample = await scraper.scrape(targets)
-            self.timeline.sample(self.elapsed(), sample.rates, sample.p99_ms, sample.failures)
+            self.timeline.add(await scraper.scrape(targets))
             if int(self.elapsed()) % 5 == 0:
                 self.timeline.save(self.state.timeline_json)
 
