@@ -29,7 +29,7 @@ from opentelemetry.sdk.resources import (
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-__all__ = ["configure_tracing", "export_enabled", "shutdown_tracing"]
+__all__ = ["configure_tracing", "export_enabled", "has_span_processors", "shutdown_tracing"]
 
 _log = logging.getLogger("meshdemo.tracing")
 
@@ -100,6 +100,21 @@ def configure_tracing(
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
+
+
+def has_span_processors(provider: object) -> bool:
+    """Whether spans from ``provider`` go anywhere: False only for an SDK provider without
+    span processors (what :func:`configure_tracing` builds when export is off).
+
+    Extra spans that only feed trace ids to the logs are then not worth making.
+    Any other provider (an API one, a vendor's) counts as going somewhere.
+    """
+    if not isinstance(provider, TracerProvider):
+        return True
+    # The SDK offers no public accessor; a changed internal reads as "has some".
+    active = getattr(provider, "_active_span_processor", None)
+    processors = getattr(active, "_span_processors", None)
+    return processors is None or len(processors) > 0
 
 
 def shutdown_tracing(provider: TracerProvider, timeout_s: float = 5.0) -> None:
