@@ -13,7 +13,7 @@ A waterfall row per span, children under their parent ordered by start::
     client   attempt 2        -          10.0 |    ██████     |   19.0 ✓
     user      GetUser         users-1    12.0 |     █████     |   16.0 ✓
 
-Each attempt of a retried call (the CLIENT spans under a logical call) is its
+Each attempt of a retried call (the gRPC CLIENT spans under a logical call) is its
 own row, named ``attempt N``; a failed attempt shows ``✗`` and its gRPC code,
 a cancelled one (a hedge's loser) ``⊘ CANCELLED``, the winner ``✓``.
 """
@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import datetime
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import grpc
 
-from mesh._spans import SpanRecord, Trace, TraceSummary, summarize
+from mesh._spans import SpanRecord, Trace, TraceSummary, is_attempt, summarize
 
 __all__ = [
     "ASCII",
@@ -161,7 +161,7 @@ def _rows(trace: Trace) -> Iterator[_Row]:
         yield _Row(span, depth, label, server_side)
         attempt = 0
         for child in tree.get(span.span_id, ()):
-            if child.kind == "CLIENT":
+            if is_attempt(child):
                 attempt += 1
                 child_label = f"attempt {attempt}"
             else:
@@ -203,11 +203,14 @@ class _Layout:
     bar: int
 
     @classmethod
-    def for_width(cls, width: int) -> _Layout:
-        # service 7, replica 8, start 6, two bar rails, duration 6, status 13, 6 gaps;
-        # the name takes a little over half of the rest (at most 30), the bar the others.
-        room = max(12, width - 7 - 8 - 6 - 2 - 6 - 13 - 6)
-        name = min(30, max(8, room * 11 // 20))
+    def fitting(cls, width: int, labels: Sequence[str], statuses: Sequence[str]) -> _Layout:
+        """Name and bar widths for ``width`` columns: the name as wide as its longest
+        label (at most 30), leaving the bar at least 12 columns; the bar gets the rest."""
+        # service 7, replica 8, start 6, two bar rails, duration 6, six gaps, then the status.
+        status = min(13, max((len(s) for s in statuses), default=1))
+        room = max(12, width - 7 - 8 - 6 - 2 - 6 - 6 - status)
+        longest = max((len(label) for label in labels), default=4)
+        name = max(8, min(longest, 30, room - 12))
         return cls(name=name, bar=max(4, room - name))
 
 
@@ -233,14 +236,19 @@ def render_waterfall(trace: Trace, width: int = 80, *, ascii_only: bool | None =
         ascii_only: Force (True) or forbid (False) ASCII; None decides from stdout.
     """
     glyphs = _glyphs(ascii_only)
-    layout = _Layout.for_width(width)
+    rows = list(_rows(trace))
+    layout = _Layout.fitting(
+        width,
+        [" " * r.depth + r.label for r in rows],
+        [status_text(r.span, glyphs) for r in rows],
+    )
     lines = _header(trace, glyphs, width)
     axis = f"0{_ms(trace.duration_ns) + ' ms':>{layout.bar - 1}}"[: layout.bar]
     lines.append(
         f"{'SERVICE':<7} {'SPAN':<{layout.name}} {'REPLICA':<8} {'START':>6} "
         f"|{axis}| {'MS':>6} STATUS"
     )
-    for row in _rows(trace):
+    for row in rows:
         lines.append(_fit(_row_line(row, trace, layout, glyphs), width, glyphs))
     return "\n".join(line.rstrip() for line in lines)
 
