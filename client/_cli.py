@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 import grpc
+from opentelemetry.sdk.trace import TracerProvider
 from rich.console import Console
 
 from client._client import MAX_BATCH, ROLES, NewUserSpec, UserClient
@@ -30,6 +31,7 @@ from client._load import DEFAULT_MIX, LoadConfig, LoadSnapshot, LoadSummary, par
 from client._picker import PICKERS
 from client._resolver import TargetError
 from client._token import mint_token
+from meshdemo.telemetry import configure_tracing, export_enabled, shutdown_tracing
 from meshdemo.v1 import user_pb2
 
 __all__ = [
@@ -150,7 +152,9 @@ def _epilog() -> str:
         "environment:\n"
         "  MESH_TARGET       default --target\n"
         "  MESH_TOKEN        default --token\n"
-        "  MESH_AUTH_SECRET  default --secret of `token`\n\n"
+        "  MESH_AUTH_SECRET  default --secret of `token`\n"
+        "  OTEL_EXPORTER_OTLP_ENDPOINT  export spans of every call over OTLP/gRPC\n"
+        "                    (service name meshdemo-client; other OTEL_* variables apply)\n\n"
         f"exit codes:\n{codes}"
     )
 
@@ -481,10 +485,18 @@ def _report_error(io: _Io, err: MeshError) -> int:
 # --- commands ----------------------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace, io: _Io) -> UserClient:
+def _client(
+    args: argparse.Namespace, io: _Io, tracer_provider: TracerProvider | None = None
+) -> UserClient:
     token = args.token if args.token is not None else io.env.get("MESH_TOKEN") or None
     try:
-        return UserClient(args.target, token=token, policy=args.policy, tracing=False)
+        return UserClient(
+            args.target,
+            token=token,
+            policy=args.policy,
+            tracer_provider=tracer_provider,
+            tracing=tracer_provider is not None,
+        )
     except TargetError as exc:
         raise UsageError(f"bad --target: {exc}") from exc
 
@@ -845,8 +857,34 @@ async def _run(args: argparse.Namespace, io: _Io) -> int:
     if args.command == "batch":
         # Read and check the whole file before any connection is made.
         args.specs = _read_batch_file(args.file, io)
-    async with _client(args, io) as client:
-        return await _HANDLERS[args.command](args, client, io)
+    tracer_provider = _tracer_provider(io)
+    try:
+        async with _client(args, io, tracer_provider) as client:
+            return await _HANDLERS[args.command](args, client, io)
+    finally:
+        if tracer_provider is not None:
+            await _flush_spans(tracer_provider)
+
+
+#: Seconds the CLI waits at exit for its spans to reach the collector.
+_SPAN_FLUSH_S = 2.0
+
+
+def _tracer_provider(io: _Io) -> TracerProvider | None:
+    """A provider exporting over OTLP when the environment names an endpoint, else None.
+
+    Without one, tracing stays off: spans would go nowhere and cost CPU on every call.
+    (The SDK reads its own ``OTEL_*`` settings from the process environment.)
+    """
+    if not export_enabled(io.env):
+        return None
+    return configure_tracing("meshdemo-client", export_timeout_s=_SPAN_FLUSH_S / 2)
+
+
+async def _flush_spans(provider: TracerProvider) -> None:
+    """Flush and shut the provider down off the loop (a collector may run on this very loop)."""
+    # Shielded: on Ctrl-C the command is cancelled, and the spans of what it did still go out.
+    await asyncio.shield(asyncio.to_thread(shutdown_tracing, provider, _SPAN_FLUSH_S))
 
 
 async def main_async(

@@ -262,6 +262,12 @@ class TraceReceiver:
         ...
         await receiver.stop()
 
+    A tracer provider in the same process as the receiver (the demo's load
+    generator) must flush and shut down off the event loop, e.g.
+    ``await asyncio.to_thread(provider.shutdown)``: the OTLP exporter is
+    synchronous and the receiver answers on the loop, so a flush on the loop
+    would wait for itself until the exporter's timeout.
+
     Args:
         store: Where spans go.
         forward_to: An upstream OTLP gRPC endpoint (``http://127.0.0.1:4317``)

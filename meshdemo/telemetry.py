@@ -29,11 +29,12 @@ from opentelemetry.sdk.resources import (
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-__all__ = ["configure_tracing", "export_enabled", "shutdown_tracing"]
+__all__ = ["configure_tracing", "export_enabled", "has_span_processors", "shutdown_tracing"]
 
 _log = logging.getLogger("meshdemo.tracing")
 
 _ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+_TIMEOUT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
 
 
 def export_enabled(environ: Mapping[str, str] | None = None) -> bool:
@@ -72,8 +73,18 @@ def _resource(service_name_default: str, instance_default: str | None) -> Resour
     return resource
 
 
+def _export_timeout(default_s: float | None) -> float | None:
+    """``default_s`` unless the environment sets the exporter's timeout (None: the SDK's own)."""
+    if any(os.environ.get(name, "").strip() for name in _TIMEOUT_VARS):
+        return None
+    return default_s
+
+
 def configure_tracing(
-    service_name_default: str, *, instance_default: str | None = None
+    service_name_default: str,
+    *,
+    instance_default: str | None = None,
+    export_timeout_s: float | None = None,
 ) -> TracerProvider:
     """Build the process's tracer provider from the ``OTEL_*`` variables.
 
@@ -85,6 +96,10 @@ def configure_tracing(
             nor ``OTEL_RESOURCE_ATTRIBUTES`` names the service.
         instance_default: ``service.instance.id`` (e.g. the replica's name) when
             ``OTEL_RESOURCE_ATTRIBUTES`` names none; None keeps the SDK's UUID.
+        export_timeout_s: Seconds one export may take, retries included, when
+            ``OTEL_EXPORTER_OTLP_TIMEOUT`` is unset (None: the SDK's 10 s). A
+            short-lived process sets it low, so a collector that is down
+            cannot hold up its exit.
 
     Returns:
         An SDK tracer provider; with an OTLP span processor only when export
@@ -98,8 +113,24 @@ def configure_tracing(
         # certificates and timeout from the same variables.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        exporter = OTLPSpanExporter(timeout=_export_timeout(export_timeout_s))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
+
+
+def has_span_processors(provider: object) -> bool:
+    """Whether spans from ``provider`` go anywhere: False only for an SDK provider without
+    span processors (what :func:`configure_tracing` builds when export is off).
+
+    Extra spans that only feed trace ids to the logs are then not worth making.
+    Any other provider (an API one, a vendor's) counts as going somewhere.
+    """
+    if not isinstance(provider, TracerProvider):
+        return True
+    # The SDK offers no public accessor; a changed internal reads as "has some".
+    active = getattr(provider, "_active_span_processor", None)
+    processors = getattr(active, "_span_processors", None)
+    return processors is None or len(processors) > 0
 
 
 def shutdown_tracing(provider: TracerProvider, timeout_s: float = 5.0) -> None:

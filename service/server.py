@@ -30,6 +30,8 @@ from service.interceptors._fault import FaultDelayInterceptor
 from service.metrics import ServerMetrics, start_metrics_http_server
 from service.servicer import UserServicer
 from service.store import Store, StoreUnavailable, open_store
+from service.store._traced import TracedStore, db_system
+from service.tracing import has_span_processors
 
 __all__ = ["Replica", "server_options", "start_replica"]
 
@@ -129,15 +131,26 @@ async def _open_store(config: ServiceConfig) -> Store:
     return store
 
 
+def _traced(store: Store, config: ServiceConfig, provider: TracerProvider | None) -> Store:
+    """The store with a span per data call when spans go somewhere; else as it is (no cost)."""
+    if provider is None or not has_span_processors(provider):
+        return store
+    return TracedStore(store, provider, system=db_system(config.store), replica=config.replica)
+
+
 async def start_replica(
     config: ServiceConfig,
     *,
     tracer_provider: TracerProvider | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] | None = None,  # type: ignore[type-arg]
 ) -> Replica:
-    """Open the store, build the server with every interceptor, bind and start it."""
+    """Open the store, build the server with every interceptor, bind and start it.
+
+    With a ``tracer_provider`` whose spans go somewhere, store calls are child
+    spans of the RPC (see :mod:`service.store._traced`).
+    """
     verifier = _verifier(config)
-    store = await _open_store(config)
+    store = _traced(await _open_store(config), config, tracer_provider)
     metrics = ServerMetrics() if config.metrics_port >= 0 else None
     chain = (
         build_server_interceptors(

@@ -7,6 +7,11 @@ stays for the service's callers.
 
 from __future__ import annotations
 
-from meshdemo.telemetry import configure_tracing, export_enabled, shutdown_tracing
+from meshdemo.telemetry import (
+    configure_tracing,
+    export_enabled,
+    has_span_processors,
+    shutdown_tracing,
+)
 
-__all__ = ["configure_tracing", "export_enabled", "shutdown_tracing"]
+__all__ = ["configure_tracing", "export_enabled", "has_span_processors", "shutdown_tracing"]

@@ -38,7 +38,7 @@ async def test_quick_run_of_every_benchmark() -> None:
         assert (row.met is None) == (row.goal == ""), row
     # Ratios of two positive rates; the traced replica exported every span.
     assert figures["replica / echo GetUser calls/s"].unit == "x"
-    export = figures["spans received / calls sent (traced)"]
+    export = figures["spans received / spans sent (traced)"]
     assert export.detail["sent"] > 0
     assert export.detail["received"] == export.detail["sent"]
     # A replica takes tens of MiB; more streams never need less memory.

@@ -14,7 +14,12 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 import service.tracing
-from meshdemo.telemetry import configure_tracing, export_enabled, shutdown_tracing
+from meshdemo.telemetry import (
+    configure_tracing,
+    export_enabled,
+    has_span_processors,
+    shutdown_tracing,
+)
 
 OTEL_VARS = (
     "OTEL_SERVICE_NAME",
@@ -147,6 +152,20 @@ def test_instance_default_names_the_instance_unless_the_environment_does(
     assert made_up.resource.attributes["service.instance.id"] not in ("", "users-0")
     assert named.resource.attributes["service.instance.id"] == "users-0"
     assert from_env.resource.attributes["service.instance.id"] == "pod-7"
+
+
+def test_has_span_processors_tells_whether_spans_go_anywhere(
+    monkeypatch: pytest.MonkeyPatch, providers: list[TracerProvider]
+) -> None:
+    from opentelemetry.trace import NoOpTracerProvider
+
+    silent = configure_tracing("svc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    exporting = configure_tracing("svc")
+    providers += [silent, exporting]
+    assert not has_span_processors(silent)
+    assert has_span_processors(exporting)
+    assert has_span_processors(NoOpTracerProvider())
 
 
 def test_sampler_comes_from_the_environment(

@@ -273,3 +273,31 @@ def test_attribute_values_are_flattened_and_capped() -> None:
     assert (record.trace_id, record.parent_span_id) == ("ab" * 16, "")
     assert (record.kind, record.status, record.status_message) == ("CLIENT", "ERROR", "bad")
     assert (record.service, record.instance) == ("svc", "")
+
+
+@pytest.mark.slow
+async def test_a_replica_process_exports_to_the_receiver_under_its_own_name(
+    receiver: TraceReceiver, tmp_path: Path
+) -> None:
+    """``python -m service`` with OTEL_EXPORTER_OTLP_ENDPOINT: the way the mesh runs replicas."""
+    from meshdemo.v1 import user_pb2, user_pb2_grpc
+    from service.testing import ReplicaProcess, admin_token
+
+    replica = ReplicaProcess(
+        "127.0.0.2",
+        store_url=f"sqlite:///{tmp_path / 'users.db'}",
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "MESH_REPLICA_NAME": "users-4"},
+    )
+    async with replica:
+        async with grpc.aio.insecure_channel(replica.address) as channel:
+            stub = user_pb2_grpc.UserServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.GetUser(
+                    user_pb2.GetUserRequest(id="u-1"),
+                    metadata=(("authorization", f"Bearer {admin_token()}"),),
+                )
+        assert await replica.terminate() == 0  # Spans are flushed on the way out.
+    spans = {s.name: s for s in read_spans(receiver.store.state_dir)}
+    server, store = spans["meshdemo.v1.UserService/GetUser"], spans["store.get_user"]
+    assert (server.service, server.instance) == ("meshdemo-user-service", "users-4")
+    assert store.parent_span_id == server.span_id

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from mesh._spans import (
     SPANS_FILE,
+    AttributeValue,
     SpanEvent,
     SpanRecord,
     SpanStore,
@@ -22,6 +24,7 @@ from mesh._spans import (
 )
 
 MS = 1_000_000
+GRPC: Mapping[str, AttributeValue] = {"rpc.system": "grpc"}
 
 
 def span(
@@ -37,6 +40,7 @@ def span(
     instance: str = "",
     status: str = "UNSET",
     events: tuple[SpanEvent, ...] = (),
+    attributes: Mapping[str, AttributeValue] | None = None,
 ) -> SpanRecord:
     return SpanRecord(
         trace_id=trace_id,
@@ -50,6 +54,7 @@ def span(
         end_ns=1_700_000_000_000 * MS + end_ms * MS,
         status=status,
         events=events,
+        attributes=dict(attributes or {}),
     )
 
 
@@ -61,13 +66,14 @@ def retried_get(trace_id: str = "a" * 32, start_ms: int = 0) -> list[SpanRecord]
         span("GetUser logical", "1", start_ms=start_ms, end_ms=start_ms + 30, events=(retry,),
              **kw),
         span("/GetUser", "2", "1", kind="CLIENT", start_ms=start_ms + 1, end_ms=start_ms + 5,
-             status="ERROR", **kw),
+             status="ERROR", attributes=GRPC, **kw),
         span("/GetUser", "3", "1", kind="CLIENT", start_ms=start_ms + 10, end_ms=start_ms + 29,
-             **kw),
+             attributes=GRPC, **kw),
         span("GetUser", "4", "3", kind="SERVER", start_ms=start_ms + 12, end_ms=start_ms + 28,
              service="meshdemo-user-service", instance="users-1", **kw),
-        span("store.get_user", "5", "4", start_ms=start_ms + 13, end_ms=start_ms + 20,
-             service="meshdemo-user-service", instance="users-1", **kw),
+        span("store.get_user", "5", "4", kind="CLIENT", start_ms=start_ms + 13,
+             end_ms=start_ms + 20, service="meshdemo-user-service", instance="users-1",
+             attributes={"db.system": "sqlite"}, **kw),
     ]  # fmt: skip
 
 
@@ -140,10 +146,20 @@ def test_a_call_with_one_attempt_has_no_retry() -> None:
     spans = [s for s in retried_get() if s.span_id != "2".rjust(16, "0")]
     [trace] = group_traces(spans).values()
     assert summarize(trace).retries == 1  # The logical span's retry event still says so.
-    plain = [span("L", "1"), span("/A", "2", "1", kind="CLIENT")]
+    plain = [span("L", "1"), span("/A", "2", "1", kind="CLIENT", attributes=GRPC)]
     [trace] = group_traces(plain).values()
     assert summarize(trace).retries == 0
     assert not has_retry(trace)
+
+
+def test_store_calls_are_client_spans_but_not_attempts() -> None:
+    db = {"db.system": "sqlite"}
+    chunks = [
+        span("store.list_users", f"{n + 3}", "2", kind="CLIENT", attributes=db) for n in (0, 1, 2)
+    ]
+    server = span("ListUsers", "2", "1", kind="SERVER", instance="users-0")
+    [trace] = group_traces([span("ListUsers logical", "1"), server, *chunks]).values()
+    assert summarize(trace).retries == 0
 
 
 def test_orphans_and_duplicates() -> None:
