@@ -217,8 +217,8 @@ async def _load(
                     await actions
             return summary
     finally:
-        provider.force_flush(5000)
-        provider.shutdown()
+        # The exporter is synchronous and the receiver answers on this loop: flush off it.
+        await asyncio.to_thread(provider.shutdown)
 
 
 def _tracer_provider(endpoint: str) -> Any:
