@@ -290,24 +290,37 @@ class LiveView:
 # --- plain lines ------------------------------------------------------------------------------
 
 
-def status_line(snapshot: LoadSnapshot) -> str:
-    """One plain line summing up a snapshot (for logs and pipes)."""
-    lat, win = snapshot.latency_ms, snapshot.window_latency_ms
+def status_line(
+    snapshot: LoadSnapshot, since: LoadSnapshot | None = None, recent_p99: float | None = None
+) -> str:
+    """One plain line summing up a snapshot (for logs and pipes).
+
+    Args:
+        snapshot: The run now.
+        since: The snapshot of the previous line: ``rps`` and the ``(+n)`` new
+            failures and retries then cover the time since it (else the last tick).
+        recent_p99: The p99 to show as recent (default: the last tick's).
+    """
+    lat = snapshot.latency_ms
+    rps, failed, retries = snapshot.rps, snapshot.window_failed, snapshot.window_retries
+    if since is not None and snapshot.elapsed > since.elapsed:
+        rps = (snapshot.calls - since.calls) / (snapshot.elapsed - since.elapsed)
+        failed, retries = snapshot.failed - since.failed, snapshot.retries - since.retries
+    recent = snapshot.window_latency_ms.p99 if recent_p99 is None else recent_p99
     return (
         f"t={snapshot.elapsed:.1f}s left={snapshot.remaining:.1f}s calls={snapshot.calls} "
-        f"ok={snapshot.ok} failed={snapshot.failed} retries={snapshot.retries} "
-        f"late={snapshot.late} in_flight={snapshot.in_flight} rps={snapshot.rps:.1f} "
-        f"p50={lat.p50:.2f}ms p99={lat.p99:.2f}ms tick_p99={win.p99:.2f}ms "
-        f"tick_failed={snapshot.window_failed}"
+        f"failed={snapshot.failed} (+{failed}) retries={snapshot.retries} (+{retries}) "
+        f"late={snapshot.late} rps={rps:.1f} p50={lat.p50:.2f}ms p99={lat.p99:.2f}ms "
+        f"recent_p99={recent:.2f}ms"
     )
 
 
-def endpoint_line(row: EndpointRow, label: Label = None) -> str:
-    """One plain line for one endpoint: state, rate now, share, counts."""
+def endpoint_line(row: EndpointRow, label: Label = None, rate: float | None = None) -> str:
+    """One plain line for one endpoint: state, rate (default: the last tick's), share, counts."""
     return (
-        f"  {endpoint_text(row.address, label)} {row.state} rate={row.rate:.1f}/s "
-        f"share={row.share * 100:.1f}% calls={row.calls} failed={row.failures} "
-        f"ejected={row.ejections}"
+        f"  {endpoint_text(row.address, label)} {row.state} "
+        f"rate={row.rate if rate is None else rate:.1f}/s share={row.share * 100:.1f}% "
+        f"calls={row.calls} failed={row.failures} ejected={row.ejections}"
     )
 
 
@@ -316,7 +329,9 @@ class PlainProgress:
 
     Every event line is written at the snapshot that saw it. At most once per
     ``interval`` seconds of run time (and at the end) come a :func:`status_line`
-    and one :func:`endpoint_line` per endpoint.
+    and one :func:`endpoint_line` per endpoint. Their rates, new failures and
+    retries cover the time since the previous such line; ``recent_p99`` is the
+    worst p99 of the ticks in between.
 
     Args:
         stream: Where the lines go (stderr, so stdout stays machine-readable).
@@ -330,6 +345,8 @@ class PlainProgress:
         self._next = interval
         self._label = label
         self._previous: LoadSnapshot | None = None
+        self._printed: LoadSnapshot | None = None
+        self._worst_p99 = 0.0
         #: Every event seen so far, oldest first.
         self.events: list[EndpointEvent] = []
 
@@ -340,12 +357,23 @@ class PlainProgress:
             self.events.append(event)
             lines.append(format_event(event, self._label))
         self._previous = snapshot
+        self._worst_p99 = max(self._worst_p99, snapshot.window_latency_ms.p99)
         if snapshot.elapsed + 1e-9 >= self._next or snapshot.remaining <= 0:
             self._next = snapshot.elapsed + self._interval
-            lines.append(status_line(snapshot))
-            lines += [endpoint_line(row, self._label) for row in snapshot.endpoints]
+            lines += self._figures(snapshot)
         if lines:
             print("\n".join(lines), file=self._stream, flush=True)
+
+    def _figures(self, snapshot: LoadSnapshot) -> list[str]:
+        since, self._printed = self._printed, snapshot
+        worst, self._worst_p99 = self._worst_p99, 0.0
+        lines = [status_line(snapshot, since, worst)]
+        before = {row.address: row.calls for row in since.endpoints} if since else {}
+        span = snapshot.elapsed - since.elapsed if since else 0.0
+        for row in snapshot.endpoints:
+            rate = (row.calls - before[row.address]) / span if row.address in before else None
+            lines.append(endpoint_line(row, self._label, rate if span > 0 else None))
+        return lines
 
 
 # --- the summary ------------------------------------------------------------------------------

@@ -218,9 +218,32 @@ def test_plain_progress_prints_events_as_they_happen() -> None:
 
 def test_status_line_has_the_tick_figures() -> None:
     line = status_line(_snapshot())
-    assert line.startswith("t=1.5s left=3.5s calls=150 ok=147 failed=3 retries=1")
-    assert "p99=9.75ms" in line
-    assert "tick_p99=123.50ms tick_failed=2" in line
+    assert line.startswith("t=1.5s left=3.5s calls=150 failed=3 (+2) retries=1 (+5) late=2")
+    assert "rps=99.5 p50=1.25ms p99=9.75ms recent_p99=123.50ms" in line
+
+
+def test_status_line_since_an_earlier_snapshot() -> None:
+    earlier = _snapshot(elapsed=0.5, calls=50, failed=1, retries=0)
+    line = status_line(_snapshot(elapsed=1.5), since=earlier, recent_p99=7.0)
+    assert "failed=3 (+2) retries=1 (+1)" in line
+    assert "rps=100.0 " in line  # 100 calls in 1 s
+    assert line.endswith("recent_p99=7.00ms")
+
+
+def test_plain_figures_cover_the_interval_not_the_last_tick() -> None:
+    out = io.StringIO()
+    progress = PlainProgress(out, interval=1.0)
+    a0 = EndpointRow("127.0.0.2:40001", "SERVING", 0, 100, 0, 0.5, rate=999.0)
+    a1 = EndpointRow("127.0.0.2:40001", "SERVING", 0, 130, 0, 0.5, rate=999.0)
+    a2 = EndpointRow("127.0.0.2:40001", "SERVING", 0, 160, 0, 0.5, rate=999.0)
+    progress.update(_snapshot(elapsed=1.0, endpoints=(a0,), window_latency_ms=LAT))
+    progress.update(_snapshot(elapsed=1.5, endpoints=(a1,), window_latency_ms=SLOW))
+    progress.update(_snapshot(elapsed=2.0, endpoints=(a2,), window_latency_ms=LAT))
+    figures = [line for line in out.getvalue().splitlines() if "rate=" in line]
+    assert "rate=999.0/s" in figures[0]  # the first line knows only the last tick
+    assert "rate=60.0/s" in figures[1]  # 60 calls in the second since
+    statuses = [line for line in out.getvalue().splitlines() if line.startswith("t=")]
+    assert statuses[1].endswith("recent_p99=123.50ms")  # the worst tick in between
 
 
 # --- the summary ------------------------------------------------------------------------------
