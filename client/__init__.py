@@ -37,9 +37,19 @@ from client._errors import (
     UnavailableError,
     from_rpc_error,
 )
+from client._events import EndpointEvent, endpoint_events
 from client._histogram import LatencyHistogram, LatencySummary
 from client._interceptors import CallMetrics, MethodStats, TokenProvider
-from client._load import LoadConfig, LoadSnapshot, LoadSummary, parse_mix, run_load
+from client._live import LiveView, PlainProgress, format_event, render_summary
+from client._load import (
+    EndpointRow,
+    LoadConfig,
+    LoadSnapshot,
+    LoadSummary,
+    OperationRow,
+    parse_mix,
+    run_load,
+)
 from client._picker import PICKERS, Candidate, Picker, make_picker
 from client._pool import EndpointSet, NoEndpointError
 from client._resolver import Address, Resolver, StaticResolver, TargetError, resolver_for
@@ -90,8 +100,17 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     "LoadConfig",
     "LoadSnapshot",
     "LoadSummary",
+    "EndpointRow",
+    "OperationRow",
     "parse_mix",
     "run_load",
+    # Watching a load run
+    "EndpointEvent",
+    "endpoint_events",
+    "LiveView",
+    "PlainProgress",
+    "format_event",
+    "render_summary",
     # Errors
     "MeshError",
     "InvalidArgumentError",

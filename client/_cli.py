@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
@@ -26,7 +26,7 @@ from rich.console import Console
 
 from client._client import MAX_BATCH, ROLES, NewUserSpec, UserClient
 from client._errors import InvalidArgumentError, MeshError
-from client._live import LiveView, PlainProgress
+from client._live import LiveView, PlainProgress, render_summary
 from client._load import DEFAULT_MIX, LoadConfig, LoadSnapshot, LoadSummary, parse_mix, run_load
 from client._picker import PICKERS
 from client._resolver import TargetError
@@ -329,11 +329,19 @@ def _add_load(commands: Any, parent: argparse.ArgumentParser) -> None:
         commands,
         "load",
         parent,
-        "generate bounded load and show it live; print a JSON summary at the end",
+        "generate bounded load and show it live; print a summary at the end",
         epilog_extra="--timeout is the deadline of each operation. With --rps the load is an open\n"
         "loop: calls are scheduled at the rate whatever the server does, and calls\n"
         "that start late (all workers busy) are counted as late. Without it, a closed\n"
-        "loop. Progress lines go to stderr; the summary JSON to stdout.",
+        "loop.\n\n"
+        "While it runs: a live view when stdout is a terminal (rate and share per\n"
+        "endpoint, its state, an event line for each endpoint lost, ejected,\n"
+        "re-admitted, draining, added or removed); otherwise plain lines on stderr\n"
+        "(the same events as they happen, figures per endpoint each interval).\n"
+        "At the end: a human summary on stdout (calls, latency per operation, per\n"
+        "endpoint calls, failures, ejections and final state, the seed); with --json\n"
+        "the summary JSON on one line instead. --summary FILE also writes the JSON.\n"
+        "Ctrl-C stops the run: the summary of what finished, then exit 130.",
     )
     mix = ",".join(f"{name}={weight}" for name, weight in DEFAULT_MIX)
     cmd.add_argument(
@@ -381,7 +389,7 @@ def _add_load(commands: Any, parent: argparse.ArgumentParser) -> None:
         "--summary",
         default=None,
         metavar="FILE",
-        help="also write the summary JSON to FILE (default: stdout only)",
+        help="write the summary JSON to FILE (default: none; --json prints it on stdout)",
     )
     cmd.add_argument(
         "--no-live",
@@ -394,14 +402,15 @@ def _add_load(commands: Any, parent: argparse.ArgumentParser) -> None:
         type=_positive_float,
         default=0.25,
         metavar="SECONDS",
-        help="seconds between live view refreshes; plain lines come at most once a second "
-        "(default: %(default)s)",
+        help="seconds between snapshots (live view refreshes, event checks); plain "
+        "figures come at most once a second (default: %(default)s)",
     )
     cmd.add_argument(
         "--seed",
         type=int,
         default=None,
-        help="seed of the random operation choice, for repeatable runs (default: random)",
+        help="seed of the random operation choice, for repeatable runs (default: drawn "
+        "at random and shown in the summary)",
     )
 
 
@@ -783,7 +792,9 @@ def _load_config(args: argparse.Namespace) -> LoadConfig:
 
 
 def _load_exit(summary: LoadSummary) -> int:
-    """0 when any call succeeded (failures are in the summary); else by the commonest error."""
+    """130 after Ctrl-C; else 0 when any call succeeded, or the code of the commonest error."""
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
     if summary.ok or not summary.failed:
         return EXIT_OK
     commonest = max(summary.errors_by_code.items(), key=lambda item: item[1])[0]
@@ -791,12 +802,21 @@ def _load_exit(summary: LoadSummary) -> int:
     return exit_code_for(code)
 
 
-@contextlib.contextmanager
-def _reporter(args: argparse.Namespace, io: _Io) -> Any:
+def _live_console(args: argparse.Namespace, io: _Io) -> Console | None:
+    """The terminal console the live view draws on; None for plain lines."""
     if args.no_live or not io.stdout.isatty():
+        return None
+    return Console(file=io.stdout)
+
+
+@contextlib.contextmanager
+def _reporter(
+    args: argparse.Namespace, io: _Io, console: Console | None
+) -> Iterator[Callable[[LoadSnapshot], None]]:
+    if console is None:
         yield PlainProgress(io.stderr, interval=max(args.refresh, 1.0)).update
         return
-    with LiveView(Console(file=io.stdout)) as view:
+    with LiveView(console) as view:
         yield view.update
 
 
@@ -809,21 +829,49 @@ def _open_summary(path: str | None) -> TextIO | None:
         raise UsageError(f"cannot write --summary {path}: {exc.strerror or exc}") from exc
 
 
+async def _load_until_stopped(
+    client: UserClient, config: LoadConfig, on_tick: Callable[[LoadSnapshot], None]
+) -> LoadSummary:
+    """Run the load; Ctrl-C (this task cancelled) stops it and returns the partial summary."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(run_load(client, config, on_tick, stop=stop), name="load")
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        # The run ends promptly once stopped: running operations are cancelled.
+        stop.set()
+        summary = await running
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()  # handled here: the command ends with exit code 130
+        return summary
+
+
+def _print_summary(
+    summary: LoadSummary, args: argparse.Namespace, io: _Io, console: Console | None
+) -> None:
+    if args.json:
+        io.out(json.dumps(summary.as_dict()))
+        return
+    (console or Console(file=io.stdout, width=80)).print(render_summary(summary))
+
+
 async def _cmd_load(args: argparse.Namespace, client: UserClient, io: _Io) -> int:
     config = _load_config(args)
     summary_file = _open_summary(args.summary)
+    console = _live_console(args, io)
     try:
-        on_tick: Callable[[LoadSnapshot], None]
-        with _reporter(args, io) as on_tick:
-            summary = await run_load(client, config, on_tick)
-        document = summary.as_dict()
+        with _reporter(args, io, console) as on_tick:
+            summary = await _load_until_stopped(client, config, on_tick)
         if summary_file is not None:
-            json.dump(document, summary_file, indent=2)
+            json.dump(summary.as_dict(), summary_file, indent=2)
             summary_file.write("\n")
     finally:
         if summary_file is not None:
             summary_file.close()
-    io.out(json.dumps(document) if args.json else json.dumps(document, indent=2))
+    _print_summary(summary, args, io, console)
+    if summary.interrupted:
+        io.err("interrupted: the summary counts the operations that finished")
     return _load_exit(summary)
 
 

@@ -71,13 +71,17 @@ class EndpointState(enum.Enum):
     DRAINING = "DRAINING"
     #: Ejected as an outlier until its ejection time is over.
     EJECTED = "EJECTED"
+    #: Not reached: a connection attempt or health watch failed and no answer came since
+    #: (the replica is down, or its channel is in TRANSIENT_FAILURE).
+    UNREACHABLE = "UNREACHABLE"
     #: Its health service says NOT_SERVING (or does not know the service).
     NOT_SERVING = "NOT_SERVING"
     #: Its health service says SERVING (or has no health service).
     SERVING = "SERVING"
     #: Reached, health not watched.
     READY = "READY"
-    #: Nothing known yet, or the health watch is reconnecting.
+    #: Never reached yet (first attempt in progress), or the health watch broke and is
+    #: on its first reconnect.
     CONNECTING = "CONNECTING"
 
 
@@ -99,8 +103,10 @@ class PoolConfig:
         keepalive_timeout: Seconds to wait for a ping's answer before the connection is dropped.
         drain_grace: Seconds a removed endpoint's calls get to finish before its channels close.
         health_check: Watch ``grpc.health.v1`` for the user service.
-        health_backoff_initial: First delay before the health watch reconnects.
-        health_backoff_max: Longest delay between health watch reconnects.
+        health_backoff_initial: First delay before the health watch (and the channel's
+            connection) is tried again.
+        health_backoff_max: Longest delay between two tries; it bounds how long a
+            replica that came back stays UNREACHABLE (grpcio's own cap is 120 s).
     """
 
     min_channels: int = 1
@@ -112,7 +118,7 @@ class PoolConfig:
     drain_grace: float = 5.0
     health_check: bool = True
     health_backoff_initial: float = 0.1
-    health_backoff_max: float = 5.0
+    health_backoff_max: float = 1.0
 
     def __post_init__(self) -> None:
         _check(self.min_channels >= 1, "min_channels must be at least 1")
@@ -141,6 +147,9 @@ class PoolConfig:
             # Retries are ours (another endpoint, a budget); grpcio's would hide failures.
             ("grpc.enable_retries", 0),
             ("grpc.lb_policy_name", "pick_first"),
+            # A replica restarted on the same address is reconnected within the cap.
+            ("grpc.initial_reconnect_backoff_ms", int(self.health_backoff_initial * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(self.health_backoff_max * 1000)),
         ]
 
 
@@ -258,6 +267,8 @@ class Endpoint:
         self._ejected_until: float | None = None
         self._health = EndpointState.CONNECTING
         self._watch_broken = False
+        #: A watch attempt ended without any answer: the replica did not answer at all.
+        self._unreachable = False
         self._draining = False
         self._closed = False
         self._watch_task: asyncio.Task[None] | None = None
@@ -272,8 +283,8 @@ class Endpoint:
     def is_available(self) -> bool:
         """Whether the picker may prefer this endpoint now.
 
-        False while draining, ejected, NOT_SERVING, or while the health watch has
-        lost its connection (the replica is unreachable until it reconnects).
+        False while draining, ejected, NOT_SERVING, UNREACHABLE, or while the
+        health watch has lost its connection (until it reconnects).
         """
         return not (
             self._draining
@@ -281,6 +292,7 @@ class Endpoint:
             or self.is_ejected()
             or self._health is EndpointState.NOT_SERVING
             or self._watch_broken
+            or self._channel_failed()
         )
 
     # --- state ----------------------------------------------------------------------------
@@ -292,9 +304,18 @@ class Endpoint:
             return EndpointState.DRAINING
         if self.is_ejected():
             return EndpointState.EJECTED
+        if self._unreachable or self._channel_failed():
+            return EndpointState.UNREACHABLE
         if self._watch_broken:
             return EndpointState.CONNECTING
         return self._health
+
+    def _channel_failed(self) -> bool:
+        """Whether the primary channel is in TRANSIENT_FAILURE (its last connect failed)."""
+        if not self._channels:
+            return False
+        state = self._channels[0].channel.get_state(try_to_connect=False)
+        return state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
 
     @property
     def channel_count(self) -> int:
@@ -473,26 +494,32 @@ class Endpoint:
         )
 
     async def _watch_health(self) -> None:
+        # A watch that got answers and then broke leaves the endpoint CONNECTING (the
+        # replica may just have closed an old connection); an attempt that got no
+        # answer at all makes it UNREACHABLE until an answer comes.
         retry = 0
         while not (self._closed or self._draining):
+            answered = [False]
             try:
-                await self._watch_once()
+                await self._watch_once(answered)
                 retry = 0  # The server ended the stream cleanly: reconnect at once.
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.UNIMPLEMENTED:
                     self._set_health(EndpointState.SERVING)  # No health service: assume serving.
                     return
                 self._watch_broken = True
+                self._unreachable = not answered[0]
                 log.debug("health watch of %s failed: %s", self.address, err.code())
             retry += 1
             await self._sleep(self._watch_backoff(retry))
 
-    async def _watch_once(self) -> None:
+    async def _watch_once(self, answered: list[bool]) -> None:
         stub = health_pb2_grpc.HealthStub(self._primary_channel())
         call = stub.Watch(health_pb2.HealthCheckRequest(service=HEALTH_SERVICE_NAME))
         try:
             async for reply in call:
-                self._watch_broken = False
+                answered[0] = True
+                self._watch_broken = self._unreachable = False
                 serving = reply.status == _SERVING
                 self._set_health(EndpointState.SERVING if serving else EndpointState.NOT_SERVING)
         finally:

@@ -1,10 +1,20 @@
 """The load generator engine: a bounded mix of calls through one client, measured.
 
 ``run_load(client, config, on_tick)`` seeds users (optional), then runs
-``config.concurrency`` workers until ``config.duration`` seconds have passed or
-``config.max_calls`` operations have started, whichever comes first. It knows
-nothing of terminals: ``on_tick`` receives a :class:`LoadSnapshot` every
-``config.tick_interval`` seconds, and the result is a :class:`LoadSummary`.
+``config.concurrency`` workers until ``config.duration`` seconds have passed,
+``config.max_calls`` operations have started, or the caller's ``stop`` event
+is set, whichever comes first. It knows nothing of terminals: ``on_tick``
+receives a :class:`LoadSnapshot` every ``config.tick_interval`` seconds, and
+the result is a :class:`LoadSummary` (marked ``interrupted`` after a stop).
+
+Two time scales: cumulative figures (``calls``, ``share``, ``latency_ms``)
+count since the run started; window figures (``rate``, ``rps``,
+``window_latency_ms``, ``window_failed``, ``window_retries``) count what
+happened since the previous snapshot, which is what a timeline plots.
+
+Endpoints are counted by address: when the client replaces the endpoint of
+an address (removed from discovery, then added again), the counts of the old
+one are kept and the new one's added, so a replica's share covers the run.
 
 Pacing:
     * closed loop (``rps == 0``): each worker starts its next operation as soon as
@@ -33,7 +43,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import grpc
@@ -54,6 +64,7 @@ __all__ = [
     "LoadConfig",
     "LoadSnapshot",
     "LoadSummary",
+    "OperationRow",
     "error_code",
     "parse_mix",
     "run_load",
@@ -67,6 +78,8 @@ DEFAULT_MIX: tuple[tuple[str, int], ...] = (("get", 80), ("create", 10), ("list"
 _MAX_KNOWN_IDS = 10_000
 #: Users per BatchCreateUsers call while seeding.
 _SEED_CHUNK = 500
+#: ``final_state`` of an endpoint that was gone from the client at the end of the run.
+REMOVED = "REMOVED"
 
 
 # --- what the engine needs of a client ------------------------------------------------------
@@ -93,6 +106,8 @@ class EndpointInfo(Protocol):
     def total_calls(self) -> int: ...
     @property
     def failures(self) -> int: ...
+    @property
+    def times_ejected(self) -> int: ...
 
 
 class ClientInfo(Protocol):
@@ -199,7 +214,8 @@ class LoadConfig:
         batch_size: Users per ``batch`` operation.
         chat_messages: Round trips per ``chat`` operation.
         policy: The client's picker name, reported in the summary (not applied here).
-        seed: Seed of the random source (operation choice, ids); None: unpredictable.
+        seed: Seed of the random source (operation choice, ids); None: ``run_load``
+            draws one and reports it in the summary, so any run can be repeated.
     """
 
     duration: float
@@ -250,7 +266,20 @@ class LoadConfig:
 
 @dataclass(frozen=True, slots=True)
 class EndpointRow:
-    """One endpoint during a run; ``calls`` and ``failures`` count since the run started."""
+    """One endpoint (address) during a run.
+
+    Attributes:
+        address: ``host:port``.
+        state: Its ``EndpointState`` name now; in a summary the state at the end
+            (``REMOVED`` when the client no longer had it).
+        in_flight: Attempts running on it now.
+        calls: Attempts it served since the run started (retries and hedges included).
+        failures: Attempts that failed on it since the run started.
+        share: ``calls`` over every endpoint's calls of the run (0 before any call).
+        rate: Attempts per second since the previous snapshot (in a summary: the
+            run's average).
+        ejections: Times it was ejected as an outlier during the run.
+    """
 
     address: str
     state: str
@@ -258,6 +287,27 @@ class EndpointRow:
     calls: int
     failures: int
     share: float
+    rate: float = 0.0
+    ejections: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class OperationRow:
+    """One operation kind (get, create, ...) over a run: counts and latency."""
+
+    calls: int
+    ok: int
+    failed: int
+    latency_ms: LatencySummary
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return {
+            "calls": self.calls,
+            "ok": self.ok,
+            "failed": self.failed,
+            "latency_ms": self.latency_ms.as_dict(),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +315,10 @@ class LoadSnapshot:
     """The run so far, for a live view.
 
     ``rps`` is the rate since the previous snapshot; ``rps_overall`` since the start.
+    ``latency_ms`` covers every operation finished so far; ``window_latency_ms``
+    only those finished since the previous snapshot, as do ``window_failed``
+    (operations that failed) and ``window_retries`` (retries the client made).
+    ``endpoints`` lists the client's endpoints now, one row per address.
     """
 
     elapsed: float
@@ -281,11 +335,21 @@ class LoadSnapshot:
     errors_by_code: Mapping[str, int]
     latency_ms: LatencySummary
     endpoints: tuple[EndpointRow, ...]
+    window_latency_ms: LatencySummary
+    window_failed: int
+    window_retries: int
 
 
 @dataclass(frozen=True, slots=True)
 class LoadSummary:
-    """The result of a run. ``calls == ok + failed``; shares add up to 1 (or are all 0)."""
+    """The result of a run. ``calls == ok + failed``; shares add up to 1 (or are all 0).
+
+    ``per_endpoint`` has every address that served the run (removed ones with
+    state ``REMOVED``); ``per_operation`` every operation of the mix; ``seed`` the
+    seed that drove the run (None only when the caller passed its own ``rng``
+    and no seed); ``interrupted`` is true when ``stop`` ended the run early, and
+    the figures then count the operations that finished.
+    """
 
     calls: int
     ok: int
@@ -300,9 +364,12 @@ class LoadSummary:
     per_endpoint: Mapping[str, EndpointRow]
     policy: str
     config: LoadConfig
+    seed: int | None = None
+    per_operation: Mapping[str, OperationRow] = field(default_factory=dict)
+    interrupted: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON document printed at the end of ``load``."""
+        """The JSON document of ``load --json`` and ``--summary``."""
         return {
             "calls": self.calls,
             "ok": self.ok,
@@ -314,11 +381,20 @@ class LoadSummary:
             "rps": round(self.rps, 3),
             "latency_ms": self.latency_ms.as_dict(),
             "per_endpoint": {
-                address: {"calls": row.calls, "share": round(row.share, 6)}
+                address: {
+                    "calls": row.calls,
+                    "share": round(row.share, 6),
+                    "failures": row.failures,
+                    "ejections": row.ejections,
+                    "final_state": row.state,
+                }
                 for address, row in sorted(self.per_endpoint.items())
             },
+            "per_operation": {name: row.as_dict() for name, row in self.per_operation.items()},
             "policy": self.policy,
             "duration": round(self.duration, 3),
+            "seed": self.seed,
+            "interrupted": self.interrupted,
             "config": self.config.as_dict(),
         }
 
@@ -374,9 +450,15 @@ class _Workload:
             "chat": self._chat,
         }
 
-    def choose(self) -> Callable[[], Awaitable[None]]:
-        """The next operation, drawn by weight."""
-        return self._ops[self._rng.choices(self._names, self._weights)[0]]
+    @property
+    def operations(self) -> list[str]:
+        """The operations this mix draws from, in mix order."""
+        return list(self._names)
+
+    def choose(self) -> tuple[str, Callable[[], Awaitable[None]]]:
+        """The next operation's name and callable, drawn by weight."""
+        name = self._rng.choices(self._names, self._weights)[0]
+        return name, self._ops[name]
 
     def _new_user(self) -> _NewUser:
         self._serial += 1
@@ -441,6 +523,118 @@ async def _chat_round_trips(session: ChatStream, count: int) -> None:
 # --- the run: counters, pacing, snapshots -----------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Tally:
+    """One address's counts during the run, kept across the client's endpoint objects.
+
+    ``seen`` holds the raw (total_calls, failures, times_ejected) last observed for
+    the address. Raw counters only grow for one endpoint object, so a drop means
+    the client replaced it: the new object's counters are then added whole.
+    """
+
+    seen: tuple[int, int, int]
+    calls: int = 0
+    failures: int = 0
+    ejections: int = 0
+    state: str = REMOVED
+    in_flight: int = 0
+    present: bool = False
+
+    def observe(self, raw: tuple[int, int, int]) -> None:
+        replaced = any(now < before for now, before in zip(raw, self.seen, strict=True))
+        base = (0, 0, 0) if replaced else self.seen
+        self.calls += raw[0] - base[0]
+        self.failures += raw[1] - base[1]
+        self.ejections += raw[2] - base[2]
+        self.seen = raw
+
+
+class _Endpoints:
+    """Per-address tallies of the run, in first-seen order."""
+
+    def __init__(self, baseline: ClientInfo) -> None:
+        self._tallies: dict[str, _Tally] = {}
+        for address, raw in _raw_by_address(baseline).items():
+            self._tallies[address] = _Tally(seen=raw[:3])
+
+    def observe(self, stats: ClientInfo) -> None:
+        current = _raw_by_address(stats)
+        for tally in self._tallies.values():
+            tally.present = False
+        for address, (calls, failures, ejections, state, in_flight) in current.items():
+            tally = self._tallies.setdefault(address, _Tally(seen=(0, 0, 0)))
+            tally.observe((calls, failures, ejections))
+            tally.state, tally.in_flight, tally.present = state, in_flight, True
+        for tally in self._tallies.values():
+            if not tally.present:
+                # Gone: a later endpoint of this address starts from zero.
+                tally.seen, tally.state, tally.in_flight = (0, 0, 0), REMOVED, 0
+
+    def items(self) -> list[tuple[str, _Tally]]:
+        return list(self._tallies.items())
+
+    def present(self, address: str) -> bool:
+        return self._tallies[address].present
+
+    def total_calls(self) -> int:
+        return sum(t.calls for t in self._tallies.values())
+
+
+def _raw_by_address(stats: ClientInfo) -> dict[str, tuple[int, int, int, str, int]]:
+    """(calls, failures, ejections, state, in_flight) per address; the first entry's state.
+
+    The client lists active endpoints before draining ones, so when an address has
+    both (re-added while the old one drains) the state shown is the active one's.
+    """
+    merged: dict[str, tuple[int, int, int, str, int]] = {}
+    for e in stats.endpoints:
+        calls, failures, ejections, state, in_flight = merged.get(e.address, (0, 0, 0, "", 0))
+        merged[e.address] = (
+            calls + e.total_calls,
+            failures + e.failures,
+            ejections + e.times_ejected,
+            state or str(e.state),
+            in_flight + e.in_flight,
+        )
+    return merged
+
+
+@dataclass(slots=True)
+class _Window:
+    """What the previous snapshot saw, so the next one can report differences."""
+
+    time: float
+    done: int = 0
+    failed: int = 0
+    retries: int = 0
+    calls: dict[str, int] = field(default_factory=dict)
+    histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
+
+
+class _Operations:
+    """Counts and latency per operation name."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._histograms = {name: LatencyHistogram() for name in names}
+        self._failed: Counter[str] = Counter()
+
+    def record(self, name: str, latency: float, failed: bool) -> None:
+        self._histograms.setdefault(name, LatencyHistogram()).record(latency)
+        if failed:
+            self._failed[name] += 1
+
+    def rows(self) -> dict[str, OperationRow]:
+        return {
+            name: OperationRow(
+                calls=h.count,
+                ok=h.count - self._failed[name],
+                failed=self._failed[name],
+                latency_ms=h.summary_ms(),
+            )
+            for name, h in self._histograms.items()
+        }
+
+
 class _Run:
     """Counters of one run. Changed only by the event loop's one thread, between awaits."""
 
@@ -449,12 +643,14 @@ class _Run:
         config: LoadConfig,
         clock: Callable[[], float],
         baseline: ClientInfo,
+        operations: Iterable[str] = (),
     ) -> None:
         self.config = config
         self._clock = clock
         self.started = clock()
         self.deadline = self.started + config.duration
         self.histogram = LatencyHistogram()
+        self.operations = _Operations(operations)
         self.errors: Counter[str] = Counter()
         self.claimed = 0
         self.ok = 0
@@ -462,10 +658,10 @@ class _Run:
         self.in_flight = 0
         self.late = 0
         self.ended: float | None = None
+        self.stopped = False
         self._base_retries = baseline.retries
-        self._base_calls = {e.address: e.total_calls for e in baseline.endpoints}
-        self._base_failures = {e.address: e.failures for e in baseline.endpoints}
-        self._last_tick = (self.started, 0)
+        self._endpoints = _Endpoints(baseline)
+        self._window = _Window(time=self.started)
 
     def now(self) -> float:
         return self._clock()
@@ -477,7 +673,7 @@ class _Run:
         at or after the deadline is never handed out.
         """
         now = self._clock()
-        if self.claimed >= self.config.max_calls or now >= self.deadline:
+        if self.stopped or self.claimed >= self.config.max_calls or now >= self.deadline:
             return None
         due = now
         if self.config.rps > 0:
@@ -487,8 +683,12 @@ class _Run:
         self.claimed += 1
         return due
 
-    def record(self, latency: float, failure: BaseException | None) -> None:
-        self.histogram.record(max(0.0, latency))
+    def record(self, latency: float, failure: BaseException | None, operation: str = "") -> None:
+        latency = max(0.0, latency)
+        self.histogram.record(latency)
+        self._window.histogram.record(latency)
+        if operation:
+            self.operations.record(operation, latency, failure is not None)
         if failure is None:
             self.ok += 1
         else:
@@ -499,28 +699,37 @@ class _Run:
         end = self.ended if self.ended is not None else self._clock()
         return max(0.0, end - self.started)
 
-    def endpoint_rows(self, stats: ClientInfo) -> tuple[EndpointRow, ...]:
-        deltas = [
-            (e, max(0, e.total_calls - self._base_calls.get(e.address, 0))) for e in stats.endpoints
-        ]
-        total = sum(calls for _, calls in deltas)
-        return tuple(
+    def _retries(self, stats: ClientInfo) -> int:
+        return max(0, stats.retries - self._base_retries)
+
+    def _rows(self, rate: Callable[[str, _Tally], float]) -> list[EndpointRow]:
+        total = self._endpoints.total_calls()
+        return [
             EndpointRow(
-                address=e.address,
-                state=str(e.state),
-                in_flight=e.in_flight,
-                calls=calls,
-                failures=max(0, e.failures - self._base_failures.get(e.address, 0)),
-                share=calls / total if total else 0.0,
+                address=address,
+                state=tally.state,
+                in_flight=tally.in_flight,
+                calls=tally.calls,
+                failures=tally.failures,
+                share=tally.calls / total if total else 0.0,
+                rate=rate(address, tally),
+                ejections=tally.ejections,
             )
-            for e, calls in deltas
-        )
+            for address, tally in self._endpoints.items()
+        ]
 
     def snapshot(self, stats: ClientInfo) -> LoadSnapshot:
+        """The run now; starts the next window (call it once per tick)."""
         now = self._clock()
-        done = self.ok + self.failed
-        last_time, last_done = self._last_tick
-        self._last_tick = (now, done)
+        self._endpoints.observe(stats)
+        last, done, retries = self._window, self.ok + self.failed, self._retries(stats)
+        span = now - last.time
+
+        def rate(address: str, tally: _Tally) -> float:
+            return (tally.calls - last.calls.get(address, 0)) / span if span > 0 else 0.0
+
+        rows = self._rows(rate)
+        self._window = _Window(now, done, self.failed, retries, {r.address: r.calls for r in rows})
         elapsed = self.elapsed()
         return LoadSnapshot(
             elapsed=elapsed,
@@ -530,32 +739,43 @@ class _Run:
             failed=self.failed,
             in_flight=self.in_flight,
             late=self.late,
-            retries=max(0, stats.retries - self._base_retries),
-            rps=(done - last_done) / (now - last_time) if now > last_time else 0.0,
+            retries=retries,
+            rps=(done - last.done) / span if span > 0 else 0.0,
             rps_overall=done / elapsed if elapsed > 0 else 0.0,
             target_rps=self.config.rps,
             errors_by_code=dict(self.errors),
             latency_ms=self.histogram.summary_ms(),
-            endpoints=self.endpoint_rows(stats),
+            endpoints=tuple(r for r in rows if self._endpoints.present(r.address)),
+            window_latency_ms=last.histogram.summary_ms(),
+            window_failed=self.failed - last.failed,
+            window_retries=max(0, retries - last.retries),
         )
 
-    def summary(self, stats: ClientInfo, seeded: int) -> LoadSummary:
+    def summary(self, stats: ClientInfo, seeded: int, seed: int | None) -> LoadSummary:
+        self._endpoints.observe(stats)
         elapsed = self.elapsed()
         done = self.ok + self.failed
+
+        def average(_address: str, tally: _Tally) -> float:
+            return tally.calls / elapsed if elapsed > 0 else 0.0
+
         return LoadSummary(
             calls=done,
             ok=self.ok,
             failed=self.failed,
             late=self.late,
-            retries=max(0, stats.retries - self._base_retries),
+            retries=self._retries(stats),
             seeded=seeded,
             duration=elapsed,
             rps=done / elapsed if elapsed > 0 else 0.0,
             errors_by_code=dict(self.errors),
             latency_ms=self.histogram.summary_ms(),
-            per_endpoint={row.address: row for row in self.endpoint_rows(stats)},
+            per_endpoint={row.address: row for row in self._rows(average)},
             policy=self.config.policy,
             config=self.config,
+            seed=seed,
+            per_operation=self.operations.rows(),
+            interrupted=self.stopped,
         )
 
 
@@ -568,10 +788,10 @@ async def _worker(
             await sleep(wait)
         elif -wait > run.config.late_after and run.config.rps > 0:
             run.late += 1
-        await _timed(run, workload.choose())
+        await _timed(run, *workload.choose())
 
 
-async def _timed(run: _Run, operation: Callable[[], Awaitable[None]]) -> None:
+async def _timed(run: _Run, name: str, operation: Callable[[], Awaitable[None]]) -> None:
     run.in_flight += 1
     started = run.now()
     failure: BaseException | None = None
@@ -581,7 +801,7 @@ async def _timed(run: _Run, operation: Callable[[], Awaitable[None]]) -> None:
         failure = exc
     finally:
         run.in_flight -= 1
-    run.record(run.now() - started, failure)
+    run.record(run.now() - started, failure, name)
 
 
 async def _tick(
@@ -595,20 +815,35 @@ async def _tick(
         on_tick(run.snapshot(client.stats()))
 
 
-async def _drive(run: _Run, workload: _Workload, sleep: Callable[[float], Awaitable[None]]) -> None:
+async def _drive(
+    run: _Run,
+    workload: _Workload,
+    sleep: Callable[[float], Awaitable[None]],
+    stop: asyncio.Event | None,
+) -> None:
     workers = [
         asyncio.create_task(_worker(run, workload, sleep), name=f"load-worker-{n}")
         for n in range(run.config.concurrency)
     ]
+    finished = asyncio.create_task(asyncio.wait(workers), name="load-workers")
+    watched: list[asyncio.Task[Any]] = [finished]
+    if stop is not None:
+        watched.append(asyncio.create_task(stop.wait(), name="load-stop"))
     bound = run.config.duration + run.config.grace
     try:
-        await asyncio.wait(workers, timeout=bound)
+        await asyncio.wait(watched, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+        run.stopped = stop is not None and stop.is_set() and not finished.done()
     finally:
-        # Workers still running past the bound are stuck: cancel, not count, them.
-        for task in workers:
+        # Workers still running past the bound, or at a stop, are cancelled, not counted.
+        for task in (*workers, *watched):
             task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.gather(*workers, *watched, return_exceptions=True)
     run.ended = run.now()
+
+
+def _draw_seed() -> int:
+    """A fresh seed from the system's entropy, small enough to type on a command line."""
+    return random.SystemRandom().randrange(2**32)
 
 
 async def run_load(
@@ -619,17 +854,28 @@ async def run_load(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     rng: random.Random | None = None,
+    stop: asyncio.Event | None = None,
 ) -> LoadSummary:
     """Run one bounded load against ``client`` and summarize it.
 
+    To end a run early and still get its summary, set ``stop`` (the CLI does so
+    on Ctrl-C): no operation starts after that, the running ones are cancelled
+    (and not counted), and the summary of what finished comes back with
+    ``interrupted=True``. Cancelling the task that runs ``run_load`` instead
+    raises ``CancelledError`` as usual, with no summary.
+
     Args:
         client: A ``UserClient`` (or anything with the :class:`LoadClient` methods).
-        config: What to run, and its bounds.
+        config: What to run, and its bounds. Without ``config.seed`` a seed is
+            drawn; it is in the summary (``seed`` and ``config.seed``).
         on_tick: Called with a snapshot every ``config.tick_interval`` seconds
-            and once at the end; it must not block.
+            and once at the end; it must not block. The snapshots are also when
+            per-address counts are folded in: without ``on_tick``, an endpoint the
+            client replaced during the run keeps only the new object's counts.
         clock: Monotonic seconds (pacing, elapsed time, latency); a seam for tests.
         sleep: Awaitable sleep used for pacing and ticks; a seam for tests.
-        rng: Random source for the mix and ids (default: seeded with ``config.seed``).
+        rng: Random source for the mix and ids (default: seeded with the seed).
+        stop: Set it to end the run early (see above).
 
     Returns:
         The summary: ``calls == ok + failed``; per-endpoint calls count the
@@ -638,17 +884,19 @@ async def run_load(
     Raises:
         MeshError: Seeding failed (the run itself counts failures instead of raising).
     """
-    workload = _Workload(client, config, rng or random.Random(config.seed))
+    seed = config.seed if config.seed is not None or rng is not None else _draw_seed()
+    config = replace(config, seed=seed)
+    workload = _Workload(client, config, rng or random.Random(seed))
     seeded = await workload.seed(config.seed_users)
-    run = _Run(config, clock, client.stats())
+    run = _Run(config, clock, client.stats(), workload.operations)
     ticker = None
     if on_tick is not None:
         ticker = asyncio.create_task(_tick(run, client, on_tick, sleep), name="load-ticker")
     try:
-        await _drive(run, workload, sleep)
+        await _drive(run, workload, sleep, stop)
     finally:
         if ticker is not None:
             await cancel_and_wait(ticker)
     if on_tick is not None:
         on_tick(run.snapshot(client.stats()))
-    return run.summary(client.stats(), seeded)
+    return run.summary(client.stats(), seeded, seed)

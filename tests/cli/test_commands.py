@@ -273,7 +273,7 @@ async def test_load_runs_bounded_and_its_summary_adds_up(
 async def test_load_where_every_call_fails_exits_by_the_error(cli: Cli) -> None:
     result = await cli(
         "load", "--duration", "0.5", "--rps", "20", "--seed-users", "0", "--mix", "get=1",
-        "--token", "not-a-jwt",
+        "--token", "not-a-jwt", "--json",
     )  # fmt: skip
     assert result.code == EXIT_AUTH
     summary = json.loads(result.out)

@@ -324,3 +324,46 @@ def test_error_code_classifies_every_failure() -> None:
     assert error_code(TimeoutError()) == "DEADLINE_EXCEEDED"
     assert error_code(ValueError()) == "INVALID_ARGUMENT"
     assert error_code(KeyError()) == "UNKNOWN"
+
+
+async def test_a_run_without_a_seed_draws_one_and_records_it(clock: VirtualClock) -> None:
+    mix = (("get", 1), ("create", 1), ("list", 1))
+    first_client = FakeClient(clock)
+    first = await _run(first_client, duration=1.0, rps=50, mix=mix, seed=None)
+    assert isinstance(first.seed, int)
+    assert first.config.seed == first.seed == first.as_dict()["seed"]
+    # The recorded seed repeats the run's choices exactly.
+    again_client = FakeClient(VirtualClock())
+    again = await _run(again_client, duration=1.0, rps=50, mix=mix, seed=first.seed)
+    assert again.seed == first.seed
+    assert again_client.calls == first_client.calls
+    other = await _run(FakeClient(VirtualClock()), duration=1.0, rps=50, mix=mix, seed=None)
+    assert other.seed != first.seed  # drawn afresh (a 1 in 2**32 chance to fail)
+
+
+async def test_per_operation_counts_and_latency(clock: VirtualClock) -> None:
+    client = FakeClient(clock, latency=0.01)
+    mix = (("get", 2), ("create", 1), ("batch", 0))
+    summary = await _run(client, duration=2.0, rps=60, mix=mix, seed_users=0)
+    ops = summary.per_operation
+    assert set(ops) == {"get", "create"}  # weight 0 never runs
+    assert ops["get"].calls == client.calls.count("get")
+    assert ops["create"].calls == client.calls.count("create")
+    assert ops["get"].calls + ops["create"].calls == summary.calls
+    # With no user known, every get is NOT_FOUND until a create succeeds.
+    assert ops["get"].failed + ops["create"].failed == summary.failed
+    assert ops["create"].failed == 0 and ops["create"].ok == ops["create"].calls
+    assert ops["create"].latency_ms.p50 == pytest.approx(10, rel=0.02)
+    document = summary.as_dict()["per_operation"]
+    assert document["get"]["calls"] == ops["get"].calls
+    assert set(document["get"]["latency_ms"]) == {"p50", "p95", "p99", "max", "mean"}
+
+
+async def test_summary_keeps_the_old_keys_and_adds_the_new_ones(clock: VirtualClock) -> None:
+    document = (await _run(FakeClient(clock), duration=0.5, rps=10)).as_dict()
+    old = {"calls", "ok", "failed", "errors_by_code", "retries", "late", "seeded", "rps",
+           "latency_ms", "per_endpoint", "policy", "duration", "config"}  # fmt: skip
+    assert old | {"seed", "per_operation", "interrupted"} == set(document)
+    row = document["per_endpoint"]["127.0.0.2:1"]
+    assert set(row) == {"calls", "share", "failures", "ejections", "final_state"}
+    assert row["final_state"] == "SERVING"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 
 import grpc
@@ -14,6 +15,13 @@ from client._interceptors import auth_interceptors
 from meshdemo.v1 import user_pb2
 from service.testing import InProcessServer, admin_token, serve
 from tests.client.helpers import EchoUsers, ManualClock, address, echo_server, eventually
+
+
+def free_port(host: str) -> int:
+    """A port nothing listens on now (bound once, then released)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -246,8 +254,60 @@ async def test_a_broken_health_watch_makes_the_endpoint_unavailable(
     await eventually(lambda: endpoint.state is EndpointState.SERVING)
     await server.stop()
     await eventually(lambda: not endpoint.is_available())
-    assert endpoint.state is EndpointState.CONNECTING
+    # The stream broke, then the reconnect found nobody: down, not "connecting".
+    await eventually(lambda: endpoint.state is EndpointState.UNREACHABLE)
+    assert not endpoint.is_available()
     await endpoint.close()
+
+
+async def test_a_replica_that_comes_back_on_its_address_is_serving_again(
+    server: InProcessServer,
+) -> None:
+    endpoint = make_endpoint(server.address, health_check=True)
+    endpoint.start()
+    await eventually(lambda: endpoint.state is EndpointState.SERVING)
+    await server.stop()
+    await eventually(lambda: endpoint.state is EndpointState.UNREACHABLE)
+    await asyncio.sleep(1.5)  # Long enough for the reconnect backoff to reach its cap.
+    assert endpoint.state is EndpointState.UNREACHABLE
+    port = int(server.address.rsplit(":", 1)[1])
+    loop = asyncio.get_running_loop()
+    async with serve("127.0.0.2", port=port):
+        back_from = loop.time()
+        # Within one capped reconnect (1 s) plus one watch backoff (1 s), and margin.
+        await eventually(lambda: endpoint.state is EndpointState.SERVING, within=4.0)
+        assert loop.time() - back_from < 4.0
+        assert endpoint.is_available()
+    await endpoint.close()
+
+
+async def test_an_address_where_nothing_listens_is_unreachable_not_connecting() -> None:
+    endpoint = make_endpoint(f"127.0.0.2:{free_port('127.0.0.2')}", health_check=True)
+    assert endpoint.state is EndpointState.CONNECTING  # Nothing tried yet.
+    endpoint.start()
+    await eventually(lambda: endpoint.state is EndpointState.UNREACHABLE)
+    assert not endpoint.is_available()
+    assert endpoint.stats().state == "UNREACHABLE"
+    await endpoint.close()
+
+
+async def test_without_health_checks_a_failed_channel_is_unreachable() -> None:
+    endpoint = make_endpoint(f"127.0.0.2:{free_port('127.0.0.2')}")
+    endpoint.start()
+    assert endpoint.state is EndpointState.READY
+    async with endpoint.lease() as lease:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await lease.stub.GetUser(user_pb2.GetUserRequest(id="u-x"), timeout=5)
+    assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+    await eventually(lambda: endpoint.state is EndpointState.UNREACHABLE)
+    assert not endpoint.is_available()
+    await endpoint.close()
+
+
+def test_reconnect_backoff_follows_the_health_backoff() -> None:
+    options = dict(PoolConfig(health_backoff_initial=0.2, health_backoff_max=2.0).channel_options())
+    assert options["grpc.initial_reconnect_backoff_ms"] == 200
+    assert options["grpc.max_reconnect_backoff_ms"] == 2000
 
 
 # --- draining ---------------------------------------------------------------------------------

@@ -20,7 +20,10 @@ EXPECTED = {
     "EndpointState", "EndpointStats", "NoEndpointError",
     # Metrics
     "CallMetrics", "MethodStats", "LatencyHistogram", "LatencySummary", "LoadConfig",
-    "LoadSnapshot", "LoadSummary", "parse_mix", "run_load",
+    "LoadSnapshot", "LoadSummary", "EndpointRow", "OperationRow", "parse_mix", "run_load",
+    # Watching a load run
+    "EndpointEvent", "endpoint_events", "LiveView", "PlainProgress", "format_event",
+    "render_summary",
     # Errors
     "MeshError", "InvalidArgumentError", "FieldViolation", "NotFoundError",
     "AlreadyExistsError", "UnauthenticatedError", "PermissionDeniedError",
