@@ -45,7 +45,8 @@ class MeshConfig:
         shutdown_grace: ``MESH_SHUTDOWN_GRACE`` of the replicas.
         forward_to: An OTLP endpoint to forward spans to (the user's own Jaeger).
         scrape_interval: Seconds between metrics scrapes for the timeline; 0 = none.
-        replica_env: Extra environment per replica name (a test's fault, say).
+        extra_env: Extra environment of every replica (``MESH_*`` settings).
+        replica_env: Extra environment per replica name (a test's fault, say); wins.
         start_timeout: Seconds ``up`` waits for every replica to be SERVING.
     """
 
@@ -61,6 +62,7 @@ class MeshConfig:
     shutdown_grace: float = 5.0
     forward_to: str | None = None
     scrape_interval: float = 1.0
+    extra_env: Mapping[str, str] = field(default_factory=dict)
     replica_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     start_timeout: float = 30.0
 

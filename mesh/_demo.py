@@ -18,7 +18,7 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from rich.console import Console
 
@@ -200,12 +200,16 @@ async def _load(
     )
     try:
         async with UserClient(mesh.target, token=token, tracer_provider=provider) as client:
-            view: Any = LiveView(console, label=label) if live else None
-            plain = None if live else PlainProgress(console.file, interval=2.0, label=label)
+            view = LiveView(console, label=label) if live else None
+            show = (
+                view.update
+                if view is not None
+                else PlainProgress(cast(TextIO, console.file), interval=2.0, label=label).update
+            )
 
             def on_tick(snapshot: LoadSnapshot) -> None:
                 recorder.tick(snapshot)
-                (view or plain).update(snapshot)
+                show(snapshot)
 
             actions = asyncio.create_task(_act(mesh, plan, recorder), name="demo-actions")
             try:

@@ -89,7 +89,7 @@ class DemoRecorder:
         calls = {self.label(row.address): row.calls for row in snapshot.endpoints}
         rates = {self.label(row.address): row.rate for row in snapshot.endpoints}
         window = snapshot.window_latency_ms
-        p99 = window.p99 if window.count else None
+        p99 = window.p99 if window.max > 0 else None  # None: no call finished in the tick
         self._mesh.timeline.sample(now, rates, p99, snapshot.window_failed)
         self._ticks.append(_Tick(now, calls))
 

@@ -365,6 +365,7 @@ class Mesh:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        env.update(self.config.extra_env)
         env.update(self.config.replica_env.get(name, {}))
         return env
 
