@@ -20,6 +20,7 @@ import random
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -448,3 +449,40 @@ def test_exit_codes_are_the_clis() -> None:
 def test_chaos_is_in_the_cli_help() -> None:
     help_text = _cli.build_parser({}).format_help()
     assert "chaos" in help_text
+
+
+async def test_outside_a_cluster_the_kubeconfig_is_used(
+    fake: FakePodsApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+                "users": [{"name": "me", "user": {"token": "not-checked"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
+                "current-context": "fake",
+            }
+        ),
+        encoding="utf-8",
+    )
+    out, err = io.StringIO(), io.StringIO()
+    argv = ["chaos", "--kubeconfig", str(kubeconfig), "--namespace", NS, "--selector", USERS]
+    code = await main_async(argv, env={}, stdout=out, stderr=err)
+    assert (code, err.getvalue()) == (0, "")
+    assert len(fake.seen("DELETE")) == 1
+
+
+async def test_no_configuration_at_all_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    out, err = io.StringIO(), io.StringIO()
+    missing = str(tmp_path / "no-such-kubeconfig")
+    argv = ["chaos", "--kubeconfig", missing, "--namespace", NS, "--selector", USERS]
+    code = await main_async(argv, env={}, stdout=out, stderr=err)
+    assert code == 1
+    assert "no Kubernetes configuration" in err.getvalue() and missing in err.getvalue()
