@@ -19,40 +19,32 @@ and ``--duration`` seconds when given (``--count 0`` means "until
 empty selector. One line is printed per round (one JSON object with
 ``--json``).
 
-The sync ``kubernetes`` client is used; every API call runs in a worker thread.
+This module is the command line and the plan; the calls to the Kubernetes API are in
+``client._chaos_k8s``, imported only when the command runs (the ``kubernetes``
+package takes most of a second to import, which no other command should pay).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import enum
 import json
 import random as _random
 import re
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from typing import Any, cast
-
-import urllib3
-from kubernetes.client import ApiClient, Configuration, CoreV1Api, V1Eviction, V1ObjectMeta
-from kubernetes.client.exceptions import ApiException, OpenApiException
-from kubernetes.config import ConfigException
-
-from client._k8s import SERVICE_ACCOUNT_DIR, load_api_configuration
+from typing import Any
 
 __all__ = [
+    "FATAL_OUTCOMES",
     "MAX_COUNT",
     "MAX_DURATION",
     "SYSTEM_NAMESPACES",
     "ChaosPlan",
     "Mode",
-    "PodApi",
     "Round",
     "add_chaos_command",
-    "run_chaos",
+    "exit_code",
     "run_chaos_command",
 ]
 
@@ -63,24 +55,12 @@ MAX_COUNT = 1000
 #: Longest run in seconds (a day).
 MAX_DURATION = 86_400.0
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_RUNNING = "status.phase=Running"
 
 # Exit codes; the same numbers as client._cli.EXIT_CODES (a test holds them together).
 _EXIT_OK = 0
 _EXIT_FAILED = 1
 _EXIT_USAGE = 2
 _EXIT_AUTH = 4
-
-# Failures of the API or of the connection to it; anything else is a bug.
-_FAILURES = (
-    ApiException,
-    OpenApiException,
-    urllib3.exceptions.HTTPError,
-    OSError,
-    ValueError,
-    KeyError,
-    TypeError,
-)
 
 
 class Mode(enum.Enum):
@@ -171,8 +151,8 @@ class Round:
         return f"{prefix} {target} -> {self.outcome}{tail}"
 
 
-# Outcomes that end the run: trying again cannot help.
-_FATAL = frozenset({"forbidden", "failed"})
+#: Outcomes that end the run: trying again cannot help.
+FATAL_OUTCOMES = frozenset({"forbidden", "failed"})
 
 
 def _grace_text(result: Round) -> str:
@@ -182,171 +162,6 @@ def _grace_text(result: Round) -> str:
         return "grace 0 s: killed at once"
     own = "unset" if result.grace_seconds is None else f"{result.grace_seconds} s"
     return f"the pod's own grace period: {own}"
-
-
-class PodApi:
-    """The three pod calls the tool makes; blocking (run them in a thread).
-
-    Args:
-        api_client: A configured client; the caller keeps ownership.
-        timeout: Seconds to connect and seconds to wait for each answer.
-    """
-
-    def __init__(self, api_client: ApiClient, timeout: float = 10.0) -> None:
-        self._core = CoreV1Api(api_client)
-        self._timeout = (timeout, timeout)
-
-    def running(self, namespace: str, selector: str) -> list[Mapping[str, Any]]:
-        """The Running pods matching ``selector`` (as JSON objects, in API order)."""
-        # With _preload_content=False the client returns the raw urllib3 response.
-        response = cast(
-            urllib3.HTTPResponse,
-            self._core.list_namespaced_pod(
-                namespace,
-                label_selector=selector,
-                field_selector=_RUNNING,
-                _preload_content=False,
-                _request_timeout=self._timeout,
-            ),
-        )
-        try:
-            items = json.loads(response.data).get("items") or []
-        finally:
-            response.release_conn()
-        return [item for item in items if isinstance(item, dict)]
-
-    def delete(self, namespace: str, name: str, grace_seconds: int | None) -> None:
-        """DELETE the pod; ``grace_seconds`` None leaves the pod's own grace period."""
-        # None sends no gracePeriodSeconds at all: the API then uses the pod's own.
-        response = self._core.delete_namespaced_pod(
-            name,
-            namespace,
-            grace_period_seconds=grace_seconds,
-            _preload_content=False,
-            _request_timeout=self._timeout,
-        )
-        cast(urllib3.HTTPResponse, response).release_conn()
-
-    def evict(self, namespace: str, name: str) -> None:
-        """POST a ``policy/v1`` Eviction for the pod (429 while a PDB forbids it)."""
-        body = V1Eviction(
-            api_version="policy/v1",
-            kind="Eviction",
-            metadata=V1ObjectMeta(name=name, namespace=namespace),
-        )
-        response = self._core.create_namespaced_pod_eviction(
-            name, namespace, body, _preload_content=False, _request_timeout=self._timeout
-        )
-        cast(urllib3.HTTPResponse, response).release_conn()
-
-
-# --- one round --------------------------------------------------------------------------------
-
-
-def _candidates(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Running pods not already terminating, by name (so a seed repeats a run)."""
-    alive = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
-    return sorted(alive, key=lambda p: str(p["metadata"]["name"]))
-
-
-def _pod_grace(pod: Mapping[str, Any]) -> int | None:
-    grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
-    return grace if isinstance(grace, int) else None
-
-
-def _api_failure(exc: BaseException, plan: ChaosPlan, verb: str) -> tuple[str, str]:
-    """(outcome, detail) for an exception from ``verb`` on the API."""
-    if isinstance(exc, ApiException):
-        if exc.status == 403:
-            return "forbidden", (
-                f"the API server refused to {verb} (403 Forbidden): this account needs "
-                f"RBAC for pods (list, delete, pods/eviction create) in {plan.namespace}"
-            )
-        return "failed", f"{verb}: HTTP {exc.status} {exc.reason}"
-    return "failed", f"{verb}: {type(exc).__name__}: {exc}"
-
-
-def _kill(api: PodApi, plan: ChaosPlan, name: str) -> tuple[str, str]:
-    """Kill ``name`` per the plan; (outcome, detail). Blocking."""
-    try:
-        if plan.mode is Mode.EVICT:
-            api.evict(plan.namespace, name)
-            return "evicted", ""
-        api.delete(plan.namespace, name, 0 if plan.mode is Mode.FORCE else None)
-    except ApiException as exc:
-        if exc.status == 429 and plan.mode is Mode.EVICT:
-            return "refused", "a PodDisruptionBudget allows no disruption now (429)"
-        if exc.status == 404:
-            return "gone", "the pod was already deleted"
-        return _api_failure(exc, plan, plan.mode.value)
-    except _FAILURES as exc:
-        return _api_failure(exc, plan, plan.mode.value)
-    return "deleted", ""
-
-
-def _one_round(api: PodApi, plan: ChaosPlan, number: int, pick: _random.Random) -> Round:
-    """List, pick, kill (or only say so). Blocking."""
-
-    def result(pod: str | None, outcome: str, detail: str = "", grace: int | None = None) -> Round:
-        stamp = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-        action = plan.mode.value
-        return Round(number, plan.rounds, stamp, plan.namespace, pod, action, grace,
-                     plan.dry_run, outcome, detail)  # fmt: skip
-
-    try:
-        pods = _candidates(api.running(plan.namespace, plan.selector))
-    except _FAILURES as exc:
-        return result(None, *_api_failure(exc, plan, "list pods"))
-    if not pods:
-        where = f"no Running pod in {plan.namespace} matches {plan.selector}"
-        return result(None, "no-pod", where)
-    victim = pick.choice(pods)
-    name = str(victim["metadata"]["name"])
-    grace = 0 if plan.mode is Mode.FORCE else _pod_grace(victim)
-    if plan.dry_run:
-        return result(name, "would-evict" if plan.mode is Mode.EVICT else "would-delete", "", grace)
-    return result(name, *_kill(api, plan, name), grace)
-
-
-# --- the run ----------------------------------------------------------------------------------
-
-
-async def run_chaos(
-    plan: ChaosPlan,
-    api: PodApi,
-    report: Callable[[Round], None],
-    *,
-    random: _random.Random | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> list[Round]:
-    """Run the plan's rounds, ``interval`` apart, reporting each as it ends.
-
-    Stops after ``plan.rounds`` rounds, when the next round would start after
-    ``plan.duration``, or at a forbidden or failed round (the last one returned).
-
-    Args:
-        plan: What to do.
-        api: The pod calls.
-        report: Called with each round, in order.
-        random: Picks the pod; seeded for repeatable runs.
-        clock: Monotonic seconds; injected for tests.
-        sleep: Waits between rounds; injected for tests.
-    """
-    pick = random or _random.Random()
-    started = clock()
-    done: list[Round] = []
-    for number in range(1, plan.rounds + 1):
-        result = await asyncio.to_thread(_one_round, api, plan, number, pick)
-        report(result)
-        done.append(result)
-        if result.outcome in _FATAL or number == plan.rounds:
-            break
-        next_start = clock() + plan.interval
-        if plan.duration is not None and next_start - started > plan.duration:
-            break
-        await sleep(plan.interval)
-    return done
 
 
 def exit_code(rounds: Sequence[Round]) -> int:
@@ -529,12 +344,6 @@ def _plan(args: argparse.Namespace) -> ChaosPlan:
     )
 
 
-def _api_client(args: argparse.Namespace) -> ApiClient:
-    if args.server:
-        return ApiClient(Configuration(host=args.server.rstrip("/")))
-    return ApiClient(load_api_configuration(SERVICE_ACCOUNT_DIR, args.kubeconfig))
-
-
 async def run_chaos_command(
     args: argparse.Namespace, out: Callable[[str], None], err: Callable[[str], None]
 ) -> int:
@@ -544,21 +353,18 @@ async def run_chaos_command(
     except ValueError as exc:
         err(f"error: {exc}")
         return _EXIT_USAGE
-    try:
-        client = await asyncio.to_thread(_api_client, args)
-    except (ConfigException, OSError) as exc:
-        err(f"error: {exc}")
-        return _EXIT_FAILED
+    from client import _chaos_k8s  # heavy: only for this command
 
     def report(result: Round) -> None:
         out(json.dumps(result.as_dict()) if args.json else result.line())
 
     try:
-        rounds = await run_chaos(
-            plan, PodApi(client, args.timeout), report, random=_random.Random(args.seed)
+        rounds = await _chaos_k8s.run_against(
+            plan, args.server, args.kubeconfig, args.timeout, report, _random.Random(args.seed)
         )
-    finally:
-        client.close()  # type: ignore[no-untyped-call]  # generated code without annotations
-    if rounds and rounds[-1].outcome in _FATAL:
+    except _chaos_k8s.ConfigurationError as exc:
+        err(f"error: {exc}")
+        return _EXIT_FAILED
+    if rounds and rounds[-1].outcome in FATAL_OUTCOMES:
         err(f"error: {rounds[-1].detail}")
     return exit_code(rounds)

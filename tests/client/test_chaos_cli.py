@@ -17,6 +17,8 @@ import copy
 import io
 import json
 import random
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,7 +30,8 @@ import pytest
 from kubernetes.client import ApiClient, Configuration
 
 from client import _cli
-from client._chaos import MAX_COUNT, ChaosPlan, Mode, PodApi, Round, exit_code, run_chaos
+from client._chaos import MAX_COUNT, ChaosPlan, Mode, Round, exit_code
+from client._chaos_k8s import PodApi, run_chaos
 from client._cli import main_async
 
 NS = "meshdemo"
@@ -486,3 +489,12 @@ async def test_no_configuration_at_all_is_reported(
     code = await main_async(argv, env={}, stdout=out, stderr=err)
     assert code == 1
     assert "no Kubernetes configuration" in err.getvalue() and missing in err.getvalue()
+
+
+def test_the_cli_does_not_import_kubernetes_until_chaos_runs() -> None:
+    """Every other command would pay the ``kubernetes`` import (most of a second)."""
+    code = "import sys, client._cli; print('kubernetes' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert result.stdout.strip() == "False"
