@@ -119,11 +119,21 @@ class ChaosPlan:
 
 @dataclass(frozen=True, slots=True)
 class Round:
-    """What one round did.
+    """What one round did (one output line, or one JSON object with ``--json``).
 
-    ``outcome`` is one of: ``deleted``, ``evicted``, ``refused`` (a
-    PodDisruptionBudget), ``gone`` (the pod vanished first), ``would-delete`` /
-    ``would-evict`` (dry run), ``no-pod``, ``forbidden`` (RBAC) or ``failed``.
+    Attributes:
+        round: 1-based number of the round.
+        of: The most rounds of the run (``--count``, or the cap with ``--count 0``).
+        time: When the round ended, RFC 3339 UTC.
+        namespace: The namespace of the pods.
+        pod: The pod picked; None when none was (no pod, or the list failed).
+        action: The mode: ``delete``, ``force-delete`` or ``evict``.
+        grace_seconds: 0 when forced, else the pod's own grace period (None if unset).
+        dry_run: True when nothing was changed.
+        outcome: ``deleted``, ``evicted``, ``refused`` (a PodDisruptionBudget),
+            ``gone`` (the pod vanished first), ``would-delete`` / ``would-evict``
+            (dry run), ``no-pod``, ``forbidden`` (RBAC) or ``failed``.
+        detail: Why, for the outcomes that need a reason.
     """
 
     round: int
@@ -138,6 +148,7 @@ class Round:
     detail: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """The round as a JSON-ready mapping (the ``--json`` line)."""
         return asdict(self)
 
     def line(self) -> str:
