@@ -24,6 +24,8 @@ import grpc
 from opentelemetry.sdk.trace import TracerProvider
 from rich.console import Console
 
+from client._chaos import add_chaos_command as _add_chaos
+from client._chaos import run_chaos_command
 from client._client import MAX_BATCH, ROLES, NewUserSpec, UserClient
 from client._errors import InvalidArgumentError, MeshError
 from client._live import LiveView, PlainProgress, render_summary
@@ -453,6 +455,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     _add_token(commands, env)
     _add_stats(commands, parent)
     _add_load(commands, parent)
+    _add_chaos(commands)
     return parser
 
 
@@ -902,6 +905,8 @@ def _parse(argv: Sequence[str], io: _Io) -> argparse.Namespace | int:
 async def _run(args: argparse.Namespace, io: _Io) -> int:
     if args.command == "token":
         return _cmd_token(args, io)
+    if args.command == "chaos":
+        return await run_chaos_command(args, io.out, io.err)
     if args.command == "batch":
         # Read and check the whole file before any connection is made.
         args.specs = _read_batch_file(args.file, io)
