@@ -88,7 +88,7 @@ async def up(bounds: Bounds) -> list[Row]:
             started = time.monotonic()
             async with mesh:
                 hosts = {r.host for r in mesh.replicas}
-                times.append(await _until(lambda: _has(mesh, hosts), started))
+                times.append(await _until(lambda m=mesh, h=hosts: _has(m, h), started))
     value = median(times)
     return [Row("mesh up", "start to all 3 replicas in DNS", value, "s", "<= 3", value <= 3.0,
                 {"rounds": times})]  # fmt: skip
