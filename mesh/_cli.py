@@ -140,6 +140,14 @@ def _add_demo(commands: Any, parent: argparse.ArgumentParser) -> None:
     )
     cmd.add_argument("--seed", type=int, default=None, help="seed of the load (default: random)")
     cmd.add_argument(
+        "--work-ms",
+        type=float,
+        default=20.0,
+        metavar="MS",
+        help="work each call holds in the service (MESH_FAULT_DELAY), so that a kill catches "
+        "calls in flight as it would in a busy cluster; 0 for bare calls (default: 20)",
+    )
+    cmd.add_argument(
         "--no-live",
         action="store_true",
         help="plain lines instead of the live view (default: live view on a terminal)",

@@ -41,6 +41,10 @@ _CONCURRENCY = 16
 _SEED_USERS = 50
 # Replica spans leave on a 0.5 s batch schedule; give the last ones time to arrive.
 _SPAN_SETTLE_S = 1.5
+#: Milliseconds of work each call holds in the service by default (MESH_FAULT_DELAY), as a real
+#: service spends them in its database: at 100 calls/s about two calls are in flight, so a
+#: SIGKILL catches some and the client's retries show. 0 makes calls take a couple of ms.
+DEFAULT_WORK_MS = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +98,13 @@ async def run_demo_command(args: argparse.Namespace, state: StateDir, out: TextI
     with _cancel_on_signals(task):
         try:
             result = await run_demo(
-                plan, StateDir(root.resolve()), console, live=live, rps=args.rps, seed=args.seed
+                plan,
+                StateDir(root.resolve()),
+                console,
+                live=live,
+                rps=args.rps,
+                seed=args.seed,
+                work_ms=args.work_ms,
             )
         except asyncio.CancelledError:
             console.print("interrupted: the mesh was stopped; nothing is left running")
@@ -134,6 +144,7 @@ async def run_demo(
     live: bool,
     rps: float = 100.0,
     seed: int | None = None,
+    work_ms: float = DEFAULT_WORK_MS,
 ) -> DemoResult:
     """Run the demo of ``plan`` in ``state``; its result (code 0 when no call failed)."""
     _fresh(state)
@@ -143,14 +154,22 @@ async def run_demo(
         port=0,
         scrape_interval=0,  # the load generator's own view feeds the timeline
         forward_to=user_otlp_endpoint(),
+        extra_env={"MESH_FAULT_DELAY": str(work_ms / 1000)} if work_ms > 0 else {},
     )
     console.print(f"[bold]1. mesh up[/]: {plan.replicas} replicas of the user service, DNS, traces")
     async with Mesh(config) as mesh:
         mesh.timeline.title = "mesh demo"
         console.print(_mesh_lines(mesh))
         recorder = DemoRecorder(mesh, plan)
-        mesh.subscribe(lambda event: _announce(console, event))
+        announcing = True
+
+        def announce(event: MeshEvent) -> None:
+            if announcing and recorder.started.is_set():
+                _announce(console, event, recorder.load_time(event.t))
+
+        mesh.subscribe(announce)
         summary = await _load(mesh, plan, recorder, console, live=live, rps=rps, seed=seed)
+        announcing = False
         await asyncio.sleep(_SPAN_SETTLE_S)
         code = _report(console, mesh, summary, recorder)
     console.print(f"\nthe mesh is down; timeline picture: [bold]{state.timeline_png}[/]")
@@ -163,12 +182,13 @@ def _mesh_lines(mesh: Mesh) -> str:
     return "\n".join(rows)
 
 
-def _announce(console: Console, event: MeshEvent) -> None:
+def _announce(console: Console, event: MeshEvent, t: float) -> None:
+    """One line per mesh event, timed like the live view's endpoint events."""
     style = {"kill": "bold red", "graceful": "bold yellow", "scale": "bold blue"}.get(event.kind)
     if style is None and event.kind not in ("ready", "unready"):
         return
-    text = f"{event.t:7.1f}s  mesh: {event.replica} {event.text}".replace("  mesh:  ", "  mesh: ")
-    console.print(f"[{style or 'dim'}]{text}[/]")
+    who = f"{event.replica} " if event.replica else ""
+    console.print(f"[{style or 'dim'}]{t:7.1f}s  mesh: {who}{event.text}[/]")
 
 
 async def _load(

@@ -4,7 +4,8 @@ From the load generator's snapshots (client side, what users feel) and the
 supervisor's events it derives the timeline samples, each replica's share of
 calls between two events, and the failover times: how long after a kill the
 replica stopped getting picks, and how long until its restart got traffic.
-Times are seconds since the mesh started, the timeline's axis.
+The timeline's axis is seconds since the mesh started; what is printed for
+people counts from the start of the load, as the live view does.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from rich import box
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
 
 from client import LoadSnapshot, LoadSummary
 
@@ -76,9 +82,13 @@ class DemoRecorder:
 
     def elapsed(self) -> float:
         """Seconds of load so far (0 before the load started)."""
+        return self.load_time(self._mesh.elapsed())
+
+    def load_time(self, mesh_time: float) -> float:
+        """A mesh time as seconds since the load started (0 before it)."""
         if self._load_started_at is None:
             return 0.0
-        return self._mesh.elapsed() - self._load_started_at
+        return max(0.0, mesh_time - self._load_started_at)
 
     def tick(self, snapshot: LoadSnapshot) -> None:
         """Record one snapshot of the load generator."""
@@ -101,7 +111,7 @@ class DemoRecorder:
         if not self._ticks:
             return []
         bounds = [self._ticks[0].t - 1e9, *(e.t for e in cuts), self._ticks[-1].t + 1e9]
-        titles = ["before " + _title(cuts[0])] if cuts else ["whole run"]
+        titles = ["start"] if cuts else ["whole run"]
         titles += ["after " + _title(e) for e in cuts]
         return [
             Window(title, max(lo, 0.0), min(hi, self._ticks[-1].t), self._calls_between(lo, hi))
@@ -149,25 +159,44 @@ class DemoRecorder:
         before = [tick for tick in self._ticks if tick.t <= t]
         return before[-1].calls.get(name, 0) if before else 0
 
-    def render(self, summary: LoadSummary) -> str:
+    def render(self, summary: LoadSummary) -> Group:
         """The demo's part of the summary: shares per window, failover times, retries."""
-        lines = ["share of calls per replica:"]
-        for window in self.windows():
-            shares = "  ".join(f"{n} {s * 100:4.1f}%" for n, s in window.shares().items())
-            lines.append(f"  {window.title:<28} {shares or '(no calls)'}")
-        lines.append("failover:")
-        for f in self.failovers():
-            lines.append(
-                f"  {f.replica} {_KINDS[f.kind]} at {f.at:.1f}s: no picks after "
-                f"{_seconds(f.no_picks_after)}, back in DNS after {_seconds(f.back_in_dns_after)}, "
-                f"traffic again after {_seconds(f.traffic_after)}"
-            )
         share = summary.retries / summary.calls * 100 if summary.calls else 0.0
-        lines.append(
-            f"retries: {summary.retries} ({share:.2f}% of {summary.calls} calls); "
-            f"latency p50 {summary.latency_ms.p50:.1f} ms, p99 {summary.latency_ms.p99:.1f} ms"
+        retries = Text(
+            f"retries: {summary.retries} ({share:.2f}% of {summary.calls} calls needed one); "
+            f"p50 {summary.latency_ms.p50:.1f} ms, p99 {summary.latency_ms.p99:.1f} ms"
         )
-        return "\n".join(lines)
+        return Group(self._shares_table(), self._failover_table(), retries)
+
+    def _shares_table(self) -> Table:
+        windows = self.windows()
+        names = sorted({n for w in windows for n in w.calls}, key=_ordinal)
+        table = Table(title="Share of calls per replica", title_justify="left", box=box.SIMPLE)
+        table.add_column("from (s)", justify="right")
+        table.add_column("window")
+        for name in names:
+            table.add_column(name, justify="right")
+        for window in windows:
+            shares = window.shares()
+            cells = [f"{shares[n] * 100:.1f}%" if n in shares else "-" for n in names]
+            table.add_row(f"{self.load_time(window.start):.1f}", window.title, *cells)
+        return table
+
+    def _failover_table(self) -> Table:
+        table = Table(title="Failover, seconds after the event", title_justify="left",
+                      box=box.SIMPLE)  # fmt: skip
+        for header in ("replica", "event", "at (s)", "no picks", "in DNS", "traffic"):
+            table.add_column(header, justify="left" if header in ("replica", "event") else "right")
+        for f in self.failovers():
+            table.add_row(
+                f.replica,
+                _KINDS[f.kind],
+                f"{self.load_time(f.at):.1f}",
+                _seconds(f.no_picks_after),
+                _seconds(f.back_in_dns_after),
+                _seconds(f.traffic_after),
+            )
+        return table
 
     def as_dict(self) -> dict[str, Any]:
         """The same facts as JSON-ready values (tests and benchmarks read them)."""
@@ -190,7 +219,12 @@ class DemoRecorder:
         }
 
 
-_KINDS = {"kill": "SIGKILL", "graceful": "graceful restart"}
+_KINDS = {"kill": "SIGKILL", "graceful": "graceful"}
+
+
+def _ordinal(name: str) -> tuple[int, str]:
+    number = name.rpartition("-")[2]
+    return (int(number), name) if number.isdigit() else (1 << 30, name)
 
 
 def _title(event: MeshEvent) -> str:
@@ -200,4 +234,4 @@ def _title(event: MeshEvent) -> str:
 
 
 def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}s"
+    return "-" if value is None else f"{value:.2f}"
