@@ -43,7 +43,7 @@ def _kinds_names(rendered: Rendered) -> set[tuple[str, str]]:
 
 
 def test_defaults_render_the_pinned_names(defaults: Rendered) -> None:
-    assert PINNED_NAMES <= _kinds_names(defaults)
+    assert PINNED_NAMES - _kinds_names(defaults) == set()
 
 
 def test_defaults_leave_loadgen_chaos_and_service_monitor_out(defaults: Rendered) -> None:
