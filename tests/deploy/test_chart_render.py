@@ -385,3 +385,18 @@ def test_notes_name_the_loadgen_logs_and_the_chaos_jobs() -> None:
     notes = render(SCENARIOS["everything-on"]).notes
     assert "logs -f deployment/meshdemo-loadgen -c loadgen" in notes
     assert "create job --from=cronjob/meshdemo-chaos" in notes
+
+
+# --- the reference page ------------------------------------------------------------------------
+
+
+def test_the_reference_page_names_every_values_key() -> None:
+    doc = (CHART_DIR.parents[1] / "docs" / "helm-chart.md").read_text()
+    with helm_python.Chart.load(CHART_DIR) as chart:
+        values = chart.values
+    missing = []
+    for key, value in values.items():
+        children = value if isinstance(value, dict) else {}
+        paths = [f"{key}.{child}" for child in children] or [key]
+        missing.extend(path for path in paths if path not in doc)
+    assert missing == [], f"not in docs/helm-chart.md: {missing}"
