@@ -29,6 +29,7 @@ SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
 SCENARIOS: Mapping[str, dict[str, Any]] = {
     "defaults": {},
     "jaeger-off": {"jaeger": {"enabled": False}},
+    "jaeger-nodeport": {"jaeger": {"service": {"type": "NodePort"}}},
     "external-db-url": {
         "postgresql": {"enabled": False},
         "externalDatabase": {"url": "postgresql://app:pw@db.example.internal:5432/users"},

@@ -529,6 +529,23 @@ def test_the_jaeger_ui_and_extra_clients_can_be_allowed() -> None:
     assert peer in policies["meshdemo-users"]["ingress"][0]["from"]
 
 
+def test_a_node_port_publishes_the_jaeger_ui_on_a_fixed_port() -> None:
+    rendered = render(SCENARIOS["jaeger-nodeport"])
+    service = rendered.get("Service", "meshdemo-jaeger")["spec"]
+    assert service["type"] == "NodePort"
+    ui = next(p for p in service["ports"] if p["name"] == "ui")
+    assert ui["nodePort"] == 30686
+    ingress = _policies(rendered)["meshdemo-jaeger"]["ingress"]
+    assert ingress[1] == {"ports": [{"protocol": "TCP", "port": 16686}]}
+    assert "port 30686 of every node" in rendered.notes
+
+
+def test_a_cluster_ip_jaeger_has_no_node_port(defaults: Rendered) -> None:
+    service = defaults.get("Service", "meshdemo-jaeger")["spec"]
+    assert service["type"] == "ClusterIP"
+    assert all("nodePort" not in p for p in service["ports"])
+
+
 def test_an_external_database_is_reachable_on_its_port() -> None:
     policies = _policies(render(SCENARIOS["external-db-url"]))
     assert policies["meshdemo-users"]["egress"] == [{"ports": [{"protocol": "TCP", "port": 5432}]}]
