@@ -63,6 +63,33 @@ def test_the_project_image_runs_as_its_numeric_user(scenario: Rendered) -> None:
             assert item["securityContext"]["runAsUser"] == 10001, _where(doc, item)
 
 
+#: Volume types the Pod Security Standard "restricted" allows.
+RESTRICTED_VOLUMES = frozenset(
+    {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
+)
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(scenario: Rendered) -> None:
+    for doc in workloads(scenario):
+        spec = pod_spec(doc)
+        name = doc["metadata"]["name"]
+        assert not any(spec.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), name
+        for volume in spec.get("volumes", []):
+            assert set(volume) - {"name"} <= RESTRICTED_VOLUMES, f"{name}: {volume}"
+        for item in spec["containers"]:
+            assert not any("hostPort" in p for p in item.get("ports", [])), name
+            assert item["securityContext"].get("privileged", False) is False, name
+
+
 def test_a_read_only_root_gets_a_writable_tmp(scenario: Rendered) -> None:
     for doc, item in iter_containers(scenario):
         spec = pod_spec(doc)
