@@ -146,3 +146,46 @@ def test_the_loadgen_probes_read_the_heartbeat_it_touches() -> None:
     assert item["readinessProbe"]["exec"]["command"] == ["test", "-f", heartbeat]
     assert f"os.stat('{heartbeat}')" in item["livenessProbe"]["exec"]["command"][-1]
     assert heartbeat.startswith("/tmp/"), "the only writable path of the container"
+
+
+@pytest.mark.timeout(60)
+async def test_the_loadgen_loop_stops_at_once_on_sigterm(
+    replica: InProcessServer, tmp_path: Path
+) -> None:
+    # In the pod the shell is PID 1: without its trap SIGTERM would be ignored until
+    # the kubelet's SIGKILL at the end of the grace period.
+    item = _loadgen(render({"loadgen": {"enabled": True}}))
+    heartbeat = tmp_path / "heartbeat"
+    env = {
+        **_environment(item, replica, tmp_path),
+        "LOAD_DURATION": "30",
+        "LOAD_RPS": "5",
+        "LOAD_HEARTBEAT": str(heartbeat),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        _script(item),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        # A file written by another process: polled, at most 20 s.
+        for _ in range(400):
+            if heartbeat.exists():
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the loop never touched its heartbeat")
+        await asyncio.sleep(1.5)  # the load run is under way
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        proc.terminate()
+        code = await asyncio.wait_for(proc.wait(), 10)
+        assert code == 0
+        assert loop.time() - started < 8
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
