@@ -141,6 +141,7 @@ WRONG_TYPES = [
     {"jaeger": {"maxTraces": 0}},
     {"auth": {"secret": "too-short"}},
     {"image": {"tag": "latest"}},
+    {"image": {"reference": "registry.local/meshdemo:latest"}},
     {"postgresql": {"password": "has spaces and @"}},
     {"networkPolicy": {"apiServer": {"cidrs": "10.0.0.1/32"}}},
 ]
