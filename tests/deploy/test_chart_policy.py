@@ -365,6 +365,7 @@ def test_the_pdb_exists_only_with_more_than_one_replica(replicas: int, has_pdb: 
         spec = rendered.get("PodDisruptionBudget", "meshdemo-users")["spec"]
         assert spec == {
             "maxUnavailable": 1,
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
             "selector": {
                 "matchLabels": rendered.get("Service", "meshdemo-users-headless")["spec"][
                     "selector"
