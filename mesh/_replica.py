@@ -28,10 +28,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mesh._process import Child, LogSink, spawn
 from service.health import SERVICE_NAME
 
-__all__ = ["Backoff", "Replica", "ReplicaState"]
+__all__ = ["Backoff", "Replica", "ReplicaState", "replica_argv"]
 
 _log = logging.getLogger("meshdemo.mesh")
 _SERVING = health_pb2.HealthCheckResponse.SERVING
+
+
+def replica_argv(host: str, port: int) -> list[str]:
+    """The command line of one replica: the image's entrypoint, ``python -m service``."""
+    return [sys.executable, "-m", "service", "--host", host, "--port", str(port)]
 
 
 class ReplicaState(enum.Enum):
@@ -224,8 +229,9 @@ class Replica:
     async def _run_once(self) -> int:
         self._serving = False
         self._set_state(ReplicaState.STARTING)
-        argv = [sys.executable, "-m", "service", "--host", self.host, "--port", str(self.port)]
-        child = await spawn(argv, env=self._env, log=self._log, on_line=self._on_line)
+        child = await spawn(
+            replica_argv(self.host, self.port), env=self._env, log=self._log, on_line=self._on_line
+        )
         self._child = child
         self._on_change()
         watcher = asyncio.create_task(self._watch_health(child), name=f"health-{self.name}")

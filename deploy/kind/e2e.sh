@@ -295,24 +295,10 @@ sys.exit(0 if spans else f"FAIL: no span of {sys.argv[2]} in the answer")
 PY
 }
 
-# The kind port mapping: a NodePort Service (and a policy letting it in) for the UI.
+# The kind port mapping: skaffold.yaml makes Jaeger's Service a NodePort (30686), and the
+# chart's NetworkPolicy admits the UI port from anywhere when it is one.
 check_ui_node_port() {
-  log "exposing Jaeger's UI on NodePort ${UI_NODE_PORT} -> http://127.0.0.1:${UI_HOST_PORT}"
-  "${KUBECTL[@]}" expose service meshdemo-jaeger --name meshdemo-jaeger-ui --type NodePort \
-    --overrides "{\"apiVersion\":\"v1\",\"spec\":{\"ports\":[{\"name\":\"ui\",\"port\":16686,\"targetPort\":16686,\"nodePort\":${UI_NODE_PORT},\"protocol\":\"TCP\"}]}}"
-  # The chart's NetworkPolicies deny by default; port-forward bypasses them, a NodePort does not.
-  "${KUBECTL[@]}" get service meshdemo-jaeger -o jsonpath='{.spec.selector}' |
-    python3 -c 'import json, sys
-print(json.dumps({
-    "apiVersion": "networking.k8s.io/v1",
-    "kind": "NetworkPolicy",
-    "metadata": {"name": "meshdemo-jaeger-ui-e2e"},
-    "spec": {
-        "podSelector": {"matchLabels": json.load(sys.stdin)},
-        "policyTypes": ["Ingress"],
-        "ingress": [{"ports": [{"port": 16686, "protocol": "TCP"}]}],
-    },
-}))' | "${KUBECTL[@]}" apply -f -
+  log "checking Jaeger's UI on NodePort ${UI_NODE_PORT} -> http://127.0.0.1:${UI_HOST_PORT}"
   local tries
   for tries in $(seq 1 30); do
     if curl -fsS -o /dev/null "http://127.0.0.1:${UI_HOST_PORT}/"; then

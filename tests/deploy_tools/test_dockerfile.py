@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from dockerfile_parse import DockerfileParser
 
+from mesh._replica import replica_argv
+
 ROOT = Path(__file__).resolve().parents[2]
 # An exact Python patch version on a named Debian release, e.g. python:3.11.14-slim-bookworm.
 PINNED_PYTHON = re.compile(r"python:3\.(\d+)\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?")
@@ -107,13 +109,12 @@ def test_entrypoint_runs_the_modules_the_local_commands_run(dockerfile: Any) -> 
     cmd = json.loads(values(final, "CMD")[-1])
     assert entrypoint + cmd == ["python", "-m", "service"]
     # The chart swaps CMD for `client ...`; both must be runnable modules, and the
-    # same ones pyproject's console scripts and service.testing.ReplicaProcess run.
+    # same ones pyproject's console scripts and the local mesh's replicas run.
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert set(scripts.values()) == {"service.__main__:main", "client.__main__:main"}
     for module in ("service", "client"):
         assert importlib.util.find_spec(f"{module}.__main__") is not None
-    replica = (ROOT / "service" / "testing.py").read_text()
-    assert re.search(r'"-m",\s*"service"', replica)
+    assert replica_argv("127.0.0.2", 50051)[1:3] == ["-m", "service"]
 
 
 def test_dockerignore_keeps_local_state_out() -> None:
