@@ -37,7 +37,13 @@ from opentelemetry.trace import Span, TracerProvider
 from client._chat import ChatSession
 from client._endpoint import EjectionConfig, Endpoint, EndpointStats, Lease, PoolConfig
 from client._errors import from_rpc_error
-from client._interceptors import CallMetrics, MethodStats, TokenProvider, client_interceptors
+from client._interceptors import (
+    ATTEMPT_PEER,
+    CallMetrics,
+    MethodStats,
+    TokenProvider,
+    client_interceptors,
+)
 from client._picker import Picker
 from client._pool import EndpointSet, NoEndpointError
 from client._resolver import Resolver, resolver_for
@@ -471,6 +477,7 @@ class UserClient:
     ) -> T:
         endpoint = await self._pick(spec.excluded, spec.timeout)
         started = self._clock()
+        peer = ATTEMPT_PEER.set(endpoint.address)
         try:
             async with endpoint.lease() as lease:
                 result = await invoke(lease, spec.timeout)
@@ -483,6 +490,8 @@ class UserClient:
             raise AttemptFailed(err, endpoint) from err
         except RuntimeError as exc:  # Drained between the pick and the lease.
             raise AttemptFailed(_unavailable(str(exc)), endpoint) from exc
+        finally:
+            ATTEMPT_PEER.reset(peer)
         # A stream's duration is set by its reader, so it says nothing of the replica.
         endpoint.record_success(self._clock() - started if timed else None)
         return result

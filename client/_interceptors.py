@@ -17,6 +17,7 @@ left no trace.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import grpc
 from grpc.aio import ClientCallDetails, Metadata
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+
+from client._resolver import Address
 
 __all__ = [
     "CallMetrics",
@@ -244,6 +247,12 @@ def metrics_interceptors(metrics: CallMetrics) -> list[Any]:
 
 _STATUS_ATTR = "rpc.grpc.status_code"
 
+#: The address the current attempt dials, set by the client around each attempt: an
+#: interceptor sees only the method, and a waterfall wants to know which replica failed.
+ATTEMPT_PEER: contextvars.ContextVar[Address | None] = contextvars.ContextVar(
+    "meshdemo_attempt_peer", default=None
+)
+
 
 def _finish_attempt(span: Span, code: grpc.StatusCode, details: str | None) -> None:
     """End an attempt's span with its final code; every code but OK is an ERROR.
@@ -276,11 +285,16 @@ class _TracingBase:
         service, _, name = method.lstrip("/").partition("/")
         # Named like OpenTelemetry's grpc instrumentation (full method, leading slash);
         # the parent is the current span: the client's logical call.
-        span = self._tracer.start_span(
-            method,
-            kind=SpanKind.CLIENT,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-        )
+        attributes: dict[str, str | int] = {
+            "rpc.system": "grpc",
+            "rpc.service": service,
+            "rpc.method": name,
+        }
+        peer = ATTEMPT_PEER.get()
+        if peer is not None:
+            attributes["server.address"] = peer.host
+            attributes["server.port"] = peer.port
+        span = self._tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
         metadata = Metadata(*tuple(details.metadata or ()))
         propagate.inject(metadata, context=trace.set_span_in_context(span))
         return span, _replace_metadata(details, metadata)

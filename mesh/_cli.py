@@ -321,8 +321,17 @@ async def _cmd_traces(args: argparse.Namespace, state: StateDir, out: TextIO) ->
         trace = load_trace(state.root, args.trace_id)
     except TraceLookupError as exc:
         raise UsageError(f"{exc} (in {state.root})") from exc
-    print(render_waterfall(trace), file=out)
+    print(render_waterfall(trace, names=_replica_names(state)), file=out)
     return EXIT_OK
+
+
+def _replica_names(state: StateDir) -> dict[str, str]:
+    """Replica names by address, from the last status the supervisor wrote."""
+    status = state.read_json(state.status_file) or {}
+    replicas = status.get("replicas")
+    if not isinstance(replicas, list):
+        return {}
+    return {str(r.get("address")): str(r.get("name")) for r in replicas if isinstance(r, dict)}
 
 
 # --- up --------------------------------------------------------------------------------------

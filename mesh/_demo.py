@@ -165,7 +165,7 @@ async def run_demo(
 
         def announce(event: MeshEvent) -> None:
             if announcing and recorder.started.is_set():
-                _announce(console, event, recorder.load_time(event.t))
+                _announce(console, event)
 
         mesh.subscribe(announce)
         summary = await _load(mesh, plan, recorder, console, live=live, rps=rps, seed=seed)
@@ -182,13 +182,13 @@ def _mesh_lines(mesh: Mesh) -> str:
     return "\n".join(rows)
 
 
-def _announce(console: Console, event: MeshEvent, t: float) -> None:
+def _announce(console: Console, event: MeshEvent) -> None:
     """One line per mesh event, timed like the live view's endpoint events."""
     style = {"kill": "bold red", "graceful": "bold yellow", "scale": "bold blue"}.get(event.kind)
     if style is None and event.kind not in ("ready", "unready"):
         return
     who = f"{event.replica} " if event.replica else ""
-    console.print(f"[{style or 'dim'}]{t:7.1f}s  mesh: {who}{event.text}[/]")
+    console.print(f"[{style or 'dim'}]{event.t:7.1f}s  mesh: {who}{event.text}[/]")
 
 
 async def _load(
@@ -273,7 +273,8 @@ def _report(console: Console, mesh: Mesh, summary: LoadSummary, recorder: DemoRe
     console.print(render_summary(summary, label=recorder.label))
     console.print(recorder.render(summary))
     console.print("\n[bold]4. a trace that needed a retry[/]")
-    console.print(_waterfall(mesh.state.root), markup=False)
+    names = {r.address: r.name for r in mesh.replicas}
+    console.print(_waterfall(mesh.state.root, names), markup=False)
     if summary.failed:
         console.print(f"\n[bold red]{summary.failed} calls failed[/]")
         return 1
@@ -281,13 +282,13 @@ def _report(console: Console, mesh: Mesh, summary: LoadSummary, recorder: DemoRe
     return 0
 
 
-def _waterfall(root: Path) -> str:
+def _waterfall(root: Path, names: dict[str, str]) -> str:
     from mesh._spans import find_trace, has_retry, recent_traces
     from mesh._waterfall import render_waterfall
 
     trace = find_trace(root, has_retry)
     if trace is not None:
-        return render_waterfall(trace)
+        return render_waterfall(trace, names=names)
     summaries = recent_traces(root, limit=1)
     if not summaries:
         return "no trace reached the receiver"

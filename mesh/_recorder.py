@@ -4,8 +4,8 @@ From the load generator's snapshots (client side, what users feel) and the
 supervisor's events it derives the timeline samples, each replica's share of
 calls between two events, and the failover times: how long after a kill the
 replica stopped getting picks, and how long until its restart got traffic.
-The timeline's axis is seconds since the mesh started; what is printed for
-people counts from the start of the load, as the live view does.
+Every time counts from the start of the load, as the live view's do: the
+recorder moves the mesh's time origin there when the first snapshot comes.
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ class DemoRecorder:
         self._plan = plan
         self._ticks: list[_Tick] = []
         self._events: list[MeshEvent] = []
-        self._load_started_at: float | None = None
         self.started = asyncio.Event()
         mesh.subscribe(self._events.append)
 
@@ -82,20 +81,14 @@ class DemoRecorder:
 
     def elapsed(self) -> float:
         """Seconds of load so far (0 before the load started)."""
-        return self.load_time(self._mesh.elapsed())
-
-    def load_time(self, mesh_time: float) -> float:
-        """A mesh time as seconds since the load started (0 before it)."""
-        if self._load_started_at is None:
-            return 0.0
-        return max(0.0, mesh_time - self._load_started_at)
+        return max(0.0, self._mesh.now()) if self.started.is_set() else 0.0
 
     def tick(self, snapshot: LoadSnapshot) -> None:
         """Record one snapshot of the load generator."""
-        now = self._mesh.elapsed()
-        if self._load_started_at is None:
-            self._load_started_at = now - snapshot.elapsed
+        if not self.started.is_set():
+            self._mesh.set_time_origin(snapshot.elapsed)
             self.started.set()
+        now = self._mesh.now()
         calls = {self.label(row.address): row.calls for row in snapshot.endpoints}
         rates = {self.label(row.address): row.rate for row in snapshot.endpoints}
         window = snapshot.window_latency_ms
@@ -179,7 +172,7 @@ class DemoRecorder:
         for window in windows:
             shares = window.shares()
             cells = [f"{shares[n] * 100:.1f}%" if n in shares else "-" for n in names]
-            table.add_row(f"{self.load_time(window.start):.1f}", window.title, *cells)
+            table.add_row(f"{window.start:.1f}", window.title, *cells)
         return table
 
     def _failover_table(self) -> Table:
@@ -191,7 +184,7 @@ class DemoRecorder:
             table.add_row(
                 f.replica,
                 _KINDS[f.kind],
-                f"{self.load_time(f.at):.1f}",
+                f"{f.at:.1f}",
                 _seconds(f.no_picks_after),
                 _seconds(f.back_in_dns_after),
                 _seconds(f.traffic_after),

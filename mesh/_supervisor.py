@@ -48,7 +48,7 @@ class MeshEvent:
     """Something the cluster would show in ``kubectl get events``.
 
     ``kind`` is one of: kill, graceful, restart, ready, unready, scale.
-    ``t`` is seconds since the mesh started.
+    ``t`` is seconds since the mesh's time origin (its start, unless moved).
     """
 
     t: float
@@ -80,6 +80,7 @@ class Mesh:
         self._clock = clock
         self._rng = rng or random.Random()
         self._started = clock()
+        self._origin = self._started
         self._replicas: dict[str, Replica] = {}
         self._next_ordinal = 0
         self._published: tuple[str, ...] | None = None
@@ -129,6 +130,18 @@ class Mesh:
         """Seconds since the mesh started."""
         return self._clock() - self._started
 
+    def now(self) -> float:
+        """The time of events and of the timeline: seconds since the time origin."""
+        return self._clock() - self._origin
+
+    def set_time_origin(self, seconds_ago: float) -> None:
+        """Count event and timeline times from ``seconds_ago`` seconds before now.
+
+        The mesh counts from its own start; the demo counts from the start of
+        its load, as the load generator's view does.
+        """
+        self._origin = self._clock() - seconds_ago
+
     def subscribe(self, listener: Callable[[MeshEvent], None]) -> None:
         """Call ``listener`` for every event from now on (it must not block)."""
         self._listeners.append(listener)
@@ -176,7 +189,7 @@ class Mesh:
                 "stop it with `python -m mesh down` or pick another --state-dir"
             )
         self._secret = self.state.secret()
-        self._started = self._clock()
+        self._started = self._origin = self._clock()
         self._dns.start()
         try:
             await self._receiver.start()
@@ -387,7 +400,7 @@ class Mesh:
         self._dirty.set()
 
     def _emit(self, kind: str, replica: str, text: str) -> None:
-        event = MeshEvent(round(self.elapsed(), 3), kind, replica, text)
+        event = MeshEvent(round(self.now(), 3), kind, replica, text)
         _log.info("%s %s %s", kind, replica, text)
         if kind in ("kill", "graceful", "scale"):
             self.timeline.mark(event.t, kind, f"{replica} {kind}".strip())

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -120,6 +120,8 @@ def render_trace_list(
         summaries: From :func:`mesh._spans.recent_traces` or :func:`mesh._spans.summarize`.
         width: Columns the table must fit (the replica list is cut to fit).
         ascii_only: Force (True) or forbid (False) ASCII; None decides from stdout.
+        names: Replica names by ``host:port``, for the client's attempt spans, which
+            know only the address they dialled (``server.address``, ``server.port``).
     """
     glyphs = _glyphs(ascii_only)
     rows = list(summaries)
@@ -223,7 +225,13 @@ def _header(trace: Trace, glyphs: Glyphs, width: int) -> list[str]:
     return [_fit(title, width, glyphs), _fit(facts, width, glyphs)]
 
 
-def render_waterfall(trace: Trace, width: int = 80, *, ascii_only: bool | None = None) -> str:
+def render_waterfall(
+    trace: Trace,
+    width: int = 80,
+    *,
+    ascii_only: bool | None = None,
+    names: Mapping[str, str] | None = None,
+) -> str:
     """One trace as a waterfall: a header, then one row per span (see the module doc).
 
     Rows: service (short), span name indented by depth, replica (for spans
@@ -234,6 +242,8 @@ def render_waterfall(trace: Trace, width: int = 80, *, ascii_only: bool | None =
         trace: From :func:`mesh._spans.load_trace` or :func:`mesh._spans.find_trace`.
         width: Columns every line fits (at least 60 is readable; 80 by default).
         ascii_only: Force (True) or forbid (False) ASCII; None decides from stdout.
+        names: Replica names by ``host:port``, for the client's attempt spans, which
+            know only the address they dialled (``server.address``, ``server.port``).
     """
     glyphs = _glyphs(ascii_only)
     rows = list(_rows(trace))
@@ -249,14 +259,28 @@ def render_waterfall(trace: Trace, width: int = 80, *, ascii_only: bool | None =
         f"|{axis}| {'MS':>6} STATUS"
     )
     for row in rows:
-        lines.append(_fit(_row_line(row, trace, layout, glyphs), width, glyphs))
+        lines.append(_fit(_row_line(row, trace, layout, glyphs, names or {}), width, glyphs))
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _row_line(row: _Row, trace: Trace, layout: _Layout, glyphs: Glyphs) -> str:
+def _replica_of(row: _Row, names: Mapping[str, str]) -> str:
+    """Where a span ran: the server's instance, or the replica an attempt dialled."""
+    span = row.span
+    if row.server_side:
+        return span.instance or "-"
+    host = span.attributes.get("server.address")
+    if not isinstance(host, str) or not host:
+        return "-"
+    port = span.attributes.get("server.port")
+    return names.get(f"{host}:{port}", host)
+
+
+def _row_line(
+    row: _Row, trace: Trace, layout: _Layout, glyphs: Glyphs, names: Mapping[str, str]
+) -> str:
     span = row.span
     name = _fit(" " * row.depth + row.label, layout.name, glyphs)
-    replica = _fit(span.instance if row.server_side and span.instance else "-", 8, glyphs)
+    replica = _fit(_replica_of(row, names), 8, glyphs)
     return (
         f"{_fit(_short_service(span.service), 7, glyphs):<7} {name:<{layout.name}} "
         f"{replica:<8} {_ms(span.start_ns - trace.start_ns):>6} "

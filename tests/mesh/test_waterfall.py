@@ -192,9 +192,13 @@ async def test_a_real_retried_call_draws_both_attempts(receiver: TraceReceiver) 
     assert trace is not None
     summary = summarize(trace)
     assert (summary.retries, summary.replicas) == (1, {"users-0"})
-    text = render_waterfall(trace, ascii_only=False)
+    # Attempts name the replica they dialled; the dead one has no server span to say it.
+    names = {dead: "users-9", live.address: "users-0"}
+    text = render_waterfall(trace, ascii_only=False, names=names)
     assert row(text, "attempt 1").endswith("✗ UNAVAILABLE")
+    assert " users-9 " in row(text, "attempt 1")
     assert row(text, "attempt 2").endswith("✓")
+    assert " users-0 " in row(text, "attempt 2")
     assert "users-0" in row(text, "store.get_user")
     assert max(len(line) for line in text.splitlines()) <= 80
     columns = render_trace_list([summary], ascii_only=False).splitlines()[1].split()
