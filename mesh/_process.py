@@ -1,11 +1,15 @@
 """Child processes that die with the supervisor, and their log files.
 
 No orphans, even when the supervisor is killed with SIGKILL: on Linux each
-child asks the kernel for SIGKILL when its parent dies (``PR_SET_PDEATHSIG``),
-set between fork and exec. The signal is tied to the thread that forked, so
-children are always spawned from the event loop's thread, which lives as
-long as the supervisor. Elsewhere (macOS) no such call exists; ``mesh down``
-and Ctrl-C still stop everything, and the docs say so.
+child first runs a few lines of Python (:data:`_GUARD`, without ``site``) that
+ask the kernel for SIGKILL when the parent dies (``PR_SET_PDEATHSIG``), check
+that the parent is still the supervisor, then ``exec`` the real command under
+the same pid. Nothing runs between fork and exec in the supervisor's own
+image: a Python ``preexec_fn`` there, in a process with gRPC's and the DNS
+server's threads, crashed the child now and then. The signal is tied to the
+thread that forked, so children are spawned from the event loop's thread,
+which lives as long as the supervisor. Elsewhere (macOS) no such call exists;
+``mesh down`` and Ctrl-C still stop everything, and the docs say so.
 """
 
 from __future__ import annotations
@@ -22,42 +26,46 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["Child", "LogSink", "parent_death_supported", "spawn"]
+__all__ = ["Child", "LogSink", "guarded", "parent_death_supported", "spawn"]
 
 _PR_SET_PDEATHSIG = 1
 # Rotate a replica's log past this size so a long `mesh up` never fills the disk.
 _MAX_LOG_BYTES = 20 * 1024 * 1024
 
 
-def _load_prctl() -> Callable[..., int] | None:
+#: Run as ``python -S -c _GUARD PARENT_PID PROGRAM ARGS...``: die with the parent, then exec.
+_GUARD = (
+    "import ctypes, os, sys\n"
+    f"if ctypes.CDLL(None, use_errno=True).prctl({_PR_SET_PDEATHSIG}, 9, 0, 0, 0) != 0:\n"
+    "    sys.exit('cannot set the parent death signal')\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)  # the supervisor died before prctl: nobody would signal us\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def _libc_has_prctl() -> bool:
     if not sys.platform.startswith("linux"):
-        return None
+        return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return hasattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "prctl")
     except OSError:
-        return None
-    prctl: Callable[..., int] = libc.prctl
-    return prctl
+        return False
 
 
-# Resolved once in the parent: the child, between fork and exec, only calls it.
-_PRCTL = _load_prctl()
+_PARENT_DEATH = _libc_has_prctl()
 
 
 def parent_death_supported() -> bool:
     """Whether children are killed by the kernel when the supervisor dies."""
-    return _PRCTL is not None
+    return _PARENT_DEATH
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    def preexec() -> None:
-        assert _PRCTL is not None
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            # The parent died before the call above: nobody would signal us.
-            os._exit(1)
-
-    return preexec
+def guarded(argv: Sequence[str]) -> list[str]:
+    """``argv`` behind the guard that kills it with the supervisor (as is elsewhere)."""
+    if not _PARENT_DEATH:
+        return list(argv)
+    return [sys.executable, "-S", "-c", _GUARD, str(os.getpid()), *argv]
 
 
 class LogSink:
@@ -146,14 +154,12 @@ async def spawn(
     on_line: Callable[[dict[str, Any]], None],
 ) -> Child:
     """Start ``argv`` with ``env``; stdout and stderr go to ``log`` and ``on_line``."""
-    preexec = _die_with_parent(os.getpid()) if _PRCTL is not None else None
     process = await asyncio.create_subprocess_exec(
-        *argv,
+        *guarded(argv),
         env=dict(env),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        preexec_fn=preexec,
         start_new_session=True,  # Ctrl-C in the terminal reaches the supervisor only
     )
     return Child(process, log, on_line)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from client import UserClient
 from mesh._replica import ReplicaState
 from mesh._supervisor import Mesh
 from tests.mesh.conftest import mesh_client, mesh_config, running_mesh, seed
@@ -82,6 +83,10 @@ async def test_scale_up_gets_traffic_within_one_ttl_and_down_fails_nothing(mesh:
         result = await run
         assert result.failures == []
         assert await check_writes(client, result, traffic.tag) == []
+
+
+def _serving_endpoints(client: UserClient) -> int:
+    return sum(e.state == "SERVING" for e in client.stats().endpoints)
 
 
 async def _first_call(client: object, address: str) -> float:
@@ -196,6 +201,8 @@ async def test_store_outage_empties_dns_and_recovery_needs_no_restart(tmp_path: 
             await eventually(lambda: not mesh.status()["records"], 8.0, "DNS empty")
             await asyncio.to_thread(server.start)
             await mesh.wait_serving(timeout=15.0)
+            # The client had nothing to call; it finds the replicas again within a TTL or so.
+            await eventually(lambda: _serving_endpoints(client) == 3, 8.0, "client sees replicas")
             after = Traffic(client, list(written.acknowledged), rps=40, duration=3)
             result = await after.run()
             assert result.failures == []
