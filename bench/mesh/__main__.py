@@ -10,11 +10,9 @@ when a goal is missed.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import io
-import json
 import sys
 import tempfile
 import time
@@ -27,9 +25,9 @@ import dns.message
 import dns.rdatatype
 from rich.console import Console
 
-from bench._cli import json_safe, suite_parser
+from bench._cli import suite_parser
 from bench.service._common import Row, median
-from bench.service._report import machine, markdown_table
+from bench.service._report import run_benchmarks, suite_main
 from mesh._config import MeshConfig
 from mesh._demo import DemoPlan, run_demo
 from mesh._state import StateDir
@@ -153,37 +151,13 @@ BENCHMARKS: dict[str, Callable[[Bounds], Awaitable[list[Row]]]] = {
 
 async def run(names: Sequence[str], bounds: Bounds) -> list[Row]:
     """Run the named benchmarks one after the other; all their rows."""
-    rows: list[Row] = []
-    for name in names:
-        rows += await BENCHMARKS[name](bounds)
-    return rows
-
-
-def _parser() -> argparse.ArgumentParser:
-    return suite_parser("python -m bench.mesh", __doc__, list(BENCHMARKS))
+    return await run_benchmarks(BENCHMARKS, names, bounds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run, print the table and the JSON; 0 when every goal is met."""
-    args = _parser().parse_args(argv)
-    bounds = QUICK if args.quick else FULL
-    if args.rounds is not None:
-        if args.rounds < 1:
-            print("error: --rounds must be at least 1", file=sys.stderr)
-            return 2
-        bounds = dataclasses.replace(bounds, rounds=args.rounds)
-    info = machine()
-    rows = asyncio.run(run(args.only, bounds))
-    document = json_safe(
-        {"machine": info, "quick": args.quick, "rows": [dataclasses.asdict(r) for r in rows]}
-    )
-    text = json.dumps(document, indent=2)
-    print(markdown_table(rows))
-    print()
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
-    return 0 if all(row.met is not False for row in rows) else 1
+    args = suite_parser("python -m bench.mesh", __doc__, list(BENCHMARKS)).parse_args(argv)
+    return suite_main(args, BENCHMARKS, full=FULL, quick=QUICK)
 
 
 if __name__ == "__main__":

@@ -7,17 +7,13 @@ as JSON. The exit code is 0 when every goal is met, 1 otherwise.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import dataclasses
-import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
-from bench._cli import json_safe, suite_parser
+from bench._cli import suite_parser
 from bench.service._common import Bounds, Row
 from bench.service._load import Load
-from bench.service._report import machine, markdown_table
+from bench.service._report import run_benchmarks, suite_main
 from bench.service.memory import memory
 from bench.service.startup import startup
 from bench.service.throughput import throughput
@@ -46,37 +42,13 @@ QUICK = Bounds(
 
 async def run(names: Sequence[str], bounds: Bounds) -> list[Row]:
     """Run the named benchmarks one after the other; all their rows."""
-    rows: list[Row] = []
-    for name in names:
-        rows += await BENCHMARKS[name](bounds)
-    return rows
-
-
-def _parser() -> argparse.ArgumentParser:
-    return suite_parser("python -m bench.service", __doc__, list(BENCHMARKS))
+    return await run_benchmarks(BENCHMARKS, names, bounds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run, print the table and the JSON; 0 when every goal is met."""
-    args = _parser().parse_args(argv)
-    bounds = QUICK if args.quick else FULL
-    if args.rounds is not None:
-        if args.rounds < 1:
-            print("error: --rounds must be at least 1", file=sys.stderr)
-            return 2
-        bounds = dataclasses.replace(bounds, rounds=args.rounds)
-    info = machine()
-    rows = asyncio.run(run(args.only, bounds))
-    document = json_safe(
-        {"machine": info, "quick": args.quick, "rows": [dataclasses.asdict(r) for r in rows]}
-    )
-    text = json.dumps(document, indent=2)
-    print(markdown_table(rows))
-    print()
-    print(text)
-    if args.json is not None:
-        args.json.write_text(text + "\n")
-    return 0 if all(row.met is not False for row in rows) else 1
+    args = suite_parser("python -m bench.service", __doc__, list(BENCHMARKS)).parse_args(argv)
+    return suite_main(args, BENCHMARKS, full=FULL, quick=QUICK)
 
 
 if __name__ == "__main__":

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import dataclasses
+import json
 import os
 import platform
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
+from bench._cli import json_safe
 from bench.service._common import Row
 
-__all__ = ["machine", "markdown_table"]
+B = TypeVar("B")
+
+__all__ = ["machine", "markdown_table", "run_benchmarks", "suite_main"]
 
 
 def _fmt(value: float) -> str:
@@ -58,3 +66,45 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+async def run_benchmarks(
+    benchmarks: Mapping[str, Callable[[B], Awaitable[list[Row]]]], names: Sequence[str], bounds: B
+) -> list[Row]:
+    """Run the named benchmarks one after the other; all their rows."""
+    rows: list[Row] = []
+    for name in names:
+        rows += await benchmarks[name](bounds)
+    return rows
+
+
+def suite_main(
+    args: argparse.Namespace,
+    benchmarks: Mapping[str, Callable[[B], Awaitable[list[Row]]]],
+    *,
+    full: B,
+    quick: B,
+) -> int:
+    """Run the chosen benchmarks, print the table and the JSON; 0 when every goal is met.
+
+    ``args`` come from :func:`bench._cli.suite_parser`; ``full`` and ``quick`` are
+    frozen dataclasses with a ``rounds`` field, which ``--rounds`` replaces.
+    """
+    bounds = quick if args.quick else full
+    if args.rounds is not None:
+        if args.rounds < 1:
+            print("error: --rounds must be at least 1", file=sys.stderr)
+            return 2
+        bounds = dataclasses.replace(bounds, rounds=args.rounds)  # type: ignore[type-var]
+    info = machine()
+    rows = asyncio.run(run_benchmarks(benchmarks, args.only, bounds))
+    document = json_safe(
+        {"machine": info, "quick": args.quick, "rows": [dataclasses.asdict(r) for r in rows]}
+    )
+    text = json.dumps(document, indent=2)
+    print(markdown_table(rows))
+    print()
+    print(text)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    return 0 if all(row.met is not False for row in rows) else 1

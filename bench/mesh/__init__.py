@@ -1,0 +1,1 @@
+"""Benchmarks of the local mesh (``python -m bench.mesh``); results in docs/PERFORMANCE.md."""
