@@ -4,9 +4,10 @@ A :class:`Replica` owns one ``python -m service`` process at a time on its
 own loopback address. It reports readiness the way the endpoints controller
 sees it: ready while the replica's health (``grpc.health.v1`` Watch on the
 user service) says SERVING and no termination was asked for. When the process
-exits, for whatever reason, the replica is started again after a backoff that
-grows with consecutive short-lived runs (a ReplicaSet replacing a pod, with
-CrashLoopBackOff's shape at a laptop's scale).
+exits it is started again: at once when it was killed on request (a deleted
+pod, which its ReplicaSet replaces straight away), after a backoff that grows
+with consecutive short-lived runs when it exited by itself (a crashing
+container, CrashLoopBackOff's shape at a laptop's scale).
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ class Replica:
         self._child: Child | None = None
         self._serving = False
         self._stopping = False
+        self._killed = False  # the current process was killed on request
         self._bound = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -169,6 +171,7 @@ class Replica:
         child = self._child
         if child is None or not child.alive:
             return None
+        self._killed = True
         if graceful:
             self._set_state(ReplicaState.TERMINATING)
             child.signal(signal.SIGTERM)
@@ -209,8 +212,12 @@ class Replica:
                 if self._stopping:
                     return
                 lasted = self._clock() - started
-                short_runs = 0 if lasted >= self._backoff.reset_after else short_runs + 1
-                delay = self._backoff.delay(short_runs)
+                if self._killed:
+                    delay = 0.0  # replaced, not crashed: no backoff, and no crash counted
+                else:
+                    short_runs = 0 if lasted >= self._backoff.reset_after else short_runs + 1
+                    delay = self._backoff.delay(short_runs)
+                self._killed = False
                 _log.info(
                     "%s exited with %s after %.1f s; restart in %.1f s",
                     self.name,
