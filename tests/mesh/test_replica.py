@@ -11,6 +11,7 @@ import pytest
 
 from mesh._process import LogSink
 from mesh._replica import Backoff, Replica, ReplicaState
+from tests.mesh.drills import eventually
 
 
 def test_backoff_doubles_per_short_run_up_to_its_cap() -> None:
@@ -23,7 +24,7 @@ def test_backoff_doubles_per_short_run_up_to_its_cap() -> None:
     "options", [{"initial": 0}, {"initial": 2, "maximum": 1}, {"reset_after": 0}]
 )
 def test_backoff_refuses_nonsense(options: dict[str, float]) -> None:
-    with pytest.raises(ValueError, match="initial|reset_after"):
+    with pytest.raises(ValueError, match=r"initial|reset_after"):
         Backoff(**options)
 
 
@@ -78,15 +79,16 @@ async def test_a_killed_replica_is_replaced_at_once_and_counts_no_crash(tmp_path
     replica.start()
     try:
         await replica.wait_bound(20)
-        async with asyncio.timeout(20):
-            while replica.state is not ReplicaState.SERVING:
-                await asyncio.sleep(0.02)
-            for kill in range(3):
-                pid = replica.kill(graceful=False)
-                assert pid is not None
-                while not (replica.state is ReplicaState.SERVING and replica.pid != pid):
-                    await asyncio.sleep(0.02)
-                assert replica.restarts == kill + 1
+        await eventually(lambda: replica.state is ReplicaState.SERVING, 20, "SERVING")
+        for kill in range(3):
+            pid = replica.kill(graceful=False)
+            assert pid is not None
+            await eventually(
+                lambda p=pid: replica.state is ReplicaState.SERVING and replica.pid != p,
+                10,
+                "replaced",
+            )
+            assert replica.restarts == kill + 1
     finally:
         await replica.stop(timeout=5)
     assert replica.state is ReplicaState.STOPPED
