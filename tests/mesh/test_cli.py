@@ -164,3 +164,22 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
     assert _mesh("up", "--replicas", "99", "--state-dir", str(tmp_path)).returncode == 2
     bad_store = _mesh("up", "--store", "mysql://x", "--state-dir", str(tmp_path))
     assert bad_store.returncode == 2 and "--store" in bad_store.stderr
+
+
+async def test_the_demo_without_a_terminal_tells_the_story_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    state_dir = tmp_path / "demo"
+    result = await asyncio.to_thread(
+        _mesh, "demo", "--duration", "8", "--state-dir", str(state_dir)
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for expected in ("1. mesh up", "2. load", "SIGKILL", "3. summary", "Share of calls per",
+                     "Failover", "4. a trace", "0 failed calls", "timeline picture"):  # fmt: skip
+        assert expected in result.stdout, expected
+    assert "\x1b[" not in result.stdout  # plain lines, no terminal control
+    assert (state_dir / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    status = json.loads((state_dir / "status.json").read_text())
+    assert status["state"] == "stopped"
+    assert not any(r["pid"] for r in status["replicas"])
+    assert not (state_dir / "supervisor.json").exists()
