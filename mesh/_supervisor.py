@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mesh._config import MAX_REPLICAS, MeshConfig
@@ -231,9 +232,18 @@ class Mesh:
         deadline = loop.time() + timeout
         while sum(r.ready for r in self._replicas.values()) < wanted:
             if loop.time() > deadline:
-                states = ", ".join(f"{r.name} {r.state.value}" for r in self._replicas.values())
-                raise MeshError(f"replicas not SERVING within {timeout:g} s: {states}")
+                raise MeshError(self._not_serving_report(timeout))
             await asyncio.sleep(0.05)
+
+    def _not_serving_report(self, timeout: float) -> str:
+        """Which replicas are not SERVING, with the last line each one logged."""
+        lines = [f"replicas not SERVING within {timeout:g} s:"]
+        for replica in self._replicas.values():
+            if replica.ready:
+                continue
+            log = self.state.log_file(replica.name)
+            lines.append(f"  {replica.name} {replica.state.value} (log {log}): {_last_line(log)}")
+        return "\n".join(lines)
 
     async def _start_control(self) -> None:
         path = self.state.control_socket()
@@ -458,6 +468,14 @@ class Mesh:
     async def _cmd_down(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
         self.request_stop()
         return {"stopping": True, "pid": os.getpid()}
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log yet)"
+    return lines[-1][:300] if lines else "(empty log)"
 
 
 def _redact(url: str) -> str:
