@@ -21,7 +21,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -33,6 +33,7 @@ from client import _cli
 from client._chaos import MAX_COUNT, ChaosPlan, Mode, Round, exit_code
 from client._chaos_k8s import PodApi, run_chaos
 from client._cli import main_async
+from tests.fake_http import JsonHandler, LoopbackHttpServer
 
 NS = "meshdemo"
 USERS = "app.kubernetes.io/instance=meshdemo,app.kubernetes.io/component=users"
@@ -72,7 +73,7 @@ def matches(labels: dict[str, str], selector: str) -> bool:
     return True
 
 
-class FakePodsApi:
+class FakePodsApi(LoopbackHttpServer):
     """Pods, the requests seen, and the failures to answer with; thread-safe."""
 
     def __init__(self, pods: list[Any]) -> None:
@@ -81,22 +82,7 @@ class FakePodsApi:
         self.requests: list[dict[str, Any]] = []
         self.failures: dict[str, list[int]] = {"list": [], "delete": [], "evict": []}
         self.pdb_allows = True
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(_handler_for(self))
 
     def seen(self, method: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -152,10 +138,7 @@ class FakePodsApi:
 
 
 def _handler_for(api: FakePodsApi) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
+    class Handler(JsonHandler):
         def _request(self) -> tuple[str, list[str], dict[str, str], Any]:
             url = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -165,38 +148,30 @@ def _handler_for(api: FakePodsApi) -> type[BaseHTTPRequestHandler]:
             parts = url.path.removeprefix(PODS).split("/")
             failure = api.record(self.command, url.path, query, body)
             if failure is not None:
-                self._json(failure, _status(failure, "Failure"))
+                self.send_json(failure, _status(failure, "Failure"))
                 return "", [], {}, None
             return url.path, parts, query, body
 
         def do_GET(self) -> None:
             path, parts, query, _ = self._request()
             if path and len(parts) == 2 and parts[1] == "pods":
-                self._json(*api.listing(parts[0], query))
+                self.send_json(*api.listing(parts[0], query))
             elif path:
-                self._json(404, _status(404, "NotFound"))
+                self.send_json(404, _status(404, "NotFound"))
 
         def do_DELETE(self) -> None:
             path, parts, query, _ = self._request()
             if path and len(parts) == 3 and parts[1] == "pods":
-                self._json(*api.delete(parts[2], query.get("gracePeriodSeconds")))
+                self.send_json(*api.delete(parts[2], query.get("gracePeriodSeconds")))
             elif path:
-                self._json(404, _status(404, "NotFound"))
+                self.send_json(404, _status(404, "NotFound"))
 
         def do_POST(self) -> None:
             path, parts, _, body = self._request()
             if path and len(parts) == 4 and parts[1] == "pods" and parts[3] == "eviction":
-                self._json(*api.evict(parts[2], body or {}))
+                self.send_json(*api.evict(parts[2], body or {}))
             elif path:
-                self._json(404, _status(404, "NotFound"))
-
-        def _json(self, code: int, body: Any) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+                self.send_json(404, _status(404, "NotFound"))
 
     return Handler
 

@@ -11,16 +11,15 @@ render plays the upgrade.
 from __future__ import annotations
 
 import base64
-import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import helm_python
 import pytest
 
 from tests.deploy.conftest import CHART_DIR, NAMESPACE, RELEASE, Rendered, parse
+from tests.fake_http import JsonHandler, LoopbackHttpServer
 
 _NOT_FOUND = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404}
 _CORE_RESOURCES = {
@@ -38,29 +37,13 @@ _CORE_RESOURCES = {
 }
 
 
-class FakeSecretsApi:
+class FakeSecretsApi(LoopbackHttpServer):
     """Serves ``/api/v1`` discovery and ``GET /api/v1/namespaces/NS/secrets/NAME``."""
 
     def __init__(self) -> None:
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
         self.requests: list[str] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().__init__(self._handler())
 
     def store(self, secret: dict[str, Any]) -> None:
         """Keep ``secret`` as the API server would after creating it."""
@@ -79,18 +62,9 @@ class FakeSecretsApi:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         api = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
-                code, body = api.answer(self.path)
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
+                self.send_json(*api.answer(self.path))
 
         return Handler
 
@@ -105,7 +79,7 @@ def api() -> Iterator[FakeSecretsApi]:
     try:
         yield fake
     finally:
-        fake.stop()
+        fake.close()
 
 
 def render_against(

@@ -18,9 +18,11 @@ import select
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.fake_http import JsonHandler, LoopbackHttpServer
 
 PREFIX = "/apis/discovery.k8s.io/v1/namespaces/"
 SERVICE_LABEL = "kubernetes.io/service-name"
@@ -68,7 +70,7 @@ def _status(code: int, reason: str) -> dict[str, Any]:
             "reason": reason, "message": f"fake: {reason}"}  # fmt: skip
 
 
-class FakeKubernetesApi:
+class FakeKubernetesApi(LoopbackHttpServer):
     """The fake server's state and controls; thread-safe."""
 
     def __init__(self) -> None:
@@ -84,26 +86,14 @@ class FakeKubernetesApi:
         self._watch_failures: list[int | str] = []
         self.requests: list[dict[str, str]] = []
         self.open_watches = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> None:
-        self._thread.start()
+        super().__init__(_handler_for(self))
 
     def close(self) -> None:
         """End every open watch, stop serving, release the port."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().close()
 
     # Driving the state.
 
@@ -227,10 +217,7 @@ def _labelled(obj: dict[str, Any], service: str) -> bool:
 
 
 def _handler_for(api: FakeKubernetesApi) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            return None
-
+    class Handler(JsonHandler):
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -239,26 +226,18 @@ def _handler_for(api: FakeKubernetesApi) -> type[BaseHTTPRequestHandler]:
                 api.requests.append({"path": url.path, **query})
             selector = query.get("labelSelector", "")
             if not url.path.startswith(PREFIX) or rest != "endpointslices":
-                self._json(404, _status(404, "NotFound"))
+                self.send_json(404, _status(404, "NotFound"))
             elif not selector.startswith(SERVICE_LABEL + "="):
-                self._json(400, _status(400, "BadRequest"))
+                self.send_json(400, _status(400, "BadRequest"))
             elif query.get("watch") == "true":
                 self._watch(namespace, selector.partition("=")[2], int(query["resourceVersion"]))
             else:
-                self._json(*api.list_body(namespace, selector.partition("=")[2]))
-
-        def _json(self, code: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+                self.send_json(*api.list_body(namespace, selector.partition("=")[2]))
 
         def _watch(self, namespace: str, service: str, since: int) -> None:
             failure = api.next_watch_failure()
             if isinstance(failure, int):
-                self._json(failure, _status(failure, "Failure"))
+                self.send_json(failure, _status(failure, "Failure"))
                 return
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
