@@ -11,6 +11,8 @@ import pytest
 
 from client import NewUserSpec, UserClient, mint_token
 from mesh._config import MeshConfig
+from mesh._receiver import TraceReceiver
+from mesh._spans import SpanStore
 from mesh._supervisor import Mesh
 
 
@@ -32,6 +34,17 @@ def mesh_config(tmp_path: Path, **overrides: Any) -> MeshConfig:
 async def running_mesh(config: MeshConfig) -> AsyncIterator[Mesh]:
     async with Mesh(config) as mesh:
         yield mesh
+
+
+@pytest.fixture
+async def receiver(tmp_path: Path) -> AsyncIterator[TraceReceiver]:
+    """A trace receiver keeping spans in ``tmp_path/state``, stopped after the test."""
+    receiver = TraceReceiver(SpanStore(tmp_path / "state"))
+    await receiver.start()
+    try:
+        yield receiver
+    finally:
+        await receiver.stop()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,6 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from mesh._receiver import MAX_ATTRIBUTES, MAX_VALUE_CHARS, TraceReceiver, records_from_request
 from mesh._spans import SpanStore, read_spans
 from tests.mesh.helpers import flush, free_port, otlp_provider, shutdown, wait_for
-
-
-@pytest.fixture
-async def receiver(tmp_path: Path) -> AsyncIterator[TraceReceiver]:
-    receiver = TraceReceiver(SpanStore(tmp_path / "state"))
-    await receiver.start()
-    try:
-        yield receiver
-    finally:
-        await receiver.stop()
 
 
 def _emit(provider: Any, count: int = 1) -> None:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 
 import grpc
 import pytest
 
 from client import PoolConfig, UserClient
 from mesh._receiver import TraceReceiver
-from mesh._spans import SpanRecord, SpanStore, Trace, find_trace, group_traces, has_retry, summarize
+from mesh._spans import SpanRecord, Trace, find_trace, group_traces, has_retry, summarize
 from mesh._waterfall import render_trace_list, render_waterfall, short_name, wants_ascii
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.testing import admin_token, serve
@@ -150,16 +148,6 @@ def test_trace_list() -> None:
 
 
 # --- a real retried call ---------------------------------------------------------------------
-
-
-@pytest.fixture
-async def receiver(tmp_path: Path) -> AsyncIterator[TraceReceiver]:
-    receiver = TraceReceiver(SpanStore(tmp_path / "state"))
-    await receiver.start()
-    try:
-        yield receiver
-    finally:
-        await receiver.stop()
 
 
 async def test_a_real_retried_call_draws_both_attempts(receiver: TraceReceiver) -> None:
