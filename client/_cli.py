@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -39,6 +40,7 @@ from meshdemo.v1 import user_pb2
 __all__ = [
     "DEFAULT_TARGET",
     "EXIT_AUTH",
+    "EXIT_CLOSED_PIPE",
     "EXIT_CODES",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -47,7 +49,9 @@ __all__ = [
     "EXIT_USAGE",
     "UsageError",
     "build_parser",
+    "clean_token",
     "exit_code_for",
+    "hoist_connection_options",
     "main",
     "main_async",
     "read_batch",
@@ -67,6 +71,8 @@ EXIT_UNAVAILABLE = 3
 EXIT_AUTH = 4
 #: Interrupted by Ctrl-C.
 EXIT_INTERRUPTED = 130
+#: The reader of stdout went away (a closed pipe), as SIGPIPE would end the process.
+EXIT_CLOSED_PIPE = 141
 EXIT_CODES: Mapping[int, str] = {
     EXIT_OK: "success",
     EXIT_RPC: "the call failed (NOT_FOUND, INVALID_ARGUMENT, ALREADY_EXISTS, INTERNAL, ...)",
@@ -74,6 +80,7 @@ EXIT_CODES: Mapping[int, str] = {
     EXIT_UNAVAILABLE: "no replica answered in time (UNAVAILABLE, DEADLINE_EXCEEDED)",
     EXIT_AUTH: "bad or missing token, or a missing role (UNAUTHENTICATED, PERMISSION_DENIED)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_CLOSED_PIPE: "stdout was closed by its reader (e.g. `| head`); output stopped there",
 }
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _AUTH = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
@@ -441,7 +448,9 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
         prog="meshdemo",
-        description="Talk to the meshdemo user service: one call, a chat, a token, or a load run.",
+        description="Talk to the meshdemo user service: one call, a chat, a token, or a load run. "
+        "The connection options (--target, --token, --policy, --timeout, --json) may come "
+        "before the command or after it.",
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -497,10 +506,38 @@ def _report_error(io: _Io, err: MeshError) -> int:
 # --- commands ----------------------------------------------------------------------------------
 
 
+_JWT_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def clean_token(raw: str | None, source: str) -> str | None:
+    """The bearer token as sent: surrounding whitespace (a pasted CR/LF) and a ``Bearer ``
+    prefix removed. None when empty.
+
+    Raises:
+        UsageError: Not a JWT (three base64url segments): grpcio would refuse the
+            header on every call, so nothing is sent.
+    """
+    token = (raw or "").strip()
+    if token[:7].lower() == "bearer ":
+        token = token[7:].strip()
+    if not token:
+        return None
+    parts = token.split(".")
+    if len(parts) != 3 or not all(_JWT_SEGMENT.match(part) for part in parts):
+        raise UsageError(
+            f"{source} is not a token (expected header.claims.signature, base64url); "
+            "mint one with `meshdemo token`"
+        )
+    return token
+
+
 def _client(
     args: argparse.Namespace, io: _Io, tracer_provider: TracerProvider | None = None
 ) -> UserClient:
-    token = args.token if args.token is not None else io.env.get("MESH_TOKEN") or None
+    if args.token is not None:
+        token = clean_token(args.token, "--token")
+    else:
+        token = clean_token(io.env.get("MESH_TOKEN"), "MESH_TOKEN")
     try:
         return UserClient(
             args.target,
@@ -892,12 +929,39 @@ _HANDLERS: Mapping[str, _Handler] = {
 }
 
 
+#: Connection options that take a value, and the one that does not.
+_VALUED = frozenset({"--target", "--token", "--policy", "--timeout"})
+_FLAGS = frozenset({"--json"})
+
+
+def hoist_connection_options(argv: Sequence[str]) -> list[str]:
+    """Move connection options written before the command to just after it.
+
+    ``meshdemo --target T --token X load ...`` then means what it says, as
+    ``meshdemo load --target T --token X ...`` does; options after the command
+    still win, since argparse keeps the last value given.
+    """
+    hoisted: list[str] = []
+    rest = list(argv)
+    while rest and rest[0].startswith("--"):
+        name = rest[0].split("=", 1)[0]
+        if name in _FLAGS or (name in _VALUED and "=" in rest[0]):
+            hoisted.append(rest.pop(0))
+        elif name in _VALUED and len(rest) > 1:
+            hoisted += [rest.pop(0), rest.pop(0)]
+        else:
+            break  # --help, or something for argparse to refuse
+    if not hoisted or not rest:
+        return list(argv)
+    return [rest[0], *hoisted, *rest[1:]]
+
+
 def _parse(argv: Sequence[str], io: _Io) -> argparse.Namespace | int:
     """The parsed arguments, or the exit code when argparse exits (--help, bad usage)."""
     parser = build_parser(io.env)
     with contextlib.redirect_stdout(io.stdout), contextlib.redirect_stderr(io.stderr):
         try:
-            return parser.parse_args(argv)
+            return parser.parse_args(hoist_connection_options(argv))
         except SystemExit as exc:
             return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
@@ -977,3 +1041,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`list --json | head -1`): stop quietly, as `ls | head` does.
+        # Point stdout at /dev/null so the interpreter's last flush does not complain too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from client import mint_token
 from client._cli import EXIT_AUTH, EXIT_OK, EXIT_RPC, EXIT_UNAVAILABLE, EXIT_USAGE
 from service.testing import reader_token, serve
 from tests.cli.conftest import Cli, Mesh, lines
@@ -70,8 +71,12 @@ async def test_writes_need_the_admin_role(cli: Cli) -> None:
     assert result.err.startswith("error: PERMISSION_DENIED: ")
 
 
+#: Well formed, signed with a key the replicas do not know.
+FORGED = mint_token("a-key-the-replicas-do-not-know-at-all", "mallory", ["admin"], 600)
+
+
 async def test_a_bad_token_is_unauthenticated(cli: Cli) -> None:
-    result = await cli("get", "x", "--token", "not-a-jwt")
+    result = await cli("get", "x", "--token", FORGED)
     assert result.code == EXIT_AUTH
     assert result.err.startswith("error: UNAUTHENTICATED: ")
 
@@ -273,7 +278,7 @@ async def test_load_runs_bounded_and_its_summary_adds_up(
 async def test_load_where_every_call_fails_exits_by_the_error(cli: Cli) -> None:
     result = await cli(
         "load", "--duration", "0.5", "--rps", "20", "--seed-users", "0", "--mix", "get=1",
-        "--token", "not-a-jwt", "--json",
+        "--token", FORGED, "--json",
     )  # fmt: skip
     assert result.code == EXIT_AUTH
     summary = json.loads(result.out)
