@@ -56,6 +56,11 @@ DEFAULT_RETRYABLE_CODES: Final = frozenset({grpc.StatusCode.UNAVAILABLE})
 # Status messages grpcio releases have used for a stream reset by the peer that
 # surfaced as UNKNOWN instead of UNAVAILABLE (grpc/grpc#34076).
 _STREAM_REMOVED_MESSAGES: Final = frozenset({"stream removed"})
+# What grpcio's aio layer raises, as INTERNAL, when it cannot send on a call whose
+# connection broke (a replica killed while a client stream was being written). The
+# failure is local and says nothing the server decided: a server's INTERNAL carries
+# its own message and trailers.
+_LOCAL_CORE_FAILURE: Final = "internal error from core"
 _PUSHBACK_PATTERN: Final = re.compile(r"-?[0-9]+")
 _INT32_MAX: Final = 2**31 - 1
 # Float sums of ratios (0.2 * 5) may land a hair below 1.0.
@@ -174,10 +179,32 @@ class RetryPolicy:
         return cap * rng.random() if self.jitter else cap
 
     def is_retryable_error(self, error: grpc.RpcError) -> bool:
-        """Whether the error's status alone makes it worth retrying (idempotency aside)."""
+        """Whether the error's status alone makes it worth retrying (idempotency aside).
+
+        A transport failure that grpcio raised on this side (see
+        :func:`is_local_transport_failure`) counts as UNAVAILABLE.
+        """
         if rpc_code(error) in self.retryable_codes:
             return True
+        if grpc.StatusCode.UNAVAILABLE in self.retryable_codes and is_local_transport_failure(
+            error
+        ):
+            return True
         return self.retry_stream_removed and is_stream_removed(error)
+
+
+def is_local_transport_failure(error: grpc.RpcError) -> bool:
+    """Whether ``error`` is grpcio's own INTERNAL for a send on a broken connection.
+
+    Seen when a replica dies while a client-streaming call is being written:
+    ``INTERNAL: Internal error from Core`` with no trailing metadata, which no
+    server sends (ours always answers INTERNAL with its own message and details).
+    """
+    return (
+        rpc_code(error) is grpc.StatusCode.INTERNAL
+        and rpc_message(error).strip().lower() == _LOCAL_CORE_FAILURE
+        and not rpc_trailing_metadata(error)
+    )
 
 
 def is_stream_removed(error: grpc.RpcError) -> bool:

@@ -175,9 +175,20 @@ class Replica:
         if graceful:
             self._set_state(ReplicaState.TERMINATING)
             child.signal(signal.SIGTERM)
+            child.signal(signal.SIGCONT)  # a paused process handles the SIGTERM once continued
         else:
             child.signal(signal.SIGKILL)
         return child.pid
+
+    def pause(self) -> None:
+        """SIGSTOP: the process holds its connections and answers nothing (a stalled pod)."""
+        if self._child is not None:
+            self._child.signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self._child is not None:
+            self._child.signal(signal.SIGCONT)
 
     async def stop(self, *, timeout: float) -> None:
         """Stop for good: SIGTERM, SIGKILL after ``timeout`` seconds; no restart."""
@@ -185,6 +196,7 @@ class Replica:
         child = self._child
         if child is not None and child.alive:
             self._set_state(ReplicaState.TERMINATING)
+            child.signal(signal.SIGCONT)  # a paused process would not see the SIGTERM
             child.signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(asyncio.shield(child.wait()), timeout)

@@ -16,6 +16,7 @@ from client._retry import (
     DEFAULT_RETRYABLE_CODES,
     RetryBudget,
     RetryPolicy,
+    is_local_transport_failure,
     is_stream_removed,
     pushback_delay,
 )
@@ -174,6 +175,22 @@ def test_stream_removed_is_retryable_only_when_enabled() -> None:
     enabled = RetryPolicy(retry_stream_removed=True)
     assert enabled.is_retryable_error(error)
     assert not enabled.is_retryable_error(other_unknown)
+
+
+def test_grpcios_own_internal_for_a_broken_send_counts_as_unavailable() -> None:
+    # What grpcio raised in the fault suite when a replica died mid client stream.
+    local = rpc_error(grpc.StatusCode.INTERNAL, "Internal error from Core")
+    assert is_local_transport_failure(local)
+    assert RetryPolicy().is_retryable_error(local)
+    # A server's INTERNAL has its own message, or trailers: never retried.
+    assert not RetryPolicy().is_retryable_error(rpc_error(grpc.StatusCode.INTERNAL, "boom"))
+    from_server = rpc_error(
+        grpc.StatusCode.INTERNAL, "Internal error from Core", trailing=[("x-replica", "users-1")]
+    )
+    assert not is_local_transport_failure(from_server)
+    # A policy that does not retry UNAVAILABLE does not retry its local twin either.
+    deadline_only = RetryPolicy(retryable_codes=frozenset({grpc.StatusCode.DEADLINE_EXCEEDED}))
+    assert not deadline_only.is_retryable_error(local)
 
 
 def test_a_bare_rpc_error_counts_as_unknown() -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from client import MeshError, UserClient
 
-__all__ = ["Traffic", "TrafficResult", "check_writes", "eventually"]
+__all__ = ["Traffic", "TrafficResult", "all_users", "check_writes", "eventually"]
 
 
 @dataclass
@@ -106,12 +106,26 @@ class Traffic:
             self.result.failures.append((operation, err.code.name, err.message))
 
 
+async def all_users(client: UserClient, email_prefix: str) -> dict[str, str]:
+    """Every stored user whose e-mail starts with ``email_prefix``: id -> e-mail, page by page."""
+    found: dict[str, str] = {}
+    token = ""
+    for _ in range(1000):  # bounded: a million users at most
+        listing = client.list_users(page_size=1000, page_token=token, timeout=30)
+        count = 0
+        async for user in listing:
+            count += 1
+            if user.email.startswith(email_prefix):
+                found[user.id] = user.email
+        if count < 1000:
+            return found
+        token = listing.next_page_token
+    raise AssertionError("more users than a test should ever store")
+
+
 async def check_writes(client: UserClient, result: TrafficResult, tag: str) -> list[str]:
     """Problems with the writes of a run: lost acknowledged users, duplicates; [] when none."""
-    stored: dict[str, str] = {}
-    async for user in client.list_users(page_size=1000, timeout=30):
-        if user.email.startswith(f"drill-{tag}-"):
-            stored[user.id] = user.email
+    stored = await all_users(client, f"drill-{tag}-")
     problems = [f"acknowledged user {uid} ({email}) is lost"
                 for uid, email in result.acknowledged.items() if uid not in stored]  # fmt: skip
     emails = list(stored.values())
