@@ -405,7 +405,7 @@ async def test_any_printable_header_is_unauthenticated_on_the_wire(
 async def test_two_authorization_headers_are_refused(harness: Harness, kind: str) -> None:
     # Both valid: still refused, since which one counts would be ambiguous.
     metadata = (*admin_md("first"), *reader_md("second"))
-    outcome = await call(harness.stub, kind, metadata=metadata)
+    outcome = await call(harness.stub, kind, metadata=metadata, refused=True)
     assert outcome.code == grpc.StatusCode.UNAUTHENTICATED
     assert outcome.error is not None
     assert outcome.error.details() == "2 authorization headers; send exactly one bearer token"

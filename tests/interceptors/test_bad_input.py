@@ -7,6 +7,7 @@ with no traceback, on all four kinds and in the middle of request streams.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 
@@ -53,15 +54,43 @@ def _raw_unary(channel: grpc.aio.Channel, kind: str) -> grpc.aio.UnaryUnaryMulti
 
 
 async def _send(
-    harness: Harness, kind: str, messages: Sequence[bytes], metadata: tuple[tuple[str, str], ...]
+    harness: Harness,
+    kind: str,
+    messages: Sequence[bytes],
+    metadata: tuple[tuple[str, str], ...],
+    *,
+    refused: bool = False,
 ) -> tuple[int, grpc.aio.AioRpcError]:
-    """Send ``messages`` raw on a call of ``kind``; the responses seen and the error."""
-    channel = harness.channel
+    """Send ``messages`` raw on a call of ``kind``; the responses seen and the error.
+
+    Request streams then stay open, sending nothing more, until the call is
+    over (with ``refused``, from the start): a grpc.aio client writing to a
+    call the server has ended reports INTERNAL from that write instead of the
+    server's status.
+    """
+    done = asyncio.Event()
+    try:
+        return await _send_raw(harness.channel, kind, messages, metadata, done, refused)
+    finally:
+        done.set()
+
+
+async def _send_raw(
+    channel: grpc.aio.Channel,
+    kind: str,
+    messages: Sequence[bytes],
+    metadata: tuple[tuple[str, str], ...],
+    done: asyncio.Event,
+    refused: bool,
+) -> tuple[int, grpc.aio.AioRpcError]:
     received = 0
 
     async def requests() -> AsyncIterator[bytes]:
+        if refused:
+            await done.wait()
         for message in messages:
             yield message
+        await done.wait()
 
     try:
         if kind == UNARY:
@@ -126,7 +155,7 @@ async def test_undecodable_request_is_invalid_argument_logged_counted_traced(
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_unauthenticated_garbage_gets_unauthenticated(harness: Harness, kind: str) -> None:
-    _, err = await _send(harness, kind, [GARBAGE], ())
+    _, err = await _send(harness, kind, [GARBAGE], (), refused=True)
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     [line] = await harness.wait_access(1)
     assert line["code"] == "UNAUTHENTICATED"
@@ -134,7 +163,7 @@ async def test_unauthenticated_garbage_gets_unauthenticated(harness: Harness, ki
 
 async def test_refused_role_comes_before_decoding(harness: Harness) -> None:
     # A reader may not write: the refusal wins over the undecodable batch.
-    _, err = await _send(harness, CLIENT_STREAM, [GARBAGE], reader_md())
+    _, err = await _send(harness, CLIENT_STREAM, [GARBAGE], reader_md(), refused=True)
     assert err.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -144,7 +173,7 @@ async def test_bad_message_mid_chat_ends_the_stream(
     caplog.set_level(logging.DEBUG)
     good = user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="hi")).SerializeToString()
     received, err = await _send(
-        harness, BIDI_STREAM, [good, good, BAD_UTF8[BIDI_STREAM], good], admin_md()
+        harness, BIDI_STREAM, [good, good, BAD_UTF8[BIDI_STREAM]], admin_md()
     )
 
     assert received == 2
@@ -159,7 +188,7 @@ async def test_bad_message_mid_batch_ends_the_call(harness: Harness) -> None:
     good = user_pb2.BatchCreateUsersRequest(
         user=user_pb2.CreateUserRequest(name="ok")
     ).SerializeToString()
-    _, err = await _send(harness, CLIENT_STREAM, [good, TRUNCATED, good], admin_md())
+    _, err = await _send(harness, CLIENT_STREAM, [good, TRUNCATED], admin_md())
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "(message 1 of the stream)" in (err.details() or "")
     [line] = await harness.wait_access(1)

@@ -6,6 +6,7 @@ RESOURCE_EXHAUSTED, and no error message (or detail) quotes it back.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
@@ -100,9 +101,14 @@ async def test_a_long_page_token_is_invalid_argument(
     assert not _echoes(caught.value, "A" * 16)
 
 
-async def _chat(messages: Sequence[user_pb2.ChatMessage]) -> AsyncIterator[user_pb2.ChatRequest]:
+async def _chat(
+    messages: Sequence[user_pb2.ChatMessage], done: asyncio.Event
+) -> AsyncIterator[user_pb2.ChatRequest]:
     for message in messages:
         yield user_pb2.ChatRequest(message=message)
+    # Stay open until the server ended the call: a grpc.aio client writing
+    # (or half-closing) after that reports INTERNAL instead of its status.
+    await done.wait()
 
 
 @pytest.mark.parametrize(
@@ -116,11 +122,13 @@ async def test_chat_strings_are_bounded(
     stub: user_pb2_grpc.UserServiceStub, reader: Md, message: user_pb2.ChatMessage, field: str
 ) -> None:
     replies = 0
+    done = asyncio.Event()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in stub.Chat(
-            _chat([user_pb2.ChatMessage(text="ok"), message]), metadata=reader, timeout=10
+            _chat([user_pb2.ChatMessage(text="ok"), message], done), metadata=reader, timeout=10
         ):
             replies += 1
+    done.set()
     assert replies == 1
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in violations(caught.value)
@@ -150,14 +158,17 @@ async def test_a_bad_message_mid_batch_stores_nothing(
     channel: grpc.aio.Channel, stub: user_pb2_grpc.UserServiceStub, admin: Md
 ) -> None:
     good = user_pb2.BatchCreateUsersRequest(user=create_request(1)).SerializeToString()
+    done = asyncio.Event()
 
     async def frames() -> AsyncIterator[bytes]:
         yield good
         yield b"\x0a\x04\x0a\x02\xff\xfe"  # user.name: not UTF-8
+        await done.wait()  # as in _chat
 
     batch = channel.stream_unary("/meshdemo.v1.UserService/BatchCreateUsers")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await batch(frames(), metadata=admin, timeout=10)
+    done.set()
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     listed = [u async for u in stub.ListUsers(user_pb2.ListUsersRequest(), metadata=admin)]
     assert listed == []
