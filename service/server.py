@@ -183,7 +183,7 @@ def store_location(url: str) -> str:
         port = parts.port or 5432
     except ValueError:
         port = 5432
-    return f"{parts.hostname or 'localhost'}:{port}{parts.path}"
+    return f"{_bracket(parts.hostname or 'localhost')}:{port}{parts.path}"
 
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -195,8 +195,9 @@ def _check_sqlite_file(path: Path) -> None:
     if path.is_dir():
         raise StartupError(f"cannot open the SQLite store {path}: it is a directory", fix)
     if not path.parent.is_dir():
+        problem = "is not a directory" if path.parent.exists() else "does not exist"
         raise StartupError(
-            f"cannot open the SQLite store {path}: directory {path.parent} does not exist",
+            f"cannot open the SQLite store {path}: directory {path.parent} {problem}",
             "create it, or point --store / MESH_STORE at a file in an existing directory",
         )
     try:

@@ -133,6 +133,19 @@ def test_a_sqlite_store_that_is_a_directory_or_not_a_database(tmp_path: Path) ->
     assert code == 1 and f"{junk}: not a SQLite database" in _one_error_line(stderr)
 
 
+def test_a_sqlite_store_under_a_file_or_behind_a_symlink_loop(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.txt"
+    plain.write_text("")
+    code, stderr, _ = _service("--port", "0", "--store", f"sqlite:///{plain / 'users.db'}")
+    assert code == 1 and f"directory {plain} is not a directory" in _one_error_line(stderr)
+    loop = tmp_path / "loop.db"
+    loop.symlink_to(loop)
+    code, stderr, _ = _service("--port", "0", "--store", f"sqlite:///{loop}")
+    line = _one_error_line(stderr)
+    assert code == 1
+    assert f"cannot open the SQLite store {loop}: Too many levels of symbolic links" in line
+
+
 def test_a_missing_or_short_secret(store: str, tmp_path: Path) -> None:
     code, stderr, _ = _service("--port", "0", "--store", store, env={"MESH_AUTH_SECRET": ""})
     line = _one_error_line(stderr)
@@ -188,6 +201,7 @@ def test_store_location_never_shows_a_password() -> None:
     assert store_location("postgresql://ada:hunter2@db.local:6543/users") == "db.local:6543/users"
     assert store_location("postgres://ada@db.local/users") == "db.local:5432/users"
     assert store_location("sqlite:////var/lib/users.db?busy_timeout_ms=5") == "/var/lib/users.db"
+    assert store_location("postgresql://ada:hunter2@[::1]:6543/users") == "[::1]:6543/users"
 
 
 # Teardown.
@@ -264,3 +278,19 @@ async def test_a_failed_start_undoes_what_it_started(
     assert str(taken_port) in caught.value.what
     # The store's connection threads are gone: nothing keeps the process up.
     assert _threads() <= before
+
+
+async def test_a_postgresql_store_that_does_not_answer_starts_not_serving_naming_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Not a start-up error: the replica waits, NOT_SERVING, for its database.
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+    url = f"postgresql://ada:hunter2@127.0.0.1:{port}/users?pool_timeout=0.5"
+    with caplog.at_level(logging.WARNING, logger="meshdemo.server"):
+        async with serve("127.0.0.1", store_url=url) as server:
+            assert not server.health.serving
+    [warning] = [r for r in caplog.records if r.getMessage().startswith("store not reachable")]
+    assert warning.__dict__["store"] == f"127.0.0.1:{port}/users"
+    assert "hunter2" not in str(warning.__dict__)
