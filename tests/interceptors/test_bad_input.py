@@ -200,3 +200,14 @@ async def test_good_requests_still_decode(harness: Harness) -> None:
     reply = await _raw_unary(harness.channel, UNARY)(body, metadata=admin_md(), timeout=10)
     # The test servicer answers GetUser(id) with a user of id "id-<id>".
     assert user_pb2.GetUserResponse.FromString(reply).user.id == "id-u-1"
+
+
+async def test_exempt_methods_decode_late_too(harness: Harness) -> None:
+    # Health is outside auth (and tracing): the next layer in takes decoding.
+    check = harness.channel.unary_unary("/grpc.health.v1.Health/Check")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await check(GARBAGE, timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "grpc.health.v1.HealthCheckRequest" in (caught.value.details() or "")
+    [line] = await harness.wait_access(1)
+    assert line["code"] == "INVALID_ARGUMENT"

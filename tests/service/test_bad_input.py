@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 import pytest
 from grpc_status import rpc_status
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.domain import (
@@ -22,8 +24,9 @@ from service.domain import (
     MAX_NAME,
     MAX_PAGE_TOKEN,
     MAX_REQUEST_ID,
+    validate_user_id,
 )
-from service.errors import MAX_DETAILED_VIOLATIONS, MAX_QUOTED
+from service.errors import MAX_DETAILED_VIOLATIONS, MAX_QUOTED, InvalidArgument, quoted
 from tests.service.helpers import create_request, violations
 
 Md = tuple[tuple[str, str], ...]
@@ -184,3 +187,21 @@ async def test_garbage_gets_unauthenticated_before_invalid_argument(
     with pytest.raises(grpc.aio.AioRpcError) as signed_in:
         await get(b"\xff\xff", metadata=admin, timeout=10)
     assert signed_in.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@given(st.text(max_size=300), st.integers(min_value=1, max_value=80))
+def test_quoted_input_is_bounded(text: str, limit: int) -> None:
+    shown = quoted(text, limit)
+    if len(text) <= limit:
+        assert shown == repr(text)
+    else:
+        assert shown.startswith(repr(text[:limit])) and f"({len(text)} characters)" in shown
+
+
+def test_validate_user_id_bounds() -> None:
+    assert validate_user_id("a" * MAX_ID) == "a" * MAX_ID
+    with pytest.raises(InvalidArgument, match="id is required"):
+        validate_user_id("")
+    with pytest.raises(InvalidArgument) as caught:
+        validate_user_id("b" * (MAX_ID + 1))
+    assert "bbbb" not in caught.value.message
