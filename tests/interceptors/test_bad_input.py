@@ -18,6 +18,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from meshdemo.v1 import user_pb2
+from service.errors import MalformedRequest
+from service.interceptors import DeferredDecoding
 from tests.interceptors.calls import (
     BIDI_STREAM,
     CLIENT_STREAM,
@@ -211,3 +213,25 @@ async def test_exempt_methods_decode_late_too(harness: Harness) -> None:
     assert "grpc.health.v1.HealthCheckRequest" in (caught.value.details() or "")
     [line] = await harness.wait_access(1)
     assert line["code"] == "INVALID_ARGUMENT"
+
+
+async def test_deferred_decoding_alone() -> None:
+    decoding = DeferredDecoding(user_pb2.GetUserRequest.FromString)
+    body = user_pb2.GetUserRequest(id="u-1").SerializeToString()
+    assert decoding(body) is body  # what grpc calls: the bytes, untouched
+    assert decoding.one(body) == user_pb2.GetUserRequest(id="u-1")
+    decoded = user_pb2.GetUserRequest(id="u-2")
+    assert decoding.one(decoded) is decoded
+    with pytest.raises(MalformedRequest, match=r"not a valid meshdemo\.v1\.GetUserRequest"):
+        decoding.one(GARBAGE)
+
+    async def frames() -> AsyncIterator[bytes]:
+        yield body
+        yield TRUNCATED
+
+    seen = []
+    with pytest.raises(MalformedRequest) as caught:
+        async for message in decoding.stream(frames()):
+            seen.append(message.id)
+    assert seen == ["u-1"] and "(message 1 of the stream)" in caught.value.message
+    assert DeferredDecoding(lambda raw: raw).type_name == "request message"
