@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import grpc
 import pytest
@@ -27,6 +28,7 @@ from service.domain import (
     validate_user_id,
 )
 from service.errors import MAX_DETAILED_VIOLATIONS, MAX_QUOTED, InvalidArgument, quoted
+from service.testing import ReplicaProcess, admin_token
 from tests.service.helpers import create_request, violations
 
 Md = tuple[tuple[str, str], ...]
@@ -205,3 +207,28 @@ def test_validate_user_id_bounds() -> None:
     with pytest.raises(InvalidArgument) as caught:
         validate_user_id("b" * (MAX_ID + 1))
     assert "bbbb" not in caught.value.message
+
+
+@pytest.mark.slow
+async def test_a_real_process_answers_garbage_without_a_traceback(tmp_path: Path) -> None:
+    calls = 20
+    async with (
+        ReplicaProcess("127.0.0.1", store_url=f"sqlite:///{tmp_path / 'users.db'}") as replica,
+        grpc.aio.insecure_channel(replica.address) as channel,
+    ):
+        metadata = (("authorization", f"Bearer {admin_token()}"),)
+        get = channel.unary_unary("/meshdemo.v1.UserService/GetUser")
+        for _ in range(calls):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await get(b"\x0a\x02\xff\xfe", metadata=metadata, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # Still answering real requests.
+        stub = user_pb2_grpc.UserServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetUser(user_pb2.GetUserRequest(id="01NOPE"), metadata=metadata, timeout=10)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert await replica.terminate() == 0
+    access = [line for line in replica.logs if line.get("message") == "rpc"]
+    assert [line["code"] for line in access].count("INVALID_ARGUMENT") == calls
+    assert not [line for line in replica.logs if "Traceback" in str(line)]
+    assert not [line for line in replica.logs if line.get("level") == "ERROR"]
