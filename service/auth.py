@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import enum
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -26,11 +27,14 @@ from service.errors import PermissionDenied, Unauthenticated
 __all__ = [
     "ADMIN_ROLE",
     "ALGORITHM",
+    "AUTHORIZATION",
+    "MAX_SUBJECT",
     "MIN_SECRET_BYTES",
     "Access",
     "Principal",
     "TokenVerifier",
     "access_for",
+    "authorization_header",
     "authorize",
     "current_principal",
     "mint_token",
@@ -44,6 +48,11 @@ MIN_SECRET_BYTES = 32
 ADMIN_ROLE = "admin"
 #: Clock skew tolerated on ``exp`` (and ``nbf``/``iat`` when present), seconds.
 DEFAULT_LEEWAY_S = 5.0
+#: The metadata key of bearer tokens.
+AUTHORIZATION = "authorization"
+#: The longest ``sub`` accepted: it is logged with every call.
+MAX_SUBJECT = 256
+_TIME_CLAIMS = ("exp", "iat", "nbf")
 #: Verified tokens remembered, so a client's every call does not pay for HMAC
 #: and JSON decoding again (that costs more than the rest of the chain).
 DEFAULT_CACHE_SIZE = 1024
@@ -209,11 +218,53 @@ class TokenVerifier:
             raise _unauthenticated("token expired") from None
         except jwt.InvalidTokenError as exc:
             # Covers bad signatures, foreign or "none" algorithms, malformed
-            # tokens and missing or mistyped registered claims.
+            # tokens and most missing or mistyped registered claims; its
+            # messages are fixed texts that never quote the token.
             raise _unauthenticated(f"invalid token: {exc}") from None
-        if not claims["sub"]:
-            raise _unauthenticated("invalid token: empty sub claim")
+        except (TypeError, ValueError, OverflowError):
+            # A claim the library chokes on: still the caller's fault.
+            raise _unauthenticated("invalid token: malformed claims") from None
+        _check_claims(claims)
         return claims
+
+
+def _check_claims(claims: Mapping[str, Any]) -> None:
+    """Refuse what PyJWT lets through: numeric strings as times, odd subjects.
+
+    Invariant: a principal is only built (and cached) from claims that pass.
+    """
+    for name in _TIME_CLAIMS:
+        if name in claims and not _is_time(claims[name]):
+            raise _unauthenticated(f"invalid token: {name} claim must be a number")
+    sub = claims["sub"]
+    if not isinstance(sub, str) or not sub:
+        raise _unauthenticated("invalid token: sub claim must be a non-empty string")
+    if len(sub) > MAX_SUBJECT:
+        raise _unauthenticated(f"invalid token: sub claim longer than {MAX_SUBJECT} characters")
+
+
+def _is_time(value: object) -> bool:
+    # bool is an int in Python, and NaN or infinity compare meaninglessly.
+    number_like = isinstance(value, int | float) and not isinstance(value, bool)
+    return number_like and math.isfinite(value)  # type: ignore[arg-type]
+
+
+def authorization_header(metadata: Iterable[tuple[str, object]] | None) -> str | None:
+    """The one ``authorization`` value of a call's metadata, None when absent.
+
+    Raises:
+        Unauthenticated: More than one ``authorization`` entry: which one a
+            proxy or this service would honour is ambiguous, so none is.
+    """
+    values = [value for key, value in metadata or () if key == AUTHORIZATION]
+    if len(values) > 1:
+        raise _unauthenticated(
+            f"{len(values)} authorization headers; send exactly one bearer token"
+        )
+    if not values:
+        return None
+    value = values[0]
+    return value if isinstance(value, str) else None
 
 
 def _bearer_token(header: str | None) -> str:

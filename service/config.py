@@ -16,13 +16,52 @@ import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
-__all__ = ["ConfigError", "ServiceConfig", "build_parser", "load_config"]
+__all__ = [
+    "HELP_HINT",
+    "ConfigError",
+    "ServiceConfig",
+    "StartupError",
+    "build_parser",
+    "load_config",
+]
+
+#: How to fix a setting, when nothing more precise can be said.
+HELP_HINT = "see python -m service --help"
 
 
-class ConfigError(ValueError):
+class StartupError(Exception):
+    """The replica cannot start; printed as one line, ``error: <what>; <fix>``.
+
+    Attributes:
+        what: What is wrong, naming the setting, path or address involved
+            (never a password).
+        fix: How to fix it.
+        exit_code: 1: the environment is at fault (a port taken, a store
+            that cannot be opened); 2 (:class:`ConfigError`): a setting is.
+    """
+
+    exit_code = 1
+
+    def __init__(self, what: str, fix: str) -> None:
+        super().__init__(f"{what}; {fix}")
+        self.what = what
+        self.fix = fix
+
+    def line(self) -> str:
+        """The one line printed on stderr."""
+        return f"error: {self.what}; {self.fix}"
+
+
+class ConfigError(StartupError, ValueError):
     """A setting is missing or invalid; the message names the flag and variable."""
+
+    exit_code = 2
+
+    def __init__(self, what: str, fix: str = HELP_HINT) -> None:
+        super().__init__(what, fix)
 
 
 def _setting(
@@ -56,9 +95,19 @@ def _at_least(minimum: float) -> Callable[[float], str | None]:
     return lambda value: None if value >= minimum else f"must be at least {minimum}"
 
 
+_STORE_FORMS = "must be sqlite:///FILE or postgresql://USER@HOST:PORT/DB"
+
+
 def _store_url(value: str) -> str | None:
-    ok = value.startswith(("sqlite:///", "postgresql://", "postgres://"))
-    return None if ok else "must be sqlite:///FILE or postgresql://USER@HOST:PORT/DB"
+    if value.startswith("sqlite:///"):
+        return None if value[len("sqlite:///") :].split("?")[0] else _STORE_FORMS
+    if not value.startswith(("postgresql://", "postgres://")):
+        return _STORE_FORMS
+    try:
+        urlsplit(value).port  # noqa: B018  # parses the port, raising if it is not one
+    except ValueError:
+        return "the PostgreSQL port must be a number from 1 to 65535"
+    return None
 
 
 def _log_level(value: str) -> str | None:
@@ -179,7 +228,12 @@ class ServiceConfig:
             try:
                 return Path(self.auth_secret_file).read_text().strip()
             except OSError as exc:
-                raise ConfigError(f"cannot read MESH_AUTH_SECRET_FILE: {exc}") from exc
+                raise ConfigError(
+                    f"cannot read MESH_AUTH_SECRET_FILE {self.auth_secret_file}: "
+                    f"{exc.strerror or exc}",
+                    "mount the secret there, or set --auth-secret-file / "
+                    "MESH_AUTH_SECRET_FILE to the file that holds it",
+                ) from exc
         return ""
 
 
@@ -196,6 +250,9 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"not a boolean: {text!r}")
 
 
+_KIND_NAMES = {bool: "a boolean (true/false)", int: "an integer", float: "a number"}
+
+
 def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
     default: Any = f.default
     kind = type(default)
@@ -203,18 +260,32 @@ def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
         if kind is bool:
             return _parse_bool(raw)
         return kind(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{f.metadata['env']}={raw!r}: {exc}") from exc
+    except ValueError:
+        expected = _KIND_NAMES.get(kind, kind.__name__)
+        raise ConfigError(f"{f.metadata['env']}={raw[:64]!r} is not {expected}") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reports bad flags as ConfigError, in the one start-up error format."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``python -m service``; every flag names its variable."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m service",
         description="Run one replica of the meshdemo.v1 UserService.",
-        epilog="Tracing: the standard OTEL_* variables (OTEL_SERVICE_NAME, "
+        epilog="Secret: MESH_AUTH_SECRET holds the HS256 secret for bearer JWTs, at least "
+        "32 bytes (e.g. export MESH_AUTH_SECRET=$(openssl rand -hex 32)); it is read from "
+        "the environment only, never a flag, so it stays out of process listings. "
+        "Alternatively --auth-secret-file / MESH_AUTH_SECRET_FILE names a file holding it. "
+        "Tracing: the standard OTEL_* variables (OTEL_SERVICE_NAME, "
         "OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG); "
-        "no endpoint means no export.",
+        "no endpoint means no export. Start-up errors are one line on stderr, "
+        "'error: <what is wrong>; <how to fix it>', with exit status 2 for a setting "
+        "and 1 for the environment (a port in use, a store that cannot be opened).",
     )
     for f in dataclasses.fields(ServiceConfig):
         if f.name == "auth_secret":

@@ -24,8 +24,11 @@ __all__ = [
     "MAX_AGE",
     "MAX_BATCH",
     "MAX_CHAT_TEXT",
+    "MAX_EMAIL",
+    "MAX_ID",
     "MAX_NAME",
     "MAX_PAGE_SIZE",
+    "MAX_PAGE_TOKEN",
     "MAX_REQUEST_ID",
     "ROLES",
     "NewUser",
@@ -37,6 +40,7 @@ __all__ = [
     "utc_now",
     "validate_new_user",
     "validate_new_users",
+    "validate_user_id",
 ]
 
 MAX_NAME = 100
@@ -45,6 +49,11 @@ MAX_REQUEST_ID = 128
 MAX_EMAIL = 254
 MAX_BATCH = 1000
 MAX_CHAT_TEXT = 4096
+#: Ids are 26 characters (see :func:`new_user_id`); the bound leaves room for
+#: ids of other origins while keeping every id cheap to log and to quote.
+MAX_ID = 64
+#: Tokens we issue are about 40 characters; anything longer is not ours.
+MAX_PAGE_TOKEN = 512
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 #: The closed set of roles, by their names in the contract without the prefix.
@@ -109,6 +118,8 @@ def _violations_of(user: NewUser, prefix: str) -> list[FieldViolation]:
     unknown = [r for r in user.roles if r not in ROLES]
     if not user.roles:
         bad("roles", "must hold at least one role")
+    elif len(user.roles) > len(ROLES):
+        bad("roles", f"must hold at most {len(ROLES)} roles, each once")
     elif unknown:
         bad("roles", f"unknown role(s) {unknown}; allowed: {sorted(ROLES)}")
     elif len(set(user.roles)) != len(user.roles):
@@ -116,6 +127,21 @@ def _violations_of(user: NewUser, prefix: str) -> list[FieldViolation]:
     if len(user.request_id) > MAX_REQUEST_ID:
         bad("request_id", f"must be at most {MAX_REQUEST_ID} characters")
     return out
+
+
+def validate_user_id(value: str, field: str = "id") -> str:
+    """Return ``value`` if it can be a user id; raise InvalidArgument otherwise.
+
+    The message never quotes the value: only its length.
+    """
+    if not value:
+        raise InvalidArgument(f"{field} is required", [FieldViolation(field, "must not be empty")])
+    if len(value) > MAX_ID:
+        raise InvalidArgument(
+            f"{field} is too long: {len(value)} characters, at most {MAX_ID}",
+            [FieldViolation(field, f"must be at most {MAX_ID} characters")],
+        )
+    return value
 
 
 def validate_new_user(user: NewUser) -> NewUser:
@@ -203,6 +229,11 @@ def decode_page_token(token: str) -> str | None:
     """The id to resume after, or None for an empty token; INVALID_ARGUMENT if malformed."""
     if not token:
         return None
+    if len(token) > MAX_PAGE_TOKEN:
+        raise InvalidArgument(
+            f"page_token is too long: at most {MAX_PAGE_TOKEN} characters",
+            [FieldViolation("page_token", "malformed; pass back a next_page_token unchanged")],
+        )
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):

@@ -17,17 +17,21 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 __all__ = [
+    "MAX_DETAILED_VIOLATIONS",
+    "MAX_QUOTED",
     "AlreadyExists",
     "FailedPrecondition",
     "FieldViolation",
     "Internal",
     "InvalidArgument",
+    "MalformedRequest",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
     "ServiceError",
     "Unauthenticated",
     "Unavailable",
+    "quoted",
 ]
 
 
@@ -78,17 +82,54 @@ class InvalidArgument(ServiceError):
         self.violations = tuple(violations)
         details: list[Message] = []
         if self.violations:
-            details.append(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in self.violations
-                    ]
-                )
-            )
+            details.append(_bad_request(self.violations))
         super().__init__(message, details=details)
+
+
+#: Violations sent in one BadRequest; the details travel in a trailer that
+#: grpc caps at 16 KiB (a batch of 1000 bad users would exceed it).
+MAX_DETAILED_VIOLATIONS = 25
+
+
+def _bad_request(violations: Sequence[FieldViolation]) -> error_details_pb2.BadRequest:
+    listed = list(violations[:MAX_DETAILED_VIOLATIONS])
+    if len(violations) > MAX_DETAILED_VIOLATIONS:
+        rest = len(violations) - MAX_DETAILED_VIOLATIONS
+        listed.append(FieldViolation("", f"and {rest} more violation(s), not listed"))
+    return error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in listed
+        ]
+    )
+
+
+class MalformedRequest(InvalidArgument):
+    """A request message that does not decode (bad protobuf, invalid UTF-8).
+
+    The message names the contract's message type and, on request streams,
+    which message failed; never the parser's own error or the bytes.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None) -> None:
+        super().__init__(message)
+        metadata = {} if index is None else {"message_index": str(index)}
+        self.details = (
+            error_details_pb2.ErrorInfo(
+                reason="MALFORMED_REQUEST", domain="meshdemo", metadata=metadata
+            ),
+        )
+
+
+#: The longest piece of client input an error message quotes; longer input is cut.
+MAX_QUOTED = 64
+
+
+def quoted(text: str, limit: int = MAX_QUOTED) -> str:
+    """``text`` as ``repr`` for an error message, cut to ``limit`` characters first."""
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
 class NotFound(ServiceError):
@@ -98,9 +139,11 @@ class NotFound(ServiceError):
 
     def __init__(self, resource_type: str, name: str) -> None:
         super().__init__(
-            f"{resource_type} {name!r} not found",
+            f"{resource_type} {quoted(name)} not found",
             details=[
-                error_details_pb2.ResourceInfo(resource_type=resource_type, resource_name=name)
+                error_details_pb2.ResourceInfo(
+                    resource_type=resource_type, resource_name=name[:MAX_QUOTED]
+                )
             ],
         )
 

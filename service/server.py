@@ -5,25 +5,39 @@ Shutdown protocol (matches the chart's preStop and terminationGracePeriod):
 2. wait ``drain_delay`` so endpoint removal propagates (a second signal skips it);
 3. open health Watch streams end with OK (they would hold the grace otherwise);
    ``server.stop(shutdown_grace)``: no new RPCs, in-flight ones get the grace;
-4. close the store, stop metrics, flush spans; exit 0.
+4. stop metrics and health probes, close the store, flush spans; exit 0.
+
+Start-up pushes an undo step onto a :class:`Teardown` for everything it
+starts; a failed start and a shutdown both run those steps in reverse order,
+every one of them even when another fails (the failure is logged). A failed
+start raises :class:`~service.config.StartupError` (or its
+:class:`~service.config.ConfigError`), which ``python -m service`` prints as
+one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import inspect
+import ipaddress
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import TracerProvider
 
 from meshdemo.v1 import user_pb2, user_pb2_grpc
-from service.auth import TokenVerifier
-from service.config import ConfigError, ServiceConfig
+from service.auth import MIN_SECRET_BYTES, TokenVerifier
+from service.config import ConfigError, ServiceConfig, StartupError
 from service.health import HealthReporter
 from service.interceptors import build_server_interceptors
 from service.interceptors._fault import FaultDelayInterceptor
@@ -33,7 +47,7 @@ from service.store import Store, StoreUnavailable, open_store
 from service.store._traced import TracedStore, db_system
 from service.tracing import has_span_processors
 
-__all__ = ["Replica", "server_options", "start_replica"]
+__all__ = ["Replica", "Teardown", "server_options", "start_replica", "store_location"]
 
 log = logging.getLogger("meshdemo.server")
 
@@ -62,6 +76,46 @@ def server_options(config: ServiceConfig) -> list[tuple[str, int]]:
     return options
 
 
+async def _run_step(name: str, step: Callable[[], object]) -> bool:
+    """Run one teardown step (sync or async); log a failure and report it."""
+    try:
+        result = step()
+        if inspect.isawaitable(result):
+            await result
+    except Exception as exc:
+        log.error(
+            "teardown step failed", extra={"step": name, "error": f"{type(exc).__name__}: {exc}"}
+        )
+        return False
+    return True
+
+
+class Teardown:
+    """Undo steps for what start-up started, run last in, first out.
+
+    Invariant: :meth:`run` runs every pushed step exactly once, in reverse
+    order, whatever the earlier ones did; failures are logged, not raised.
+    """
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Callable[[], object]]] = []
+
+    def __repr__(self) -> str:
+        return f"Teardown({[name for name, _ in self._steps]!r})"
+
+    def push(self, name: str, step: Callable[[], object]) -> None:
+        """Register ``step`` (a function, or one returning an awaitable) to undo ``name``."""
+        self._steps.append((name, step))
+
+    async def run(self) -> bool:
+        """Run and forget every step, newest first; whether all of them succeeded."""
+        ok = True
+        while self._steps:
+            name, step = self._steps.pop()
+            ok = await _run_step(name, step) and ok
+        return ok
+
+
 @dataclass
 class Replica:
     """A started replica: server, health, store and metrics endpoint."""
@@ -72,18 +126,18 @@ class Replica:
     store: Store
     address: str
     metrics_port: int | None = None
-    _cleanups: list[Callable[[], object]] = field(default_factory=list)
+    _teardown: Teardown = field(default_factory=Teardown)
     _stopped: bool = False
 
     async def shutdown(
         self, *, drain_delay: float | None = None, skip_drain: asyncio.Event | None = None
     ) -> None:
-        """Run the shutdown protocol (idempotent)."""
+        """Run the shutdown protocol (idempotent); every step runs even if one fails."""
         if self._stopped:
             return
         self._stopped = True
         delay = self.config.drain_delay if drain_delay is None else drain_delay
-        await self.health.enter_graceful_shutdown()
+        await _run_step("health NOT_SERVING", self.health.enter_graceful_shutdown)
         if delay > 0:
             log.info("draining", extra={"drain_delay_s": delay})
             waiter = skip_drain or asyncio.Event()
@@ -91,10 +145,9 @@ class Replica:
                 await asyncio.wait_for(waiter.wait(), delay)
         log.info("stopping", extra={"grace_s": self.config.shutdown_grace})
         self.health.end_watches()
-        await self.server.stop(self.config.shutdown_grace)
-        await self.store.close()
-        for cleanup in reversed(self._cleanups):
-            cleanup()
+        await _run_step("gRPC server", lambda: self.server.stop(self.config.shutdown_grace))
+        # The rest of start-up in reverse: metrics, health probes, store.
+        await self._teardown.run()
         log.info("stopped")
 
 
@@ -105,28 +158,89 @@ def _verifier(config: ServiceConfig) -> TokenVerifier | None:
         return None
     if not secret:
         raise ConfigError(
-            "no JWT secret: set MESH_AUTH_SECRET or MESH_AUTH_SECRET_FILE, "
-            "or switch auth off explicitly with --no-auth / MESH_AUTH_DISABLED=true"
+            "no JWT secret",
+            f"set MESH_AUTH_SECRET (at least {MIN_SECRET_BYTES} bytes, e.g. "
+            "$(openssl rand -hex 32)) or MESH_AUTH_SECRET_FILE, "
+            "or switch auth off explicitly with --no-auth / MESH_AUTH_DISABLED=true",
         )
     try:
         return TokenVerifier(secret)
+    except ValueError:
+        source = "MESH_AUTH_SECRET" if config.auth_secret else "MESH_AUTH_SECRET_FILE"
+        raise ConfigError(
+            f"the JWT secret from {source} is {len(secret.encode())} bytes, "
+            f"HS256 needs at least {MIN_SECRET_BYTES}",
+            "set a longer secret, e.g. $(openssl rand -hex 32)",
+        ) from None
+
+
+def store_location(url: str) -> str:
+    """Where a store URL points, for messages: a file path or ``host:port/db``, no password."""
+    if url.startswith("sqlite:"):
+        return str(Path(urlsplit(url).path[1:]).absolute())
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = 5432
+    return f"{_bracket(parts.hostname or 'localhost')}:{port}{parts.path}"
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """Refuse a SQLite path that no retry can make work: fix the setting or the disk."""
+    fix = "point --store / MESH_STORE at a file in an existing, writable directory"
+    if path.is_dir():
+        raise StartupError(f"cannot open the SQLite store {path}: it is a directory", fix)
+    if not path.parent.is_dir():
+        problem = "is not a directory" if path.parent.exists() else "does not exist"
+        raise StartupError(
+            f"cannot open the SQLite store {path}: directory {path.parent} {problem}",
+            "create it, or point --store / MESH_STORE at a file in an existing directory",
+        )
+    try:
+        with path.open("rb") as file:
+            head = file.read(len(_SQLITE_MAGIC))
+    except FileNotFoundError:
+        return  # created on open
+    except OSError as exc:
+        raise StartupError(
+            f"cannot open the SQLite store {path}: {exc.strerror or exc}",
+            "give this user read and write access to the file and its directory",
+        ) from None
+    if head and head != _SQLITE_MAGIC[: len(head)]:
+        raise StartupError(f"cannot open the SQLite store {path}: not a SQLite database", fix)
+
+
+def _build_store(config: ServiceConfig) -> Store:
+    try:
+        store = open_store(config.store)
     except ValueError as exc:
-        raise ConfigError(f"MESH_AUTH_SECRET: {exc}") from exc
+        # The stores' messages redact passwords already.
+        raise ConfigError(f"--store / MESH_STORE: {exc}") from None
+    if config.store.startswith("sqlite:"):
+        _check_sqlite_file(Path(store_location(config.store)))
+    return store
 
 
-async def _open_store(config: ServiceConfig) -> Store:
+async def _open_store(config: ServiceConfig, teardown: Teardown) -> Store:
     """Open the store; if it is down, start anyway and let health say NOT_SERVING.
 
     A store whose ``open()`` failed retries it on every later call (ping
     included), so the health probe brings the replica to SERVING as soon as
-    the database answers, as a Kubernetes readiness probe expects.
+    the database answers, as a Kubernetes readiness probe expects. What no
+    retry can fix (a bad URL, a SQLite path in no directory) fails start-up.
     """
-    store = open_store(config.store)
+    store = _build_store(config)
+    teardown.push("store", store.close)
     try:
         await store.open()
     except StoreUnavailable as exc:
         log.warning(
-            "store not reachable at start; NOT_SERVING until it is", extra={"error": str(exc)}
+            "store not reachable at start; NOT_SERVING until it is",
+            extra={"store": store_location(config.store), "error": str(exc)},
         )
     return store
 
@@ -148,10 +262,29 @@ async def start_replica(
 
     With a ``tracer_provider`` whose spans go somewhere, store calls are child
     spans of the RPC (see :mod:`service.store._traced`).
+
+    Raises:
+        ConfigError: A setting is wrong (secret, store URL).
+        StartupError: The environment is: the port is taken or the address
+            is not on this machine, the metrics port is taken, the SQLite
+            path cannot hold a database. Whatever had started is undone.
     """
     verifier = _verifier(config)
-    store = _traced(await _open_store(config), config, tracer_provider)
-    metrics = ServerMetrics() if config.metrics_port >= 0 else None
+    teardown = Teardown()
+    try:
+        return await _start(config, teardown, verifier, tracer_provider, interceptors)
+    except BaseException:
+        await teardown.run()
+        raise
+
+
+def _chain(
+    config: ServiceConfig,
+    verifier: TokenVerifier | None,
+    metrics: ServerMetrics | None,
+    tracer_provider: TracerProvider | None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] | None,  # type: ignore[type-arg]
+) -> list[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
     chain = (
         build_server_interceptors(
             verifier=verifier, metrics=metrics, tracer_provider=tracer_provider
@@ -164,15 +297,15 @@ async def start_replica(
             "chaos: every UserService call is delayed", extra={"delay_s": config.fault_delay}
         )
         chain.append(FaultDelayInterceptor(config.fault_delay))
-    server = grpc.aio.server(
-        interceptors=chain,
-        options=server_options(config),
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-    )
+    return chain
+
+
+def _add_services(
+    server: grpc.aio.Server, store: Store, health: HealthReporter, config: ServiceConfig
+) -> None:
     user_pb2_grpc.add_UserServiceServicer_to_server(
         UserServicer(store, replica=config.replica), server
     )
-    health = HealthReporter(store, interval=config.health_interval)
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
@@ -183,26 +316,104 @@ async def start_replica(
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{_bracket(config.host)}:{config.port}")
-    if port == 0:
-        await store.close()
-        raise OSError(f"cannot bind {config.host}:{config.port}")
-    replica = Replica(config, server, health, store, f"{_bracket(config.host)}:{port}")
-    try:
-        if metrics is not None:
-            replica.metrics_port, stop_metrics = start_metrics_http_server(
-                metrics, config.host, config.metrics_port
-            )
-            replica._cleanups.append(stop_metrics)
-        await health.start()
-        await server.start()
-    except BaseException:
-        await server.stop(None)
-        await store.close()
-        for cleanup in replica._cleanups:
-            cleanup()
-        raise
+
+
+async def _start(
+    config: ServiceConfig,
+    teardown: Teardown,
+    verifier: TokenVerifier | None,
+    tracer_provider: TracerProvider | None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] | None,  # type: ignore[type-arg]
+) -> Replica:
+    # Every started part pushes its undo at once, so a failure below undoes it.
+    store = _traced(await _open_store(config, teardown), config, tracer_provider)
+    metrics = ServerMetrics() if config.metrics_port >= 0 else None
+    server = grpc.aio.server(
+        interceptors=_chain(config, verifier, metrics, tracer_provider, interceptors),
+        options=server_options(config),
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
+    # After a graceful stop in Replica.shutdown this is a no-op; on a failed
+    # start it stops the server at once.
+    teardown.push("gRPC server", lambda: server.stop(None))
+    health = HealthReporter(store, interval=config.health_interval)
+    _add_services(server, store, health, config)
+    port = _bind(server, config)
+    replica = Replica(
+        config, server, health, store, f"{_bracket(config.host)}:{port}", _teardown=teardown
+    )
+    if metrics is not None:
+        replica.metrics_port = _start_metrics(metrics, config, teardown)
+    await health.start()
+    teardown.push("health probes", health.stop)
+    await server.start()
     return replica
+
+
+def _bind(server: grpc.aio.Server, config: ServiceConfig) -> int:
+    address = f"{_bracket(config.host)}:{config.port}"
+    # Probing first gives the reason (grpc's error says only "Failed to bind")
+    # and spares stderr grpc's own multi-line log of the failure.
+    problem = _bind_problem(config.host, config.port)
+    if problem is None:
+        try:
+            port = server.add_insecure_port(address)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            # Lost a race for the port, or a name that is not ours.
+            problem = "the port is in use or the address is not on this machine"
+    if problem is not None:
+        raise StartupError(
+            f"cannot listen on {address}: {problem}",
+            "choose a free --port / MESH_PORT (0 picks one) and an address of this "
+            "machine for --host / MESH_HOST (0.0.0.0 or [::] for all)",
+        )
+    return port
+
+
+def _bind_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound, by binding it once (nothing is sent); None if it can.
+
+    Only IP literals are probed: resolving a name here could query DNS.
+    Like grpc, the probe sets SO_REUSEADDR, so a port in TIME_WAIT is free.
+    """
+    literal = host.strip("[]")
+    try:
+        version = ipaddress.ip_address(literal).version
+    except ValueError:
+        return None
+    family = socket.AF_INET6 if version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((literal, port))
+        except OSError as exc:
+            return _bind_errno_text(exc, port)
+    return None
+
+
+def _bind_errno_text(exc: OSError, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is already in use"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "the address is not on this machine"
+    if exc.errno == errno.EACCES:
+        return f"port {port} needs privileges this process lacks"
+    return exc.strerror or os.strerror(exc.errno or 0)
+
+
+def _start_metrics(metrics: ServerMetrics, config: ServiceConfig, teardown: Teardown) -> int:
+    try:
+        port, stop = start_metrics_http_server(metrics, config.host, config.metrics_port)
+    except OSError as exc:
+        address = f"{_bracket(config.host)}:{config.metrics_port}"
+        raise StartupError(
+            f"cannot serve metrics on {address}: {_bind_errno_text(exc, config.metrics_port)}",
+            "choose a free --metrics-port / MESH_METRICS_PORT (0 picks one, -1 turns metrics off)",
+        ) from None
+    teardown.push("metrics endpoint", stop)
+    return port
 
 
 def _bracket(host: str) -> str:

@@ -16,6 +16,7 @@ from service._convert import new_user_from_proto, user_to_proto
 from service.domain import (
     MAX_BATCH,
     MAX_CHAT_TEXT,
+    MAX_ID,
     NewUser,
     decode_page_token,
     encode_page_token,
@@ -23,6 +24,7 @@ from service.domain import (
     utc_now,
     validate_new_user,
     validate_new_users,
+    validate_user_id,
 )
 from service.errors import FieldViolation, InvalidArgument, NotFound
 from service.store import Store
@@ -43,9 +45,7 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
     async def GetUser(
         self, request: user_pb2.GetUserRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> user_pb2.GetUserResponse:
-        if not request.id:
-            raise InvalidArgument("id is required", [FieldViolation("id", "must not be empty")])
-        user = await self._store.get_user(request.id)
+        user = await self._store.get_user(validate_user_id(request.id))
         if user is None:
             raise NotFound("user", request.id)
         return user_pb2.GetUserResponse(user=user_to_proto(user))
@@ -97,13 +97,22 @@ class UserServicer(user_pb2_grpc.UserServiceServicer):
         # closes with OK. Cancellation arrives as CancelledError at the await.
         index = 0
         async for request in request_iterator:
-            text = request.message.text
-            if not 1 <= len(text) <= MAX_CHAT_TEXT:
-                raise InvalidArgument(
-                    f"chat text must be 1 to {MAX_CHAT_TEXT} characters",
-                    [FieldViolation(f"messages[{index}].text", f"length {len(text)}")],
-                )
-            reply = user_pb2.ChatMessage(user_id=request.message.user_id, text=text)
+            _check_chat(request.message, index)
+            reply = user_pb2.ChatMessage(user_id=request.message.user_id, text=request.message.text)
             reply.timestamp.FromDatetime(self._clock())
             yield user_pb2.ChatResponse(message=reply, replica=self._replica)
             index += 1
+
+
+def _check_chat(message: user_pb2.ChatMessage, index: int) -> None:
+    text = message.text
+    if not 1 <= len(text) <= MAX_CHAT_TEXT:
+        raise InvalidArgument(
+            f"chat text must be 1 to {MAX_CHAT_TEXT} characters",
+            [FieldViolation(f"messages[{index}].text", f"length {len(text)}")],
+        )
+    if len(message.user_id) > MAX_ID:
+        raise InvalidArgument(
+            f"chat user_id must be at most {MAX_ID} characters",
+            [FieldViolation(f"messages[{index}].user_id", f"length {len(message.user_id)}")],
+        )

@@ -17,7 +17,8 @@ counted; logging and metrics sit inside error mapping so they see the
 original exception and classify it with the same :func:`code_of` that the
 mapper's status follows. All five layers share :mod:`._base`, which wraps all
 four RPC kinds around a per-method hook and caches the wrapped handler per
-method name.
+method name, and decodes requests itself once every layer began (so a
+message that does not decode is INVALID_ARGUMENT after auth, seen by all).
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ from opentelemetry.trace import TracerProvider
 
 from service.auth import TokenVerifier
 from service.interceptors._auth import AuthInterceptor
-from service.interceptors._base import CallHook, HookInterceptor, MethodInfo, wrap_handler
+from service.interceptors._base import (
+    CallHook,
+    DeferredDecoding,
+    HookInterceptor,
+    MethodInfo,
+    wrap_handler,
+)
 from service.interceptors._errors import INTERNAL_MESSAGE, ErrorMappingInterceptor, code_of
 from service.interceptors._logging import LoggingInterceptor
 from service.interceptors._metrics import MetricsInterceptor
@@ -48,6 +55,7 @@ __all__ = [
     "UNTRACED_PREFIXES",
     "AuthInterceptor",
     "CallHook",
+    "DeferredDecoding",
     "ErrorMappingInterceptor",
     "HookInterceptor",
     "LoggingInterceptor",

@@ -1,7 +1,8 @@
 """Authentication and authorization of every call, per :func:`service.auth.access_for`.
 
 Exempt methods (health, reflection) are not wrapped at all. For the others
-the ``authorization`` metadata is verified before the handler runs; the
+the one ``authorization`` metadata entry (two or more are refused) is
+verified before the handler runs, and before the request is decoded; the
 principal is published in :data:`service.auth.current_principal` for the
 servicer and the outer logging layer. Refusals raise
 :class:`~service.errors.Unauthenticated` or
@@ -11,19 +12,17 @@ sends.
 
 from __future__ import annotations
 
-from service.auth import Access, TokenVerifier, access_for, authorize, current_principal
+from service.auth import (
+    Access,
+    TokenVerifier,
+    access_for,
+    authorization_header,
+    authorize,
+    current_principal,
+)
 from service.interceptors._base import CallHook, Context, HookInterceptor, MethodInfo
 
 __all__ = ["AuthInterceptor"]
-
-_HEADER = "authorization"
-
-
-def _authorization(context: Context) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == _HEADER:
-            return value if isinstance(value, str) else None
-    return None
 
 
 class _Guard(CallHook[None]):
@@ -34,7 +33,7 @@ class _Guard(CallHook[None]):
         self._access = access
 
     def begin(self, context: Context) -> None:
-        principal = self._verifier.verify(_authorization(context))
+        principal = self._verifier.verify(authorization_header(context.invocation_metadata()))
         # Published before the role check so a refusal is logged with its
         # caller. Each RPC runs in its own task and context: no reset needed,
         # and the outer layers still see it when the call ends.

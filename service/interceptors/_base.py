@@ -32,6 +32,17 @@ adapted too, but run on the event loop: ours are all ``async``. Request
 messages read through ``context.read()`` instead of the iterator are not seen
 by ``requests``.
 
+Request decoding is deferred (:class:`DeferredDecoding`): grpc.aio would
+decode request bytes before any interceptor runs, and answer a message that
+does not decode with UNKNOWN and a traceback, before auth and unseen by the
+other layers. So the innermost wrapper hands grpc an identity deserializer
+and decodes each request itself, after every layer's ``begin`` (auth
+included) ran; a message that does not decode raises
+:class:`~service.errors.MalformedRequest` (INVALID_ARGUMENT) inside the call,
+which every layer then sees like any other failure, also in the middle of a
+request stream. Outer layers' ``requests`` hooks therefore see raw bytes:
+they may count messages but must not read them.
+
 Wrapped handlers are cached per method name (``intercept_service`` runs on
 every RPC), so hooks read per-call data from the servicer context, never from
 ``HandlerCallDetails``.
@@ -49,9 +60,12 @@ from typing import Any, Generic, TypeAlias, TypeVar
 import grpc
 import grpc.aio
 
+from service.errors import MalformedRequest
+
 __all__ = [
     "CallHook",
     "Context",
+    "DeferredDecoding",
     "HookInterceptor",
     "MethodInfo",
     "wrap_handler",
@@ -62,6 +76,7 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _Unary: TypeAlias = Callable[[Any, Context], Awaitable[Any]]
 _Streaming: TypeAlias = Callable[[Any, Context], AsyncIterator[Any]]
+_Decode: TypeAlias = Callable[[bytes], Any]
 
 StateT = TypeVar("StateT")
 
@@ -181,20 +196,84 @@ def _as_async_gen_function(behavior: Callable[..., Any]) -> _Streaming:
     return adapted
 
 
+class DeferredDecoding:
+    """The request deserializer grpc gets: it passes raw bytes through unchanged.
+
+    The wrapper that installed it decodes them with :attr:`decode` (the
+    handler's own deserializer) once the call's hooks have begun. Wrappers
+    further out see it on the handler and leave decoding where it is.
+    """
+
+    __slots__ = ("decode", "type_name")
+
+    def __init__(self, decode: _Decode) -> None:
+        self.decode = decode
+        message_type = getattr(decode, "__self__", None)
+        descriptor = getattr(message_type, "DESCRIPTOR", None)
+        #: The contract's message name, for error messages (never a Python class).
+        self.type_name: str = getattr(descriptor, "full_name", "") or "request message"
+
+    def __call__(self, raw: bytes) -> bytes:
+        return raw
+
+    def one(self, raw: Any, index: int | None = None) -> Any:
+        """``raw`` decoded; MalformedRequest if it does not decode."""
+        if not isinstance(raw, bytes | bytearray | memoryview):
+            return raw  # decoded already (a handler called directly, in tests)
+        try:
+            return self.decode(bytes(raw))
+        except Exception:
+            # The parser's message names its internals and adds nothing a
+            # client can act on; its traceback would cost a log line per call.
+            where = "" if index is None else f" (message {index} of the stream)"
+            raise MalformedRequest(
+                f"the request is not a valid {self.type_name}{where}: malformed protobuf "
+                "or invalid UTF-8 in a string field",
+                index=index,
+            ) from None
+
+    async def stream(self, raws: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """``raws`` decoded one by one; the first bad one ends the call."""
+        index = 0
+        async for raw in raws:
+            yield self.one(raw, index)
+            index += 1
+
+
+def _deferral_for(handler: _Handler) -> DeferredDecoding | None:
+    """A new deferral if ``handler`` still decodes its requests itself, else None."""
+    decode = handler.request_deserializer
+    if decode is None or isinstance(decode, DeferredDecoding):
+        return None
+    return DeferredDecoding(decode)
+
+
 def _wants_requests(hook: CallHook[Any], info: MethodInfo) -> bool:
     return info.request_streaming and type(hook).requests is not CallHook.requests
 
 
-def _unary_response(behavior: Callable[..., Any], hook: CallHook[Any], info: MethodInfo) -> _Unary:
+def _decoded(request: Any, decoding: DeferredDecoding | None, info: MethodInfo) -> Any:
+    if decoding is None:
+        return request
+    return decoding.stream(request) if info.request_streaming else decoding.one(request)
+
+
+def _unary_response(
+    behavior: Callable[..., Any],
+    hook: CallHook[Any],
+    info: MethodInfo,
+    decoding: DeferredDecoding | None,
+) -> _Unary:
     inner = _as_coroutine_function(behavior)
     begin, on_error = hook.begin, hook.on_error
     wrap_requests = hook.requests if _wants_requests(hook, info) else None
 
     async def call(request: Any, context: Context) -> Any:
         state = begin(context)
-        if wrap_requests is not None:
-            request = wrap_requests(state, request)
         try:
+            request = _decoded(request, decoding, info)
+            if wrap_requests is not None:
+                request = wrap_requests(state, request)
             response = await inner(request, context)
         except BaseException as exc:
             _end(hook, state, context, exc, 0)
@@ -207,7 +286,10 @@ def _unary_response(behavior: Callable[..., Any], hook: CallHook[Any], info: Met
 
 
 def _stream_response(
-    behavior: Callable[..., Any], hook: CallHook[Any], info: MethodInfo
+    behavior: Callable[..., Any],
+    hook: CallHook[Any],
+    info: MethodInfo,
+    decoding: DeferredDecoding | None,
 ) -> _Streaming:
     inner = _as_async_gen_function(behavior)
     begin, on_error = hook.begin, hook.on_error
@@ -215,19 +297,21 @@ def _stream_response(
 
     async def call(request: Any, context: Context) -> AsyncIterator[Any]:
         state = begin(context)
-        if wrap_requests is not None:
-            request = wrap_requests(state, request)
-        responses = inner(request, context)
+        responses: Any = None
         sent = 0
         try:
+            request = _decoded(request, decoding, info)
+            if wrap_requests is not None:
+                request = wrap_requests(state, request)
+            responses = inner(request, context)
             async for response in responses:
                 sent += 1
                 yield response
         except BaseException as exc:
-            if exc.__class__ is GeneratorExit:
+            if exc.__class__ is GeneratorExit and responses is not None:
                 # Abandoned while suspended at our yield: the inner layers are
                 # suspended too; close them first so they end before us.
-                await responses.aclose()  # type: ignore[attr-defined]
+                await responses.aclose()
             _end(hook, state, context, exc, sent)
             await on_error(exc, context)
             raise
@@ -237,29 +321,34 @@ def _stream_response(
 
 
 def wrap_handler(handler: _Handler, hook: CallHook[Any], info: MethodInfo) -> _Handler:
-    """``handler`` with ``hook`` run around every call (any of the four kinds)."""
+    """``handler`` with ``hook`` run around every call (any of the four kinds).
+
+    The first wrapper around a handler that decodes its own requests takes
+    the decoding over (see :class:`DeferredDecoding`).
+    """
+    decoding = _deferral_for(handler)
     serializers = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": handler.request_deserializer if decoding is None else decoding,
         "response_serializer": handler.response_serializer,
     }
     if handler.request_streaming and handler.response_streaming:
         assert handler.stream_stream is not None
         return grpc.stream_stream_rpc_method_handler(
-            _stream_response(handler.stream_stream, hook, info), **serializers
+            _stream_response(handler.stream_stream, hook, info, decoding), **serializers
         )
     if handler.request_streaming:
         assert handler.stream_unary is not None
         return grpc.stream_unary_rpc_method_handler(
-            _unary_response(handler.stream_unary, hook, info), **serializers
+            _unary_response(handler.stream_unary, hook, info, decoding), **serializers
         )
     if handler.response_streaming:
         assert handler.unary_stream is not None
         return grpc.unary_stream_rpc_method_handler(
-            _stream_response(handler.unary_stream, hook, info), **serializers
+            _stream_response(handler.unary_stream, hook, info, decoding), **serializers
         )
     assert handler.unary_unary is not None
     return grpc.unary_unary_rpc_method_handler(
-        _unary_response(handler.unary_unary, hook, info), **serializers
+        _unary_response(handler.unary_unary, hook, info, decoding), **serializers
     )
 
 

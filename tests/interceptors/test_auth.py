@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from meshdemo.v1 import user_pb2
 from service.auth import (
+    MAX_SUBJECT,
     Access,
     Principal,
     TokenVerifier,
@@ -106,6 +107,18 @@ REFUSED_HEADERS: dict[str, str | None] = {
     "roles a string": "Bearer " + signed(roles="admin"),
     "roles not strings": "Bearer " + signed(roles=["admin", 1]),
     "roles a mapping": "Bearer " + signed(roles={"admin": True}),
+    # PyJWT accepts a numeric string as a time; arithmetic on it was INTERNAL.
+    "exp a numeric string": "Bearer " + signed(exp=str(int(time.time()) + 3600)),
+    "exp a bool": "Bearer " + signed(exp=True),
+    "exp a list": "Bearer " + signed(exp=[1]),
+    "exp NaN": "Bearer " + forged({"alg": "HS256"}, claims(exp=float("nan")), SECRET.encode()),
+    "exp infinite": "Bearer " + forged({"alg": "HS256"}, claims(exp=float("inf")), SECRET.encode()),
+    "iat a string": "Bearer " + signed(iat="yesterday"),
+    "iat a numeric string": "Bearer " + signed(iat=str(int(time.time()))),
+    "nbf a numeric string": "Bearer " + signed(nbf=str(int(time.time()))),
+    "sub a list": "Bearer " + signed(sub=["carol"]),
+    "sub too long": "Bearer " + signed(sub="c" * (MAX_SUBJECT + 1)),
+    "another audience": "Bearer " + signed(aud="another-service"),
 }
 
 
@@ -210,7 +223,7 @@ def test_any_random_header_is_unauthenticated(header: str | None) -> None:
 
 
 @given(
-    sub=st.text(min_size=1),
+    sub=st.text(min_size=1, max_size=MAX_SUBJECT),
     roles=st.lists(st.text(), max_size=5),
     ttl=st.integers(min_value=10, max_value=10**6),
 )
@@ -386,3 +399,24 @@ async def test_any_printable_header_is_unauthenticated_on_the_wire(
 ) -> None:
     outcome = await call(harness.stub, UNARY, metadata=(("authorization", header),), deadline=5)
     assert outcome.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_two_authorization_headers_are_refused(harness: Harness, kind: str) -> None:
+    # Both valid: still refused, since which one counts would be ambiguous.
+    metadata = (*admin_md("first"), *reader_md("second"))
+    outcome = await call(harness.stub, kind, metadata=metadata, refused=True)
+    assert outcome.code == grpc.StatusCode.UNAUTHENTICATED
+    assert outcome.error is not None
+    assert outcome.error.details() == "2 authorization headers; send exactly one bearer token"
+    assert trailers(outcome.error)["www-authenticate"] == 'Bearer realm="meshdemo"'
+
+
+async def test_malformed_claims_on_the_wire_are_never_internal(harness: Harness) -> None:
+    header = REFUSED_HEADERS["exp a numeric string"]
+    assert header is not None
+    for _ in range(2):  # the second time too: nothing was cached
+        outcome = await call(harness.stub, UNARY, metadata=(("authorization", header),))
+        assert outcome.code == grpc.StatusCode.UNAUTHENTICATED
+        assert outcome.error is not None
+        assert outcome.error.details() == "invalid token: exp claim must be a number"

@@ -150,10 +150,12 @@ async def test_undecodable_request_stream_message_is_not_unknown(harness: Harnes
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await raw(garbage(), metadata=admin_md(), timeout=10)
-    # grpc raises the decode failure inside the handler's read; the mapper
-    # turns it into INTERNAL like any unexpected exception.
-    assert caught.value.code() == grpc.StatusCode.INTERNAL
-    assert caught.value.details() == INTERNAL_MESSAGE
+    # Decoding is deferred into the hook wrapper: the bad message is a
+    # client error (no traceback, no INTERNAL), and it names no parser class.
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = caught.value.details() or ""
+    assert "meshdemo.v1.BatchCreateUsersRequest" in details
+    assert "DecodeError" not in details
 
 
 class _FakeContext:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import socket
 
 import grpc
 import pytest
@@ -108,11 +108,17 @@ async def test_a_caller_error_is_recorded_but_is_no_span_error(
 
 
 async def test_an_unavailable_store_marks_the_span_error(
-    provider: TracerProvider, exporter: InMemorySpanExporter, tmp_path: Path
+    provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    missing = f"sqlite:///{tmp_path / 'no-such-dir' / 'users.db'}"
+    # A PostgreSQL store on a loopback port where nothing listens: the replica
+    # starts NOT_SERVING, and every call finds the store unavailable. (A SQLite
+    # path in a missing directory no longer starts at all.)
+    with socket.socket() as placeholder:
+        placeholder.bind(("127.0.0.1", 0))
+        port = placeholder.getsockname()[1]
+    down = f"postgresql://meshdemo@127.0.0.1:{port}/meshdemo?pool_timeout=0.5"
     async with (
-        serve("127.0.0.1", tracer_provider=provider, store_url=missing) as server,
+        serve("127.0.0.1", tracer_provider=provider, store_url=down) as server,
         grpc.aio.insecure_channel(server.address) as channel,
     ):
         stub = user_pb2_grpc.UserServiceStub(channel)
