@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import secrets
 import socket
+import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -18,7 +19,7 @@ from service.domain import NewUser, User, new_user_id
 from service.store import StoreUnavailable, open_store
 from service.store._postgres import PostgresStore
 from tests.store._local_postgres import LocalPostgres, local_postgres, why_no_local_postgres
-from tests.store._users import new_user
+from tests.store._users import collect, new_user
 from tests.store.conftest import with_database
 
 OTHER_REPLICAS_ID = new_user_id()
@@ -158,7 +159,9 @@ async def running(own_server: LocalPostgres) -> AsyncIterator[Running]:
             await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         yield Running(own_server, with_database(own_server.url, name))
     finally:
-        await asyncio.to_thread(own_server.stop, "immediate")
+        # Already stopped if the test failed in the middle of an outage.
+        with contextlib.suppress(subprocess.CalledProcessError):
+            await asyncio.to_thread(own_server.stop, "immediate")
 
 
 @pytest.mark.slow
@@ -195,6 +198,46 @@ async def test_a_replica_started_during_an_outage_serves_once_the_server_is_back
         await _until_ping_answers(store, within=15.0)  # the migration runs now
         made = await store.create_user(new_user(1))
         assert await store.get_user(made.id) == made
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_an_outage_fails_calls_fast_and_is_recovered_from_without_a_restart(
+    running: Running,
+) -> None:
+    """The pool timeout is 5 s; once the server is found gone, calls fail in well under 1 s."""
+    store = PostgresStore(running.url, pool_timeout=5.0, ping_timeout=1.0)
+    await store.open()
+    try:
+        made = await store.create_user(new_user(1))
+        await asyncio.to_thread(running.server.stop, "fast")
+        # The first calls find no live connection: a probe finds the server
+        # gone and every one of them, waiting in the pool, fails at once.
+        started = time.monotonic()
+        first = await asyncio.gather(
+            *(store.get_user(made.id) for _ in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(outcome, StoreUnavailable) for outcome in first)
+        assert time.monotonic() - started < 1.0
+        with pytest.raises(StoreUnavailable, match="down"):
+            await store.ping()
+        # Known down: every kind of call fails without waiting for the pool.
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: store.get_user(made.id),
+            lambda: store.create_user(new_user(2)),
+            lambda: store.create_users([new_user(3), new_user(4)]),
+            lambda: collect(store.iter_users(None, 10)),
+        ]
+        for call in calls * 5:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="failing fast"):
+                await call()
+            assert time.monotonic() - started < 1.0
+        await asyncio.to_thread(running.server.start)
+        await _until_ping_answers(store, within=15.0)
+        assert await store.get_user(made.id) == made
+        await store.create_user(new_user(2))
     finally:
         await store.close()
 
