@@ -14,7 +14,7 @@ import os
 import shutil
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,30 +30,31 @@ def _chattr(flag: str, path: Path) -> bool:
     return done.returncode == 0
 
 
+def _lock(path: Path) -> Callable[[], None]:
+    """Make ``path`` read-only; the function that undoes it."""
+    if os.geteuid() == 0:
+        if not _chattr("+i", path):
+            pytest.skip(f"running as root and `chattr +i` does not work on {path}")
+        return lambda: _chattr("-i", path) and None
+    mode = stat.S_IMODE(path.stat().st_mode)
+    path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    return lambda: path.chmod(mode)
+
+
 @contextlib.contextmanager
-def _immutable(path: Path) -> Iterator[None]:
-    if not _chattr("+i", path):
-        pytest.skip(f"running as root and `chattr +i` does not work on {path}")
+def read_only(path: Path) -> Iterator[Callable[[], None]]:
+    """``path`` refuses writes inside the block (or until the yielded function is called)."""
+    undo = _lock(path)
+    undone = False
+
+    def writable() -> None:
+        nonlocal undone
+        if not undone:
+            undone = True
+            undo()
+
     try:
-        yield
-    finally:
-        _chattr("-i", path)
-
-
-@contextlib.contextmanager
-def _without_write_bits(path: Path) -> Iterator[None]:
-    mode = path.stat().st_mode
-    path.chmod(stat.S_IMODE(mode) & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
-    try:
-        yield
-    finally:
-        path.chmod(stat.S_IMODE(mode))
-
-
-@contextlib.contextmanager
-def read_only(path: Path) -> Iterator[None]:
-    """``path`` refuses writes inside the block and is writable again after it."""
-    guard = _immutable(path) if os.geteuid() == 0 else _without_write_bits(path)
-    with guard:
         assert not os.access(path, os.W_OK), f"{path} is still writable"
-        yield
+        yield writable
+    finally:
+        writable()
