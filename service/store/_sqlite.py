@@ -60,7 +60,13 @@ The file the store opened is the store (the rules of truthful health):
   file that exists at the path (``mode=rw``: SQLite never creates it) and
   holds the meshdemo schema (a ``schema_migrations`` table); pending
   migrations are then applied as at start. So a replica never silently
-  starts an empty database of its own, and a restored copy is adopted.
+  starts an empty database of its own, and a restored copy is adopted;
+- a file that *replaced* the opened one (a restored copy) is adopted only if
+  no ``-wal``/``-shm`` is next to it, or its ``-wal`` was written after the
+  file was put in place (by a replica that adopted it first): a journal of
+  the previous file would be replayed into the new one by SQLite. To restore
+  a copy: remove ``users.db-wal`` and ``users.db-shm``, then put the copy
+  (``sqlite3 users.db ".backup copy.db"`` makes one) at the path;
 - reads are served from the opened file until the next probe or write finds
   it gone (at most one health interval): they never acknowledge anything.
 """
