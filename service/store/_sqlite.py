@@ -215,6 +215,10 @@ class SQLiteStore:
 
     async def _probe_write(self, writer: aiosqlite.Connection) -> None:
         """Run a write that changes nothing; a lock held elsewhere counts as writable."""
+        if self._write_lock.locked():
+            # A write of ours is under way: it checks the file itself before
+            # COMMIT, and a probe queued behind it would only time out.
+            return
         async with self._write_lock:
             try:
                 # No wait for another process's write lock: busy proves the file takes writes.

@@ -126,8 +126,14 @@ async def test_an_exhausted_pool_makes_ping_unavailable_in_time(postgres_schema_
             with pytest.raises(StoreUnavailable):
                 await store.ping()
             assert time.monotonic() - started < 1.5
+            # Exhausted is not down: the probe reaches the server, so a call
+            # that waits past suspect_after keeps waiting and then succeeds.
+            waiting = asyncio.create_task(store.get_user("someone"))
+            await asyncio.sleep(0.6)
+            assert not waiting.done()
             commit()
         await create
+        assert await waiting is None
         await store.ping()
     finally:
         await store.close()
@@ -238,6 +244,29 @@ async def test_an_outage_fails_calls_fast_and_is_recovered_from_without_a_restar
         await _until_ping_answers(store, within=15.0)
         assert await store.get_user(made.id) == made
         await store.create_user(new_user(2))
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_a_query_that_loses_its_server_trips_the_circuit_at_once(running: Running) -> None:
+    store = PostgresStore(running.url, pool_timeout=5.0, ping_timeout=1.0)
+    await store.open()
+    try:
+        await store.ping()
+        # The server's shutdown ends this statement with SQLSTATE 57P01.
+        sleeping = asyncio.create_task(store._fetch("SELECT pg_sleep(10)", ()))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(running.server.stop, "fast")
+        with pytest.raises(StoreUnavailable):
+            await sleeping
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="failing fast"):
+            await store.get_user("someone")
+        assert time.monotonic() - started < 0.1  # no pool, no probe: known down
+        await asyncio.to_thread(running.server.start)
+        await _until_ping_answers(store, within=15.0)
+        assert await store.get_user("someone") is None
     finally:
         await store.close()
 
