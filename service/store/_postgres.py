@@ -28,8 +28,9 @@ of the first call that meets it; a pool that is merely exhausted passes the
 probe and its callers keep waiting up to ``pool_timeout`` as before. Only
 ``ping()`` (the health probe, every health interval) closes the circuit:
 while the store is down it runs the direct probe, and once that answers it
-replaces the pool (whose connections all died with the server) and the
-replica serves again without a restart.
+opens a fresh pool (the old one, whose connections died with the server, is
+closed when the circuit trips, so it does not keep reconnecting to a dead
+server) and the replica serves again without a restart.
 
 Creates: each create runs in one transaction that reads the rows it could
 collide with, applies :func:`~service.store._plan.plan_creates` and inserts.
@@ -235,14 +236,8 @@ class PostgresStore:
         if why is not None:
             self._trip(why)
             raise StoreUnavailable(f"the user store is down ({why})")
-        if self._pool is not None:
-            # Its connections died with the server and its reconnection may be
-            # backing off: fresh connections serve sooner. Swapped in one step,
-            # so no caller ever sees no pool and migrates again.
-            old, self._pool = self._pool, await self._new_pool()
-            task = asyncio.create_task(old.close(timeout=1.0), name="retire-pool")
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+        # The pool was retired at the trip: ping() goes on to make a fresh one
+        # (migrating first, which costs one query when nothing is pending).
         self._outage = None
         log.info("user store reachable again: serving calls")
 
@@ -264,8 +259,20 @@ class PostgresStore:
         """Mark the store down: calls fail fast until ``ping()`` reaches the server."""
         if self._outage is None:
             log.warning("user store down: calls fail fast until it answers", extra={"reason": why})
+            self._retire_pool()
         self._outage = why
         self._wake_waiting()
+
+    def _retire_pool(self) -> None:
+        """Close the pool in the background: its connections died with the server,
+        and it would keep reconnecting to a dead server (with a backoff that
+        would also delay the recovery)."""
+        old, self._pool = self._pool, None
+        if old is None:
+            return
+        task = asyncio.create_task(old.close(timeout=1.0), name="retire-pool")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     def _fail_fast(self) -> None:
         self._check_usable()
