@@ -69,6 +69,11 @@ The file the store opened is the store (the rules of truthful health):
   (``sqlite3 users.db ".backup copy.db"`` makes one) at the path;
 - reads are served from the opened file until the next probe or write finds
   it gone (at most one health interval): they never acknowledge anything.
+
+What these rules cannot see: if the database *and* its journal are deleted
+(``rm users.db*``), nothing is left to tell a fresh replica, so one started
+then creates a new, empty file, and the running replicas adopt it. The rows
+are gone with the files, but no write was acknowledged into a deleted file.
 """
 
 from __future__ import annotations

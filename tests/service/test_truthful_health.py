@@ -102,13 +102,33 @@ async def test_a_deleted_file_turns_not_serving_refuses_creates_and_recovers_whe
             assert await watch.next() == NOT_SERVING
             code = await _code_of(stub.CreateUser(create_request(3), metadata=ADMIN))
             assert code == grpc.StatusCode.UNAVAILABLE
+            # Another database put at the path is not adopted, and the log says why.
+            _foreign_database(db)
+            await _logged(caplog, "health still NOT_SERVING")
             _restore(tmp_path / "backup.db", db)
             assert await watch.next() == SERVING
             got = await stub.GetUser(user_pb2.GetUserRequest(id=kept.id), metadata=ADMIN)
             assert got.user == kept
             await stub.CreateUser(create_request(2), metadata=ADMIN)
             watch.cancel()
-    assert any("deleted" in r or "missing" in r for r in _reasons(caplog))
+    reasons = _reasons(caplog)
+    assert any("missing; this replica never creates" in r for r in reasons)
+    assert any("journal" in r or "schema" in r for r in reasons)
+
+
+def _foreign_database(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("CREATE TABLE unrelated (x)")
+    finally:
+        conn.close()
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, start: str, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not any(r.getMessage().startswith(start) for r in caplog.records):
+        assert time.monotonic() < deadline, f"no log line starting {start!r}"
+        await asyncio.sleep(0.05)
 
 
 async def test_a_replica_started_on_a_read_only_file_is_not_serving_until_writable(
