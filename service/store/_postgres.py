@@ -331,7 +331,8 @@ class PostgresStore:
 
     def _wake_waiting(self) -> None:
         for waiting in self._waiting:
-            waiting.reschedule(0)  # a deadline in the past: expires at once
+            if not waiting.expired():  # a second trip must not touch an expiring wait
+                waiting.reschedule(0)  # a deadline in the past: expires at once
 
     async def get_user(self, user_id: str) -> User | None:
         """The user with ``user_id``, or None."""

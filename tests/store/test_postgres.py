@@ -139,6 +139,31 @@ async def test_an_exhausted_pool_makes_ping_unavailable_in_time(postgres_schema_
         await store.close()
 
 
+@pytest.mark.postgres
+async def test_calls_waiting_for_a_connection_fail_at_once_when_the_store_trips(
+    postgres_schema_url: str,
+) -> None:
+    store = PostgresStore(postgres_schema_url, pool_max=1, pool_timeout=5.0, suspect_after=5.0)
+    await store.open()
+    try:
+        await store.ping()
+        assert store._pool is not None
+        held = await store._pool.getconn()  # the only connection
+        waiting = [asyncio.create_task(store.get_user("x")) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        assert not any(task.done() for task in waiting)
+        started = time.monotonic()
+        store._trip("found down")
+        await asyncio.sleep(0)  # the waits have expired, their calls not yet resumed
+        store._trip("found down again")
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+        assert time.monotonic() - started < 0.5
+        await held.close()
+    finally:
+        await store.close()
+
+
 @pytest.fixture(scope="module")
 def own_server() -> Iterator[LocalPostgres]:
     reason = why_no_local_postgres()
