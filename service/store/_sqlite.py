@@ -348,9 +348,9 @@ class SQLiteStore:
         try:
             with _translated():
                 self._writer = await self._connection(create=create)
-                await _set_wal(self._writer, self._busy_timeout_ms)
-                if not create:
+                if not create:  # before anything writes to a file that may not be ours
                     await _require_schema(self._writer, self._path)
+                await _set_wal(self._writer, self._busy_timeout_ms)
                 await _migrate(self._writer, self._clock())
                 self._reader = await self._connection(create=False)
                 await self._reader.execute_fetchall("PRAGMA query_only = ON")

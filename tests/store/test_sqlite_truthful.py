@@ -177,6 +177,11 @@ async def test_a_file_that_is_no_meshdemo_database_is_not_adopted(
         await store.ping()
     with pytest.raises(StoreUnavailable, match="no meshdemo schema"):
         await store.ping()
+    conn = sqlite3.connect(db_path)
+    try:  # left as it was: not switched to WAL, nothing written
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    finally:
+        conn.close()
     _delete(db_path)
     _write(db_path, b"not a database, just text " * 200)
     with pytest.raises(StoreUnavailable, match="not a database"):
