@@ -1,7 +1,13 @@
 """Health: the stock grpc.health.v1 aio servicer, driven by store probes.
 
 The status of both the overall service ("") and ``meshdemo.v1.UserService``
-is SERVING only while the store answers. ``enter_graceful_shutdown`` turns
+is SERVING only while the store's ``ping()`` passes, which means that reads
+and writes work on the store the replica was started with (see the Store
+protocol): a SQLite file deleted, replaced or made read-only, or a
+PostgreSQL server that is down, turns it NOT_SERVING, and the next passing
+probe turns it SERVING again. Each change is logged once with its reason, and
+so is a new reason while NOT_SERVING (the file was deleted, then a wrong file
+was put in its place). ``enter_graceful_shutdown`` turns
 both to NOT_SERVING for good (the first step of the shutdown protocol), and
 ``end_watches`` ends every open Watch stream with OK once the drain is over:
 otherwise each watcher (every client, the local mesh) would hold the server's
@@ -63,6 +69,7 @@ class HealthReporter:
         self._interval = interval
         self._probe_timeout = probe_timeout
         self._serving: bool | None = None
+        self._reason = ""
         self._task: asyncio.Task[None] | None = None
         self._shutting_down = False
 
@@ -94,16 +101,21 @@ class HealthReporter:
             await self.probe()
 
     async def _publish(self, serving: bool, reason: str) -> None:
-        if self._shutting_down or serving == self._serving:
+        if self._shutting_down:
             return
-        self._serving = serving
+        if serving == self._serving:
+            if not serving and reason != self._reason:
+                self._reason = reason
+                log.warning("health still NOT_SERVING: %s", reason, extra={"reason": reason})
+            return
+        self._serving, self._reason = serving, reason
         status = _SERVING if serving else _NOT_SERVING
         for name in ("", SERVICE_NAME):
             await self.servicer.set(name, status)
         if serving:
             log.info("health SERVING")
         else:
-            log.warning("health NOT_SERVING: store unavailable", extra={"reason": reason})
+            log.warning("health NOT_SERVING: %s", reason, extra={"reason": reason})
 
     async def enter_graceful_shutdown(self) -> None:
         """NOT_SERVING for good; later probes change nothing."""

@@ -31,6 +31,19 @@ class Store(Protocol):
     - ``create_users`` stores all users in one transaction, or none.
     - ``iter_users`` yields in ascending id order and never holds more than
       one chunk of rows in memory nor a transaction open between chunks.
+
+    Truthful health (what ``ping`` promises):
+    - ``ping`` passes only while reads *and* writes work on the store the
+      replica was started with; the health probe publishes SERVING exactly
+      then;
+    - a write is acknowledged only if it is durable in that store: never into
+      a SQLite file that was deleted or replaced under the replica;
+    - when the store is known unusable, calls raise StoreUnavailable at once
+      (UNAVAILABLE: the client retries on another replica) instead of waiting
+      for a lock or a pool timeout;
+    - the store heals by itself: a later ``ping`` (or call) that finds the
+      store usable again reopens it, with no restart. SQLite never creates a
+      new file except at the first open; see each backend for its rules.
     """
 
     async def open(self) -> None:
@@ -40,7 +53,11 @@ class Store(Protocol):
         """Release connections; the store is unusable afterwards."""
 
     async def ping(self) -> None:
-        """Return if the backend answers a trivial query, else raise StoreUnavailable."""
+        """Return if reads and writes work on the store, else raise StoreUnavailable.
+
+        Cheap enough to run every health interval; it is also the way back
+        from an outage (it reconnects or reopens when the store is usable).
+        """
 
     async def get_user(self, user_id: str) -> User | None:
         """The user with ``user_id``, or None."""

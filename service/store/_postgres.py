@@ -16,6 +16,22 @@ Failures: connection errors, pool timeouts and every ``psycopg.OperationalError`
 (server shutdown, serialization failure, cancelled statement...) become
 StoreUnavailable, which is retryable.
 
+Outages fail fast (a circuit breaker). The store is *known down* once a fresh
+connection cannot be made (a direct probe: ``connect`` + ``SELECT 1`` within
+``ping_timeout``) or a query loses its connection (SQLSTATE class 08,
+server shutdown 57P01-57P03). From then on every call raises
+StoreUnavailable at once, without touching the pool, and calls already
+waiting for a pooled connection are woken and fail too. A probe runs
+when a call has waited ``suspect_after`` seconds for a pooled connection (at
+most one per second), so an outage is noticed within a fraction of a second
+of the first call that meets it; a pool that is merely exhausted passes the
+probe and its callers keep waiting up to ``pool_timeout`` as before. Only
+``ping()`` (the health probe, every health interval) closes the circuit:
+while the store is down it runs the direct probe, and once that answers it
+opens a fresh pool (the old one, whose connections died with the server, is
+closed when the circuit trips, so it does not keep reconnecting to a dead
+server) and the replica serves again without a restart.
+
 Creates: each create runs in one transaction that reads the rows it could
 collide with, applies :func:`~service.store._plan.plan_creates` and inserts.
 Two replicas may insert the same request id or email at the same moment;
@@ -40,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -63,6 +80,14 @@ _Pool = AsyncConnectionPool[_Connection]
 
 _STORE_OPTIONS: Final = frozenset({"pool_min", "pool_max", "pool_timeout"})
 _DEFAULT_CONNECT_TIMEOUT: Final = 5
+# libpq's smallest connect timeout; ping_timeout bounds the probe further.
+_PROBE_CONNECT_TIMEOUT: Final = 2
+# At most one probe per this many seconds is started by waiting calls.
+_PROBE_EVERY: Final = 1.0
+# SQLSTATEs that mean the server went away (beyond class 08, connection exception).
+_SERVER_GONE: Final = frozenset({"57P01", "57P02", "57P03"})
+
+log = logging.getLogger("meshdemo.store")
 _COLUMNS: Final = "id, name, email, age, roles, created_at, request_fingerprint"
 _INSERT: Final = (
     "INSERT INTO users (id, name, email, email_key, age, roles, created_at,"
@@ -81,6 +106,8 @@ class PostgresStore:
         ping_timeout: seconds ``ping()`` may take.
         chunk_size: rows per query when listing.
         create_attempts: transactions a create may run when racing other replicas.
+        suspect_after: seconds a call waits for a pooled connection before a
+            probe checks whether the server is down.
         clock: the source of ``created_at`` (a seam for tests).
     """
 
@@ -94,13 +121,17 @@ class PostgresStore:
         ping_timeout: float = 2.0,
         chunk_size: int = 100,
         create_attempts: int = 3,
+        suspect_after: float = 0.2,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         if not 0 <= pool_min <= pool_max or pool_max < 1:
             raise ValueError(
                 f"need 0 <= pool_min <= pool_max, pool_max >= 1: {pool_min}, {pool_max}"
             )
-        if pool_timeout <= 0 or ping_timeout <= 0 or chunk_size < 1 or create_attempts < 1:
+        if (
+            min(pool_timeout, ping_timeout, suspect_after) <= 0
+            or min(chunk_size, create_attempts) < 1
+        ):
             raise ValueError("timeouts must be positive, chunk_size and create_attempts >= 1")
         try:
             params = conninfo_to_dict(conninfo)
@@ -121,10 +152,19 @@ class PostgresStore:
         self._chunk_size = chunk_size
         self._create_attempts = create_attempts
         self._clock = clock
+        self._suspect_after = suspect_after
         self._pool: _Pool | None = None
         self._started = False
         self._closed = False
         self._open_lock = asyncio.Lock()
+        # The circuit: why the server is known down, or None while it is not.
+        self._outage: str | None = None
+        # The waits of calls for a pooled connection, expired when the store trips.
+        self._waiting: set[asyncio.Timeout] = set()
+        self._probe: asyncio.Task[None] | None = None
+        self._last_probe = float("-inf")
+        # Pools replaced after an outage, closing in the background.
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -160,21 +200,139 @@ class PostgresStore:
     async def close(self) -> None:
         """Close the pool; idempotent, and the store is unusable afterwards."""
         self._closed = True
+        self._wake_waiting()
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
         async with self._open_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)
 
     async def ping(self) -> None:
-        """Run ``SELECT 1`` within ``ping_timeout``, else raise StoreUnavailable."""
+        """Run ``SELECT 1`` on a pooled connection within ``ping_timeout``.
+
+        While the store is known down, first probe the server directly; if it
+        answers, replace the pool and close the circuit. Raises StoreUnavailable
+        when the server or the pool does not answer in time.
+        """
         try:
             async with asyncio.timeout(self._ping_timeout):
+                if self._outage is not None:
+                    await self._recover()
                 pool = await self._ready_pool()
                 with _translated():
-                    async with pool.connection(timeout=self._ping_timeout) as conn:
+                    async with self._connection(pool, timeout=self._ping_timeout) as conn:
                         await conn.execute("SELECT 1")
         except TimeoutError as exc:
             raise StoreUnavailable("the user store did not answer in time") from exc
+
+    async def _recover(self) -> None:
+        """Close the circuit if a fresh connection answers; else raise StoreUnavailable."""
+        why = await self._unreachable()
+        if why is not None:
+            self._trip(why)
+            raise StoreUnavailable(f"the user store is down ({why})")
+        # The pool was retired at the trip: ping() goes on to make a fresh one
+        # (migrating first, which costs one query when nothing is pending).
+        self._outage = None
+        log.info("user store reachable again: serving calls")
+
+    async def _unreachable(self) -> str | None:
+        """Why a fresh connection fails ``SELECT 1`` within ``ping_timeout``, or None."""
+        kwargs = {**self._connect_kwargs, "connect_timeout": _PROBE_CONNECT_TIMEOUT}
+        try:
+            async with asyncio.timeout(self._ping_timeout):
+                conn = await psycopg.AsyncConnection.connect(self._conninfo, **kwargs)
+                async with conn:
+                    await conn.execute("SELECT 1")
+        except TimeoutError:
+            return f"no answer within {self._ping_timeout:g} s"
+        except (psycopg.Error, OSError) as exc:
+            return _first_line(exc)
+        return None
+
+    def _trip(self, why: str) -> None:
+        """Mark the store down: calls fail fast until ``ping()`` reaches the server."""
+        if self._outage is None:
+            log.warning("user store down: calls fail fast until it answers", extra={"reason": why})
+            self._retire_pool()
+        self._outage = why
+        self._wake_waiting()
+
+    def _retire_pool(self) -> None:
+        """Close the pool in the background: its connections died with the server,
+        and it would keep reconnecting to a dead server (with a backoff that
+        would also delay the recovery)."""
+        old, self._pool = self._pool, None
+        if old is None:
+            return
+        task = asyncio.create_task(old.close(timeout=1.0), name="retire-pool")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    def _fail_fast(self) -> None:
+        self._check_usable()
+        if self._outage is not None:
+            raise StoreUnavailable(f"the user store is down ({self._outage}); failing fast")
+
+    def _probe_soon(self) -> None:
+        """Start a background probe unless one runs or ran within the last second."""
+        now = asyncio.get_running_loop().time()
+        if (
+            self._probe is not None and not self._probe.done()
+        ) or now - self._last_probe < _PROBE_EVERY:
+            return
+        self._last_probe = now
+        self._probe = asyncio.create_task(self._background_probe(), name="store-probe")
+
+    async def _background_probe(self) -> None:
+        why = await self._unreachable()
+        if why is not None and not self._closed:
+            self._trip(why)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, pool: _Pool, timeout: float) -> AsyncIterator[_Connection]:
+        """A pooled connection; the circuit trips if it turns out the server is gone."""
+        conn = await self._checkout(pool, timeout)
+        try:
+            yield conn
+        except psycopg.OperationalError as exc:
+            if conn.broken or _server_gone(exc):
+                self._trip(_first_line(exc))
+            raise
+        finally:
+            await pool.putconn(conn)
+
+    async def _checkout(self, pool: _Pool, timeout: float) -> _Connection:
+        """Wait for a pooled connection, probing the server after ``suspect_after`` s.
+
+        Gives up at once (StoreUnavailable) when the store is found down
+        meanwhile: ``_trip`` expires the wait. No task is spawned per call.
+        """
+        loop = asyncio.get_running_loop()
+        suspicion = loop.call_later(self._suspect_after, self._probe_soon)
+        try:
+            async with asyncio.timeout(None) as waiting:
+                self._waiting.add(waiting)
+                try:
+                    # psycopg_pool gives a connection meant for a cancelled waiter back.
+                    return await pool.getconn(timeout)
+                finally:
+                    self._waiting.discard(waiting)
+        except TimeoutError:  # only _trip and close() expire this wait
+            self._fail_fast()
+            raise StoreUnavailable("the user store is closed") from None
+        finally:
+            suspicion.cancel()
+
+    def _wake_waiting(self) -> None:
+        for waiting in self._waiting:
+            if not waiting.expired():  # a second trip must not touch an expiring wait
+                waiting.reschedule(0)  # a deadline in the past: expires at once
 
     async def get_user(self, user_id: str) -> User | None:
         """The user with ``user_id``, or None."""
@@ -201,9 +359,10 @@ class PostgresStore:
 
     async def _fetch(self, sql: str, params: Sequence[Any]) -> list[TupleRow]:
         """One autocommit statement on a pooled connection, returned before the rows are used."""
+        self._fail_fast()
         pool = await self._ready_pool()
         with _translated():
-            async with pool.connection() as conn:
+            async with self._connection(pool, self._pool_timeout) as conn:
                 cursor = await conn.execute(sql, params)
                 return await cursor.fetchall()
 
@@ -220,9 +379,10 @@ class PostgresStore:
         raise StoreUnavailable("concurrent creates kept colliding; retry the request")
 
     async def _create_once(self, news: Sequence[NewUser], *, batch: bool) -> list[User]:
+        self._fail_fast()
         pool = await self._ready_pool()
         with _translated():
-            async with pool.connection() as conn, conn.transaction():
+            async with self._connection(pool, self._pool_timeout) as conn, conn.transaction():
                 replays, taken = await _collisions(conn, news)
                 plan = plan_creates(
                     news, replays=replays, taken_emails=taken, now=self._clock(), batch=batch
@@ -240,7 +400,12 @@ class PostgresStore:
         async with self._open_lock:
             self._check_usable()
             if self._pool is None:
-                await self._migrate()
+                try:
+                    await self._migrate()
+                except StoreUnavailable as exc:
+                    # A direct connection failed: known down (ping() retries).
+                    self._trip(str(exc.__cause__ or exc))
+                    raise
                 self._pool = await self._new_pool()
             return self._pool
 
@@ -284,6 +449,16 @@ class PostgresStore:
                         "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
                         (migration.version, migration.description),
                     )
+
+
+def _server_gone(exc: psycopg.OperationalError) -> bool:
+    """Whether ``exc`` says the connection or the server went away (not a query's failure)."""
+    state = exc.sqlstate or ""
+    return state.startswith("08") or state in _SERVER_GONE
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().split("\n", 1)[0] or type(exc).__name__)[:200]
 
 
 @contextlib.contextmanager

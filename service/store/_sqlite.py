@@ -37,6 +37,43 @@ Lifecycle: ``open()`` connects and migrates; if that fails it raises
 StoreUnavailable and every later call retries it, so a replica can start while
 the file is unreachable and turn SERVING once it is back. ``close()`` is
 final and idempotent.
+
+The file the store opened is the store (the rules of truthful health):
+- the store remembers the device and inode of the file it opened. ``ping()``
+  (the health probe) and every write compare them with what the path names
+  now (one ``os.stat``) and check that the file, its ``-wal``/``-shm``
+  companions and its directory are writable (``os.access``, which also sees
+  ``chattr +i`` and read-only mounts, even for root); ``ping()`` then runs a
+  write that changes nothing (``UPDATE ... WHERE 0``), which SQLite refuses on
+  a connection it opened read-only;
+- a write is committed only after that check passes, and acknowledged only
+  if the path still names the same file after COMMIT: nothing is ever
+  acknowledged into a deleted or replaced file; it is refused with
+  StoreUnavailable (UNAVAILABLE, so the client retries elsewhere);
+- when a check fails, the connections are closed, and every later call (the
+  probe included) tries to reopen: the replica recovers by itself when the
+  file is restored or made writable again;
+- a new file is created only at the first open of the store's life, and not
+  even then if a ``-wal`` or ``-shm`` file is left without its database
+  (the database was deleted under a running replica: a new file next to them
+  would mix the old journal into it). After that, the store reopens only a
+  file that exists at the path (``mode=rw``: SQLite never creates it) and
+  holds the meshdemo schema (a ``schema_migrations`` table); pending
+  migrations are then applied as at start. So a replica never silently
+  starts an empty database of its own, and a restored copy is adopted;
+- a file that *replaced* the opened one (a restored copy) is adopted only if
+  no ``-wal``/``-shm`` is next to it, or its ``-wal`` was written after the
+  file was put in place (by a replica that adopted it first): a journal of
+  the previous file would be replayed into the new one by SQLite. To restore
+  a copy: remove ``users.db-wal`` and ``users.db-shm``, then put the copy
+  (``sqlite3 users.db ".backup copy.db"`` makes one) at the path;
+- reads are served from the opened file until the next probe or write finds
+  it gone (at most one health interval): they never acknowledge anything.
+
+What these rules cannot see: if the database *and* its journal are deleted
+(``rm users.db*``), nothing is left to tell a fresh replica, so one started
+then creates a new, empty file, and the running replicas adopt it. The rows
+are gone with the files, but no write was acknowledged into a deleted file.
 """
 
 from __future__ import annotations
@@ -44,11 +81,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import aiosqlite
 
@@ -66,6 +105,11 @@ _MICROSECOND: Final = timedelta(microseconds=1)
 _LOOKUP_CHUNK: Final = 500
 _COLUMNS: Final = "id, name, email, age, roles, created_at, request_fingerprint"
 _GET_USER: Final = f"SELECT {_COLUMNS} FROM users WHERE id = ?"
+# A write that changes nothing: refused only by a connection that cannot write.
+_WRITE_PROBE: Final = "UPDATE schema_migrations SET version = version WHERE 0"
+_HAS_SCHEMA: Final = (
+    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+)
 _INSERT: Final = (
     "INSERT INTO users (id, name, email, email_key, age, roles, created_at,"
     " request_id, request_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -105,6 +149,10 @@ class SQLiteStore:
         self._reader: aiosqlite.Connection | None = None
         # The loop's own connection for point reads; None until connected.
         self._point_reader: sqlite3.Connection | None = None
+        # The file the connections use (None while not connected).
+        self._file: _FileId | None = None
+        # The file the store last opened; once set, it never creates one again.
+        self._last_file: _FileId | None = None
         self._started = False
         self._closed = False
         self._open_lock = asyncio.Lock()
@@ -143,15 +191,50 @@ class SQLiteStore:
             await self._disconnect()
 
     async def ping(self) -> None:
-        """Read the schema table within ``ping_timeout``, else raise StoreUnavailable."""
-        # Not "SELECT 1": SQLite answers that without touching the file.
+        """Check that reads and writes work on the opened file, else raise StoreUnavailable.
+
+        Within ``ping_timeout``: the path still names the opened file and it is
+        writable, the schema table reads, and a write that changes nothing is
+        accepted. A failed check closes the connections, so the next call
+        reopens the file by the module's rules.
+        """
         try:
             async with asyncio.timeout(self._ping_timeout):
-                _, reader = await self._connections()
+                writer, reader = await self._connections()
+                await self._check_file(writer)
+                # Not "SELECT 1": SQLite answers that without touching the file.
                 with _translated():
                     await reader.execute_fetchall("SELECT 1 FROM schema_migrations LIMIT 1")
+                await self._probe_write(writer)
         except TimeoutError as exc:
             raise StoreUnavailable("the user store did not answer in time") from exc
+
+    async def _check_file(self, writer: aiosqlite.Connection, *, writable: bool = True) -> None:
+        """Raise StoreUnavailable (closing the connections) unless the path names our file."""
+        problem = _identity_problem(self._path, self._file)
+        if problem is None and writable:
+            problem = _writability_problem(self._path)
+        if problem is not None:
+            await self._invalidate(writer)
+            raise StoreUnavailable(f"the SQLite file {self._path} {problem}")
+
+    async def _probe_write(self, writer: aiosqlite.Connection) -> None:
+        """Run a write that changes nothing; a lock held elsewhere counts as writable."""
+        if self._write_lock.locked():
+            # A write of ours is under way: it checks the file itself before
+            # COMMIT, and a probe queued behind it would only time out.
+            return
+        async with self._write_lock:
+            try:
+                # No wait for another process's write lock: busy proves the file takes writes.
+                await writer.execute_fetchall("PRAGMA busy_timeout = 0")
+                await writer.execute_fetchall(_WRITE_PROBE)
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: closed under us
+                if not (isinstance(exc, sqlite3.OperationalError) and _busy(exc)):
+                    await self._invalidate(writer)
+                    raise StoreUnavailable(f"the user store refuses writes ({exc})") from exc
+            finally:
+                await asyncio.shield(_set_busy_timeout(writer, self._busy_timeout_ms))
 
     async def get_user(self, user_id: str) -> User | None:
         """The user with ``user_id``, or None."""
@@ -213,7 +296,11 @@ class SQLiteStore:
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction on the writer, committed if the body returns."""
+        """One ``BEGIN IMMEDIATE`` transaction on the writer, committed if the body returns.
+
+        Committed only while the path names the opened, writable file, and
+        returned (acknowledged) only if it still names it after COMMIT.
+        """
         writer, _ = await self._connections()
         async with self._write_lock:
             try:
@@ -225,12 +312,18 @@ class SQLiteStore:
                     await _discard_stale_transaction(writer)
                     await writer.execute_fetchall("BEGIN IMMEDIATE")
                 yield writer
+                await self._check_file(writer)
                 with _translated():
                     await writer.execute_fetchall("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 # Shielded: a cancelled caller must still leave no open transaction.
                 await asyncio.shield(_rollback(writer))
+                if _needs_reopen(exc):
+                    await self._invalidate(writer)
                 raise
+            # Deleted or replaced between the check and COMMIT: the rows went
+            # into a file nobody will read again, so they are not acknowledged.
+            await self._check_file(writer, writable=False)
 
     async def _connections(self) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
         """The writer and the reader, connecting (and migrating) first if needed."""
@@ -250,45 +343,193 @@ class SQLiteStore:
             raise StoreUnavailable("the user store is not open yet")
 
     async def _connect(self) -> tuple[aiosqlite.Connection, aiosqlite.Connection]:
+        create = self._last_file is None
+        before = _admit(self._path, self._last_file)
         try:
             with _translated():
-                self._writer = await self._connection()
+                self._writer = await self._connection(create=create)
+                if not create:  # before anything writes to a file that may not be ours
+                    await _require_schema(self._writer, self._path)
                 await _set_wal(self._writer, self._busy_timeout_ms)
                 await _migrate(self._writer, self._clock())
-                self._reader = await self._connection()
+                self._reader = await self._connection(create=False)
                 await self._reader.execute_fetchall("PRAGMA query_only = ON")
-                self._point_reader = _point_reader(self._path)
-                return self._writer, self._reader
+                self._point_reader = _point_reader(_uri(self._path, create=False))
+            self._file = self._last_file = _opened_file(self._path, before)
+            return self._writer, self._reader
         except BaseException:
             await self._disconnect()
             raise
 
-    async def _connection(self) -> aiosqlite.Connection:
+    async def _connection(self, *, create: bool) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(
-            self._path, isolation_level=None, timeout=self._busy_timeout_ms / 1000
+            _uri(self._path, create=create),
+            uri=True,
+            isolation_level=None,
+            timeout=self._busy_timeout_ms / 1000,
         )
         try:
-            await conn.execute_fetchall(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            await _set_busy_timeout(conn, self._busy_timeout_ms)
         except BaseException:
             await conn.close()
             raise
         return conn
 
+    def _forget(self, writer: aiosqlite.Connection) -> list[Any]:
+        """Drop the connections if ``writer`` is still current; return them to close.
+
+        Synchronous, so no other coroutine sees half of a set; a newer set of
+        connections (made by a concurrent reopen) is never dropped.
+        """
+        if self._writer is not writer:
+            return []
+        conns: list[Any] = [self._writer, self._reader, self._point_reader]
+        self._writer = self._reader = self._point_reader = None
+        self._file = None
+        return conns
+
+    async def _invalidate(self, writer: aiosqlite.Connection) -> None:
+        """Close the connections if ``writer`` is still current: the next call reopens."""
+        await _close_all(self._forget(writer))
+
     async def _disconnect(self) -> None:
         writer, reader, point = self._writer, self._reader, self._point_reader
         self._writer = self._reader = self._point_reader = None
-        if point is not None:
+        self._file = None
+        await _close_all([point, writer, reader])
+
+
+async def _close_all(conns: Sequence[Any]) -> None:
+    for conn in conns:
+        if isinstance(conn, sqlite3.Connection):
             with contextlib.suppress(sqlite3.Error):
-                point.close()
-        for conn in (writer, reader):
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error, ValueError):
-                    await conn.close()
+                conn.close()
+        elif conn is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await conn.close()
 
 
-def _point_reader(path: str) -> sqlite3.Connection:
+@dataclass(frozen=True, slots=True)
+class _FileId:
+    """Which file a path named: an inode is not reused while we hold it open."""
+
+    device: int
+    inode: int
+
+
+def _file_id(path: str) -> _FileId | None:
+    """The file ``path`` names now, or None if there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return _FileId(st.st_dev, st.st_ino)
+
+
+def _companions(path: str) -> tuple[str, str]:
+    return f"{path}-wal", f"{path}-shm"
+
+
+def _identity_problem(path: str, opened: _FileId | None) -> str | None:
+    """What happened to the opened file at ``path``, or None if it is still there."""
+    current = _file_id(path)
+    if current is None:
+        return "was deleted under this replica; writes are refused until it is restored"
+    if current != opened:
+        return "was replaced by another file; writes are refused until it is reopened"
+    return None
+
+
+def _writability_problem(path: str) -> str | None:
+    """Why SQLite could not write (or reopen) ``path`` in WAL mode, or None."""
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot be written: its directory {folder} is read-only (WAL needs it writable)"
+    for name in (path, *_companions(path)):
+        if os.path.exists(name) and not os.access(name, os.R_OK | os.W_OK):
+            return f"cannot be written: {name} is read-only"
+    return None
+
+
+def _admit(path: str, last: _FileId | None) -> _FileId | None:
+    """Check ``path`` before connecting; the file it names (None: to be created).
+
+    ``last`` is the file opened before (None at the first open). Raises
+    StoreUnavailable if the file is not writable, missing after the first
+    open, missing with a journal left behind, or a new file next to the
+    previous file's journal.
+    """
+    problem = _writability_problem(path)
+    if problem is not None:
+        raise StoreUnavailable(f"the SQLite file {path} {problem}")
+    found = _file_id(path)
+    if found is not None:
+        if last is not None and found != last:
+            _check_fresh_journal(path)
+        return found
+    if last is not None:
+        raise StoreUnavailable(
+            f"the SQLite file {path} is missing; this replica never creates a new one"
+            " after its first open: restore the file at that path"
+        )
+    leftovers = [name for name in _companions(path) if os.path.exists(name)]
+    if leftovers:
+        raise StoreUnavailable(
+            f"the SQLite file {path} is missing but {', '.join(leftovers)} exist: the database"
+            " was deleted while in use; restore it, or remove those files to start empty"
+        )
+    return None
+
+
+def _check_fresh_journal(path: str) -> None:
+    """Refuse a file that replaced the opened one while its predecessor's journal is there.
+
+    SQLite would replay a ``-wal`` left by the previous file into the new one.
+    A journal written after the new file was put in place (by a replica that
+    adopted it first) is the new file's own.
+    """
+    wal, shm = _companions(path)
+    if not os.path.exists(wal) and not os.path.exists(shm):
+        return
+    try:
+        fresh = os.stat(wal).st_mtime_ns > os.stat(path).st_ctime_ns
+    except FileNotFoundError:  # a -shm without its -wal
+        fresh = False
+    if not fresh:
+        raise StoreUnavailable(
+            f"the SQLite file {path} was replaced, but {wal} and {shm} are the previous"
+            " file's journal; remove them to let the replicas adopt the new file"
+        )
+
+
+def _opened_file(path: str, before: _FileId | None) -> _FileId:
+    """The file the new connections use: the path must name the same one as before."""
+    after = _file_id(path)
+    if after is None or (before is not None and after != before):
+        raise StoreUnavailable(f"the SQLite file {path} changed while it was being opened")
+    return after
+
+
+def _uri(path: str, *, create: bool) -> str:
+    """A SQLite URI for ``path``; without ``create`` SQLite fails rather than create it."""
+    return f"file:{quote(path)}?mode={'rwc' if create else 'rw'}"
+
+
+async def _require_schema(conn: aiosqlite.Connection, path: str) -> None:
+    if not list(await conn.execute_fetchall(_HAS_SCHEMA)):
+        raise StoreUnavailable(
+            f"the SQLite file {path} has no meshdemo schema; a reopened file must have one"
+        )
+
+
+async def _set_busy_timeout(conn: aiosqlite.Connection, busy_timeout_ms: int) -> None:
+    with contextlib.suppress(sqlite3.Error, ValueError):  # closed: nothing to restore
+        await conn.execute_fetchall(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+
+
+def _point_reader(uri: str) -> sqlite3.Connection:
     """A read-only autocommit connection that never waits for a lock."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=0)
     try:
         conn.execute("PRAGMA busy_timeout = 0")
         conn.execute("PRAGMA query_only = ON")
@@ -296,6 +537,18 @@ def _point_reader(path: str) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _needs_reopen(exc: BaseException) -> bool:
+    """Whether a failed write leaves the connections unusable until a reopen.
+
+    A read-only connection, an I/O error or a file that is no database does
+    not heal on the same connection; a busy lock or a constraint does.
+    """
+    cause = exc.__cause__ if isinstance(exc, StoreUnavailable) else exc
+    if not isinstance(cause, sqlite3.Error) or isinstance(cause, sqlite3.IntegrityError):
+        return False
+    return not (isinstance(cause, sqlite3.OperationalError) and _busy(cause))
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:

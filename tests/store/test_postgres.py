@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import secrets
 import socket
+import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -18,7 +19,7 @@ from service.domain import NewUser, User, new_user_id
 from service.store import StoreUnavailable, open_store
 from service.store._postgres import PostgresStore
 from tests.store._local_postgres import LocalPostgres, local_postgres, why_no_local_postgres
-from tests.store._users import new_user
+from tests.store._users import collect, new_user
 from tests.store.conftest import with_database
 
 OTHER_REPLICAS_ID = new_user_id()
@@ -125,9 +126,40 @@ async def test_an_exhausted_pool_makes_ping_unavailable_in_time(postgres_schema_
             with pytest.raises(StoreUnavailable):
                 await store.ping()
             assert time.monotonic() - started < 1.5
+            # Exhausted is not down: the probe reaches the server, so a call
+            # that waits past suspect_after keeps waiting and then succeeds.
+            waiting = asyncio.create_task(store.get_user("someone"))
+            await asyncio.sleep(0.6)
+            assert not waiting.done()
             commit()
         await create
+        assert await waiting is None
         await store.ping()
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_calls_waiting_for_a_connection_fail_at_once_when_the_store_trips(
+    postgres_schema_url: str,
+) -> None:
+    store = PostgresStore(postgres_schema_url, pool_max=1, pool_timeout=5.0, suspect_after=5.0)
+    await store.open()
+    try:
+        await store.ping()
+        assert store._pool is not None
+        held = await store._pool.getconn()  # the only connection
+        waiting = [asyncio.create_task(store.get_user("x")) for _ in range(5)]
+        await asyncio.sleep(0.1)
+        assert not any(task.done() for task in waiting)
+        started = time.monotonic()
+        store._trip("found down")
+        await asyncio.sleep(0)  # the waits have expired, their calls not yet resumed
+        store._trip("found down again")
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(o, StoreUnavailable) for o in outcomes), outcomes
+        assert time.monotonic() - started < 0.5
+        await held.close()
     finally:
         await store.close()
 
@@ -158,7 +190,9 @@ async def running(own_server: LocalPostgres) -> AsyncIterator[Running]:
             await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         yield Running(own_server, with_database(own_server.url, name))
     finally:
-        await asyncio.to_thread(own_server.stop, "immediate")
+        # Already stopped if the test failed in the middle of an outage.
+        with contextlib.suppress(subprocess.CalledProcessError):
+            await asyncio.to_thread(own_server.stop, "immediate")
 
 
 @pytest.mark.slow
@@ -195,6 +229,69 @@ async def test_a_replica_started_during_an_outage_serves_once_the_server_is_back
         await _until_ping_answers(store, within=15.0)  # the migration runs now
         made = await store.create_user(new_user(1))
         assert await store.get_user(made.id) == made
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_an_outage_fails_calls_fast_and_is_recovered_from_without_a_restart(
+    running: Running,
+) -> None:
+    """The pool timeout is 5 s; once the server is found gone, calls fail in well under 1 s."""
+    store = PostgresStore(running.url, pool_timeout=5.0, ping_timeout=1.0)
+    await store.open()
+    try:
+        made = await store.create_user(new_user(1))
+        await asyncio.to_thread(running.server.stop, "fast")
+        # The first calls find no live connection: a probe finds the server
+        # gone and every one of them, waiting in the pool, fails at once.
+        started = time.monotonic()
+        first = await asyncio.gather(
+            *(store.get_user(made.id) for _ in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(outcome, StoreUnavailable) for outcome in first)
+        assert time.monotonic() - started < 1.0
+        with pytest.raises(StoreUnavailable, match="down"):
+            await store.ping()
+        # Known down: every kind of call fails without waiting for the pool.
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: store.get_user(made.id),
+            lambda: store.create_user(new_user(2)),
+            lambda: store.create_users([new_user(3), new_user(4)]),
+            lambda: collect(store.iter_users(None, 10)),
+        ]
+        for call in calls * 5:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="failing fast"):
+                await call()
+            assert time.monotonic() - started < 1.0
+        await asyncio.to_thread(running.server.start)
+        await _until_ping_answers(store, within=15.0)
+        assert await store.get_user(made.id) == made
+        await store.create_user(new_user(2))
+    finally:
+        await store.close()
+
+
+@pytest.mark.slow
+async def test_a_query_that_loses_its_server_trips_the_circuit_at_once(running: Running) -> None:
+    store = PostgresStore(running.url, pool_timeout=5.0, ping_timeout=1.0)
+    await store.open()
+    try:
+        await store.ping()
+        # The server's shutdown ends this statement with SQLSTATE 57P01.
+        sleeping = asyncio.create_task(store._fetch("SELECT pg_sleep(10)", ()))
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(running.server.stop, "fast")
+        with pytest.raises(StoreUnavailable):
+            await sleeping
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="failing fast"):
+            await store.get_user("someone")
+        assert time.monotonic() - started < 0.1  # no pool, no probe: known down
+        await asyncio.to_thread(running.server.start)
+        await _until_ping_answers(store, within=15.0)
+        assert await store.get_user("someone") is None
     finally:
         await store.close()
 
