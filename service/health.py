@@ -1,4 +1,4 @@
-"""Health: the stock grpc.health.v1 aio servicer, driven by store probes.
+"""Health: a grpc.health.v1 servicer driven by store probes.
 
 The status of both the overall service ("") and ``meshdemo.v1.UserService``
 is SERVING only while the store's ``ping()`` passes, which means that reads
@@ -12,59 +12,124 @@ both to NOT_SERVING for good (the first step of the shutdown protocol), and
 ``end_watches`` ends every open Watch stream with OK once the drain is over:
 otherwise each watcher (every client, the local mesh) would hold the server's
 ``stop(grace)`` for the whole grace period.
+
+The servicer is our own, with the stock one's semantics (Check answers
+NOT_FOUND for an unknown service; Watch sends SERVICE_UNKNOWN, then every
+change; graceful shutdown makes every status NOT_SERVING for good). The stock
+aio servicer holds one lock per service while it writes to each watcher, so
+a watcher that stops reading blocks every status change behind it, the
+shutdown's NOT_SERVING included (a test replica's teardown hung on it). Here
+a status change only sets the new value and wakes the watchers; each watcher
+writes on its own, and none can hold up another or the change.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
-from grpc_health.v1 import health, health_pb2
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.store import Store, StoreUnavailable
 
-__all__ = ["SERVICE_NAME", "HealthReporter"]
+__all__ = ["SERVICE_NAME", "HealthReporter", "HealthServicer"]
 
 SERVICE_NAME = "meshdemo.v1.UserService"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
 log = logging.getLogger("meshdemo.health")
 
 
-class _EndableHealthServicer(health.aio.HealthServicer):  # type: ignore[misc,name-defined]
-    """The stock aio servicer whose Watch streams can be ended all at once."""
+class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """grpc.health.v1 Check and Watch; ``set`` never waits for a watcher.
+
+    Invariant: every watcher's wake-up queue holds at most one token, so a
+    burst of changes costs each watcher one wake-up and one write of the
+    latest status (intermediate ones may be skipped, as the stock servicer
+    also allows).
+    """
 
     def __init__(self) -> None:
-        super().__init__()
-        self._ending = asyncio.Event()
+        self._status: dict[str, health_pb2.HealthCheckResponse.ServingStatus.ValueType] = {
+            "": _SERVING
+        }
+        self._watchers: dict[str, set[asyncio.Queue[None]]] = {}
+        self._shutting_down = False
+        self._ending = False
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: Any
+    ) -> health_pb2.HealthCheckResponse:
+        status = self._status.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+        return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
-        if self._ending.is_set():
-            return
-        watch = asyncio.ensure_future(super().Watch(request, context))
-        ending = asyncio.ensure_future(self._ending.wait())
+        wake: asyncio.Queue[None] = asyncio.Queue(maxsize=1)
+        watchers = self._watchers.setdefault(request.service, set())
+        watchers.add(wake)
         try:
-            await asyncio.wait({watch, ending}, return_when=asyncio.FIRST_COMPLETED)
+            sent = None
+            while not self._ending:
+                status = self._status.get(request.service, _SERVICE_UNKNOWN)
+                if status != sent:
+                    await context.write(health_pb2.HealthCheckResponse(status=status))
+                    sent = status
+                await wake.get()
+            # Returning ends the stream with OK: the watcher saw NOT_SERVING already.
         finally:
-            for task in (watch, ending):
-                task.cancel()
-            for task in (watch, ending):
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        # Returning ends the stream with OK: the watcher saw NOT_SERVING already.
+            watchers.discard(wake)
+            if not watchers:
+                self._watchers.pop(request.service, None)
+
+    async def set(
+        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
+        """Publish ``status`` for ``service``; ignored once shutting down (as the stock one)."""
+        if not self._shutting_down:
+            self._publish(service, status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        """NOT_SERVING for every service, for good."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        for service in list(self._status):
+            self._publish(service, _NOT_SERVING)
 
     def end_watches(self) -> None:
-        self._ending.set()
+        """End every Watch stream with OK after its last write, and refuse new ones."""
+        self._ending = True
+        self._wake_all()
+
+    def _publish(
+        self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
+        self._status[service] = status
+        for wake in self._watchers.get(service, ()):
+            _nudge(wake)
+
+    def _wake_all(self) -> None:
+        for watchers in self._watchers.values():
+            for wake in watchers:
+                _nudge(wake)
+
+
+def _nudge(wake: asyncio.Queue[None]) -> None:
+    if wake.empty():
+        wake.put_nowait(None)
 
 
 class HealthReporter:
     """Owns the health servicer and the task that probes the store."""
 
     def __init__(self, store: Store, *, interval: float, probe_timeout: float = 1.0) -> None:
-        self.servicer = _EndableHealthServicer()
+        self.servicer = HealthServicer()
         self._store = store
         self._interval = interval
         self._probe_timeout = probe_timeout
