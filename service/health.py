@@ -42,6 +42,8 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
 log = logging.getLogger("meshdemo.health")
+#: Seconds ``HealthReporter.stop`` waits for a cancelled probe to finish.
+_STOP_WAIT = 2.0
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
@@ -197,14 +199,19 @@ class HealthReporter:
         self.servicer.end_watches()
 
     async def stop(self) -> None:
-        """Stop probing (idempotent)."""
+        """Stop probing (idempotent), waiting at most ``_STOP_WAIT`` seconds for the probe.
+
+        A probe stuck in its store must not hold the shutdown: past the wait it
+        is left cancelled, and logged.
+        """
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                # Swallow the probe's cancellation, never our own caller's.
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+        if task is None:
+            return
+        task.cancel()
+        # asyncio.wait never raises the probe's own cancellation; our caller's still reaches us.
+        done, _ = await asyncio.wait({task}, timeout=_STOP_WAIT)
+        if not done:
+            log.warning("health probe did not stop within %.1f s; shutting down anyway", _STOP_WAIT)
+            return
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("health probe had failed", exc_info=task.exception())

@@ -9,6 +9,7 @@ else runs against a real server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import grpc
@@ -91,3 +92,27 @@ async def test_watch_sends_unknown_then_every_change_then_ends_ok(health: Any) -
     assert await call.code() == grpc.StatusCode.OK
     late = stub.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
     assert await late.read() is grpc.aio.EOF  # no new watch after the end
+
+
+async def test_a_probe_stuck_in_its_store_does_not_hold_the_shutdown() -> None:
+    from service.health import HealthReporter
+
+    class StuckStore:
+        """A store whose ping never returns and ignores being cancelled once."""
+
+        async def ping(self) -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                await asyncio.sleep(30)  # a cleanup that waits behind the store's queue
+
+    reporter = HealthReporter(StuckStore(), interval=0.01, probe_timeout=60)  # type: ignore[arg-type]
+    probe = reporter._task = asyncio.create_task(reporter.probe())
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(reporter.enter_graceful_shutdown(), 10)
+    assert loop.time() - started < 5  # bounded by the stop wait, not the store
+    probe.cancel()  # the second cancel ends the store's long cleanup
+    with contextlib.suppress(asyncio.CancelledError):
+        await probe
