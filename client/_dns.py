@@ -7,6 +7,18 @@ than once per ``min_interval``. A name that does not exist, or has no
 address records, resolves to the empty set; a DNS failure (timeout, SERVFAIL,
 refused) keeps the last known set and is retried with backoff.
 
+A and AAAA are asked one after the other, each on its own: a server that
+wrongly answers NXDOMAIN for one family (some do, for AAAA) does not hide
+the other family's records; the name is taken as non-existent only when both
+say NXDOMAIN. A failure of either query (timeout, SERVFAIL) fails the whole
+resolution, so a dual-stack name never loses one family to a passing error.
+
+``last_failure`` says why the last resolution gave no address, in words and
+naming the server: ``users: NXDOMAIN from 10.96.0.10:53``, ``users: no A or
+AAAA records at ...``, ``users: timed out asking ...``, ``users: refused by
+...``, ``users: SERVFAIL from ...``; the endpoint set puts it in the
+UNAVAILABLE a caller sees when no endpoint is known.
+
 Without an authority, ``localhost``, ``*.localhost`` and the names in the
 hosts file resolve on the machine without any DNS query (RFC 6761; see
 ``client._hosts``), and are not re-resolved; other names go to the system
@@ -237,10 +249,14 @@ class DnsResolver(FeedResolver):
         """
         resolver = self._resolver()
         expires = time.monotonic() + self._query_timeout  # real time: real queries
-        v4 = await self._ask(resolver, self._host, "A", self._server is None, expires)
-        # Asking AAAA under the name A resolved to keeps both on one search candidate.
-        name, search = (v4.qname, False) if v4.qname is not None else (self._host, True)
-        v6 = await self._ask(resolver, name, "AAAA", search and self._server is None, expires)
+        search = self._server is None  # search domains apply only to the system configuration
+        v4 = await self._ask(resolver, self._host, "A", search, expires)
+        # AAAA is asked under the name A was found under: both families then come
+        # from one search candidate, as dnspython's resolve_name does it.
+        if v4.qname is not None:
+            v6 = await self._ask(resolver, v4.qname, "AAAA", False, expires)
+        else:
+            v6 = await self._ask(resolver, self._host, "AAAA", search, expires)
         addresses = frozenset(Address(ip, self._port) for ip in v4.addresses + v6.addresses)
         return _Answer(addresses, min(v4.ttl, v6.ttl), self._why_empty(addresses, v4, v6))
 

@@ -209,3 +209,20 @@ def test_nameserver_text(text: str, port: int, expected: str) -> None:
 def test_str_is_the_canonical_target() -> None:
     assert str(make("127.0.0.1:5353")) == f"dns://127.0.0.1:5353/{NAME}:50051"
     assert str(DnsResolver.from_target("", "api:1")) == "dns:///api:1"
+
+
+async def test_one_family_failing_keeps_both_families_of_the_last_set(
+    dns_server: DnsServer,
+) -> None:
+    dns_server.publish(NAME, ["127.0.0.2", "::1"])
+    resolver = make(dns_server.address, min_ttl=0.05, min_interval=0.0)
+    collector = Collector(resolver.updates())
+    try:
+        assert await collector.wait_for(1) == addrs("127.0.0.2", "::1")
+        dns_server.rcodes = {"AAAA": "SERVFAIL"}  # A still answers
+        await eventually(lambda: resolver.last_failure is not None)
+        assert resolver.last_failure == f"{NAME}: SERVFAIL from {dns_server.address}"
+        assert resolver.current == addrs("127.0.0.2", "::1")  # the v6 endpoint is not dropped
+        assert collector.sets == [addrs("127.0.0.2", "::1")]
+    finally:
+        await resolver.close()
