@@ -485,7 +485,7 @@ class UserClient:
     ) -> T:
         endpoint = await self._pick(spec.excluded, spec.timeout)
         started = self._clock()
-        lease = await _lease(endpoint)
+        lease = _lease(endpoint)
         peer = ATTEMPT_PEER.set(endpoint.address)
         try:
             result = await invoke(lease, spec.timeout)
@@ -685,14 +685,14 @@ def _code(err: grpc.RpcError) -> grpc.StatusCode:
     return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
 
-async def _lease(endpoint: Endpoint) -> Lease:
+def _lease(endpoint: Endpoint) -> Lease:
     """The attempt's lease; a draining endpoint is an UNAVAILABLE attempt (nothing was sent).
 
     The draining signal is caught here only, around taking the lease: any
     exception the invoker raises, RuntimeError included, propagates as the bug it is.
     """
     try:
-        return await endpoint.acquire()
+        return endpoint.acquire()
     except EndpointDrainingError as exc:  # Drained between the pick and the lease.
         raise AttemptFailed(_unavailable(str(exc)), endpoint) from exc
 

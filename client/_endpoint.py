@@ -12,7 +12,8 @@ Pool invariants (the cases :meth:`Endpoint._update_pool` handles):
    opened only when every open channel already carries
    ``max_concurrent_per_channel`` calls or more.
 3. A channel beyond the first ``min_channels`` that has been idle longer than
-   ``idle_timeout`` is closed. The first channel carries the health watch and
+   ``idle_timeout`` is closed when a lease ends or at a sweep (``prune``);
+   taking a lease never awaits. The first channel carries the health watch and
    stays.
 4. A draining endpoint takes no new lease, and closes every channel once its
    last call ends (or after the drain grace).
@@ -431,15 +432,18 @@ class Endpoint:
 
     # --- leases and the pool --------------------------------------------------------------
 
-    async def acquire(self) -> Lease:
+    def acquire(self) -> Lease:
         """Take one call's slot on the least busy channel; give it back with :meth:`release`.
+
+        Never awaits, so no cancellation can fall between taking the slot and
+        handing over the lease that gives it back.
 
         Raises:
             EndpointDrainingError: The endpoint is draining or closed (nothing taken).
         """
         pooled, to_close = self._update_pool(acquire=True)
         assert pooled is not None
-        await _close_all(to_close)
+        assert not to_close  # taking a lease closes nothing (invariant 3)
         return Lease(self, pooled.channel, pooled.stub, pooled)
 
     async def release(self, lease: Lease) -> None:
@@ -454,14 +458,14 @@ class Endpoint:
         Raises:
             EndpointDrainingError: The endpoint is draining or closed (on entry only).
         """
-        lease = await self.acquire()
+        lease = self.acquire()
         try:
             yield lease
         finally:
             await self.release(lease)
 
     async def prune(self) -> None:
-        """Close extra channels idle longer than ``idle_timeout`` (also done on every lease)."""
+        """Close extra channels idle longer than ``idle_timeout`` (also done on every release)."""
         _, to_close = self._update_pool()
         await _close_all(to_close)
 
@@ -478,6 +482,8 @@ class Endpoint:
         """
         now = self._clock()
         leased = self._take_channel(now) if acquire else None
+        if leased is not None:
+            return leased, []  # Idle channels are closed on release and by prune(), not here.
         if release is not None:
             self._give_back(release, now)
         if close or (self._draining and self._in_flight == 0):

@@ -121,7 +121,10 @@ async def test_before_any_answer_the_message_says_nothing_is_resolved_yet(
 async def test_an_empty_set_without_a_reason_says_the_resolver_lists_none() -> None:
     resolver = ManualResolver()  # predates last_failure: the set reads it with a default
     endpoints = EndpointSet(
-        resolver, pool=PoolConfig(health_check=False), maintenance_interval=None, target="t"
+        resolver,  # type: ignore[arg-type]  # no last_failure, on purpose
+        pool=PoolConfig(health_check=False),
+        maintenance_interval=None,
+        target="t",
     )
     endpoints.start()
     resolver.publish()

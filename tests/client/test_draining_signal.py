@@ -52,7 +52,7 @@ async def test_the_lease_refuses_with_its_own_exception(replicas: list[InProcess
         endpoint = await client.endpoints.wait_pick(max_wait=5)
         await endpoint.drain(grace=0)
         with pytest.raises(EndpointDrainingError) as refused:
-            await endpoint.acquire()
+            endpoint.acquire()
         assert refused.value.address == endpoint.address
         assert str(refused.value) == f"{endpoint.address} is draining: it takes no new calls"
         assert not isinstance(refused.value, RuntimeError)
