@@ -298,7 +298,7 @@ class DnsResolver(FeedResolver):
         resolver = self._dns
         if resolver is None:
             return "the system's DNS servers"
-        return ", ".join(str(Address(str(ip), resolver.port)) for ip in resolver.nameservers)
+        return ", ".join(_nameserver_text(str(ns), resolver.port) for ns in resolver.nameservers)
 
     def _describe_failure(self, exc: BaseException) -> str:
         """A failed resolution in words for a person, naming the server; no class names."""
@@ -313,7 +313,7 @@ class DnsResolver(FeedResolver):
             return f"{host}: " + ("; ".join(said) or f"no answer from {self._servers_text()}")
         if isinstance(exc, OSError):
             return f"{host}: asking {self._servers_text()} failed: {exc.strerror or exc}"
-        return f"{host}: {exc}"
+        return f"{host}: {str(exc) or 'resolution failed'}"
 
     def _resolver(self) -> dns.asyncresolver.Resolver:
         if self._dns is None:
@@ -355,7 +355,10 @@ def _server_error(entry: tuple[Any, ...]) -> str:
 
 
 def _nameserver_text(nameserver: str, port: int) -> str:
-    """``ip:port`` of a dnspython nameserver's text (``Do53:127.0.0.1@5353``)."""
+    """``ip:port`` of a dnspython nameserver's text (``Do53:127.0.0.1@5353`` or an IP).
+
+    Anything else (a DNS-over-HTTPS URL) is returned as it is.
+    """
     ip = nameserver.removeprefix("Do53:").rpartition("@")[0] or nameserver
     return str(Address(ip, port)) if _is_ip(ip) else nameserver
 

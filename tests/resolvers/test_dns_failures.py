@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import dns.asyncresolver
 import dns.message
 import dns.resolver
 import pytest
@@ -199,11 +200,22 @@ def test_every_reason_is_free_of_class_names() -> None:
     [
         ("Do53:127.0.0.1@5353", 5353, "127.0.0.1:5353"),
         ("Do53:::1@53", 53, "[::1]:53"),
+        ("10.96.0.10", 53, "10.96.0.10:53"),
         ("https://dns.example/dns-query", 443, "https://dns.example/dns-query"),
     ],
 )
 def test_nameserver_text(text: str, port: int, expected: str) -> None:
     assert _nameserver_text(text, port) == expected
+
+
+def test_the_system_configuration_names_each_nameserver() -> None:
+    system_like = dns.asyncresolver.Resolver(configure=False)
+    system_like.nameservers = ["127.0.0.1", "::1"]
+    system_like.port = 5353
+    resolver = DnsResolver.from_target("", f"{NAME}:1", dns_resolver=system_like)
+    timeout = dns.resolver.LifetimeTimeout(timeout=1.0, errors=[])
+    reason = resolver._describe_failure(timeout)
+    assert reason == f"{NAME}: timed out asking 127.0.0.1:5353, [::1]:5353"
 
 
 def test_str_is_the_canonical_target() -> None:
