@@ -18,23 +18,31 @@ from client._dns import DnsResolver
 from client._endpoint import (
     EjectionConfig,
     Endpoint,
+    EndpointDrainingError,
     EndpointState,
     EndpointStats,
     PoolConfig,
 )
 from client._errors import (
+    AbortedError,
     AlreadyExistsError,
     CallCancelledError,
+    DataLossError,
     DeadlineExceededError,
+    FailedPreconditionError,
     FieldViolation,
     InternalError,
     InvalidArgumentError,
     MeshError,
     NotFoundError,
+    OutOfRangeError,
     PermissionDeniedError,
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
+    UnimplementedError,
+    UnknownError,
+    error_class,
     from_rpc_error,
 )
 from client._events import EndpointEvent, endpoint_events
@@ -52,7 +60,14 @@ from client._load import (
 )
 from client._picker import PICKERS, Candidate, Picker, make_picker
 from client._pool import EndpointSet, NoEndpointError
-from client._resolver import Address, Resolver, StaticResolver, TargetError, resolver_for
+from client._resolver import (
+    TARGET_FORMS,
+    Address,
+    Resolver,
+    StaticResolver,
+    TargetError,
+    resolver_for,
+)
 from client._retry import RetryBudget, RetryPolicy
 from client._token import mint_token
 
@@ -82,6 +97,7 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     "KubernetesResolver",
     "TargetError",
     "resolver_for",
+    "TARGET_FORMS",
     # Balancing and pooling
     "Candidate",
     "Picker",
@@ -111,19 +127,27 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     "PlainProgress",
     "format_event",
     "render_summary",
-    # Errors
+    # Errors: one class per non-OK status code
     "MeshError",
+    "CallCancelledError",
+    "UnknownError",
     "InvalidArgumentError",
     "FieldViolation",
+    "DeadlineExceededError",
     "NotFoundError",
     "AlreadyExistsError",
-    "UnauthenticatedError",
     "PermissionDeniedError",
     "ResourceExhaustedError",
-    "UnavailableError",
-    "DeadlineExceededError",
-    "CallCancelledError",
+    "FailedPreconditionError",
+    "AbortedError",
+    "OutOfRangeError",
+    "UnimplementedError",
     "InternalError",
+    "UnavailableError",
+    "DataLossError",
+    "UnauthenticatedError",
+    "EndpointDrainingError",
+    "error_class",
     "from_rpc_error",
 ]
 

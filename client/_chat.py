@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from client._endpoint import EndpointDrainingError
 from client._errors import UnavailableError, from_rpc_error
 from client._pool import NoEndpointError
 from meshdemo.v1 import user_pb2
@@ -131,7 +132,10 @@ class ChatSession:
         except NoEndpointError as exc:
             raise UnavailableError(str(exc), code=grpc.StatusCode.UNAVAILABLE) from exc
         stack = contextlib.AsyncExitStack()
-        lease = await stack.enter_async_context(endpoint.lease())
+        try:
+            lease = await stack.enter_async_context(endpoint.lease())
+        except EndpointDrainingError as exc:  # nothing was sent: the caller may reconnect
+            raise UnavailableError(str(exc), code=grpc.StatusCode.UNAVAILABLE) from exc
         self._stack, self._endpoint, self._failed = stack, endpoint, False
         self._call = lease.stub.Chat(None)  # None: requests come through write()
 

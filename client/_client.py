@@ -35,7 +35,14 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, TracerProvider
 
 from client._chat import ChatSession
-from client._endpoint import EjectionConfig, Endpoint, EndpointStats, Lease, PoolConfig
+from client._endpoint import (
+    EjectionConfig,
+    Endpoint,
+    EndpointDrainingError,
+    EndpointStats,
+    Lease,
+    PoolConfig,
+)
 from client._errors import from_rpc_error
 from client._interceptors import (
     ATTEMPT_PEER,
@@ -303,6 +310,7 @@ class UserClient:
             interceptors=interceptors,
             clock=clock,
             rng=self._rng,
+            target=target,
         )
         self._calls = 0
         self._retries = 0
@@ -477,10 +485,10 @@ class UserClient:
     ) -> T:
         endpoint = await self._pick(spec.excluded, spec.timeout)
         started = self._clock()
+        lease = _lease(endpoint)
         peer = ATTEMPT_PEER.set(endpoint.address)
         try:
-            async with endpoint.lease() as lease:
-                result = await invoke(lease, spec.timeout)
+            result = await invoke(lease, spec.timeout)
         except grpc.RpcError as err:
             cut = _cut_by_attempt(spec, started, deadline)
             if cut and timed:
@@ -488,10 +496,9 @@ class UserClient:
                 endpoint.latency.observe(self._clock() - started)
             self._attempt_failed(endpoint, err, cut)
             raise AttemptFailed(err, endpoint) from err
-        except RuntimeError as exc:  # Drained between the pick and the lease.
-            raise AttemptFailed(_unavailable(str(exc)), endpoint) from exc
         finally:
             ATTEMPT_PEER.reset(peer)
+            await endpoint.release(lease)
         # A stream's duration is set by its reader, so it says nothing of the replica.
         endpoint.record_success(self._clock() - started if timed else None)
         return result
@@ -676,6 +683,18 @@ def _code(err: grpc.RpcError) -> grpc.StatusCode:
     code: Any = getattr(err, "code", None)
     value = code() if callable(code) else None
     return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def _lease(endpoint: Endpoint) -> Lease:
+    """The attempt's lease; a draining endpoint is an UNAVAILABLE attempt (nothing was sent).
+
+    The draining signal is caught here only, around taking the lease: any
+    exception the invoker raises, RuntimeError included, propagates as the bug it is.
+    """
+    try:
+        return endpoint.acquire()
+    except EndpointDrainingError as exc:  # Drained between the pick and the lease.
+        raise AttemptFailed(_unavailable(str(exc)), endpoint) from exc
 
 
 def _cut_by_attempt(spec: Attempt, started: float, deadline: float | None) -> bool:

@@ -1,8 +1,10 @@
-"""Backoff for discovery: how long a resolver waits after its source failed.
+"""Backoff for discovery: how long a resolver or a health watch waits after its source failed.
 
 A resolver whose DNS server or Kubernetes API fails keeps its last known set
-and tries again later. The delay grows exponentially with the number of
-consecutive failures, never exceeds a cap, and is jittered so that many
+and tries again later; an endpoint whose health watch broke reconnects later
+(``PoolConfig.watch_backoff()``). The one backoff serves all three. The delay
+grows exponentially with the number of consecutive failures, never exceeds a
+cap (however many failures: no float overflow), and is jittered so that many
 clients that failed together do not come back together.
 """
 

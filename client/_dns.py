@@ -7,6 +7,18 @@ than once per ``min_interval``. A name that does not exist, or has no
 address records, resolves to the empty set; a DNS failure (timeout, SERVFAIL,
 refused) keeps the last known set and is retried with backoff.
 
+A and AAAA are asked one after the other, each on its own: a server that
+wrongly answers NXDOMAIN for one family (some do, for AAAA) does not hide
+the other family's records; the name is taken as non-existent only when both
+say NXDOMAIN. A failure of either query (timeout, SERVFAIL) fails the whole
+resolution, so a dual-stack name never loses one family to a passing error.
+
+``last_failure`` says why the last resolution gave no address, in words and
+naming the server: ``users: NXDOMAIN from 10.96.0.10:53``, ``users: no A or
+AAAA records at ...``, ``users: timed out asking ...``, ``users: refused by
+...``, ``users: SERVFAIL from ...``; the endpoint set puts it in the
+UNAVAILABLE a caller sees when no endpoint is known.
+
 Without an authority, ``localhost``, ``*.localhost`` and the names in the
 hosts file resolve on the machine without any DNS query (RFC 6761; see
 ``client._hosts``), and are not re-resolved; other names go to the system
@@ -30,6 +42,7 @@ from typing import Any
 import dns.asyncresolver
 import dns.exception
 import dns.message
+import dns.name
 import dns.resolver
 
 from client._discovery_backoff import DiscoveryBackoff
@@ -53,6 +66,18 @@ DEFAULT_TARGET_PORT = 50051
 class _Answer:
     addresses: frozenset[Address]
     ttl: float
+    #: Why ``addresses`` is empty (NXDOMAIN, no records), in words; None when it is not.
+    why_empty: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Family:
+    """One record type's answer: its addresses, how long it holds, the name it was found under."""
+
+    addresses: tuple[str, ...]
+    ttl: float
+    #: The absolute name that answered (after search domains); None for NXDOMAIN.
+    qname: dns.name.Name | None
 
 
 class DnsResolver(FeedResolver):
@@ -143,6 +168,10 @@ class DnsResolver(FeedResolver):
         server = str(Address(*self._server)) if self._server else ""
         return f"DnsResolver(dns://{server}/{Address(self._host, self._port)})"
 
+    def __str__(self) -> str:
+        server = str(Address(*self._server)) if self._server else ""
+        return f"dns://{server}/{Address(self._host, self._port)}"
+
     async def _run(self) -> None:
         if _is_ip(self._host):
             # An IP literal is its own answer: no query, nothing ever changes.
@@ -163,22 +192,25 @@ class DnsResolver(FeedResolver):
                 answer = await self._resolve()
             except (dns.exception.DNSException, OSError) as exc:
                 failures += 1
-                delay = self._backoff.delay(failures, self._random)
-                _log.warning(
-                    "%r: resolution failed (%d in a row), keeping %d endpoint(s), "
-                    "retry in %.1fs: %s",
-                    self,
-                    failures,
-                    len(self.current or ()),
-                    delay,
-                    str(exc) or type(exc).__name__,
-                )
-                # A failing server is not asked sooner because of resolve_now().
-                await self._sleep(delay)
+                await self._back_off(failures, self._describe_failure(exc))
                 continue
             failures = 0
-            self._publish(answer.addresses)
+            self._publish(answer.addresses, why_empty=answer.why_empty)
             await self._wait_for_refresh(answer.ttl)
+
+    async def _back_off(self, failures: int, reason: str) -> None:
+        self._record_failure(reason)
+        delay = self._backoff.delay(failures, self._random)
+        _log.warning(
+            "%r: resolution failed (%d in a row), keeping %d endpoint(s), retry in %.1fs: %s",
+            self,
+            failures,
+            len(self.current or ()),
+            delay,
+            reason,
+        )
+        # A failing server is not asked sooner because of resolve_now().
+        await self._sleep(delay)
 
     def _local_addresses(self) -> tuple[str, ...] | None:
         """The name's addresses known without DNS; None when DNS must be asked.
@@ -208,22 +240,80 @@ class DnsResolver(FeedResolver):
             await cancel_and_wait(sleeper, waker)
 
     async def _resolve(self) -> _Answer:
+        """Ask for A, then AAAA of the name A was found under.
+
+        Each family is asked on its own (not with dnspython's ``resolve_name``),
+        so that one family answered NXDOMAIN, as some resolvers wrongly answer
+        AAAA, does not hide the other family's records: the name is taken as
+        non-existent only when both families say NXDOMAIN.
+        """
         resolver = self._resolver()
+        expires = time.monotonic() + self._query_timeout  # real time: real queries
+        search = self._server is None  # search domains apply only to the system configuration
+        v4 = await self._ask(resolver, self._host, "A", search, expires)
+        # AAAA is asked under the name A was found under: both families then come
+        # from one search candidate, as dnspython's resolve_name does it.
+        if v4.qname is not None:
+            v6 = await self._ask(resolver, v4.qname, "AAAA", False, expires)
+        else:
+            v6 = await self._ask(resolver, self._host, "AAAA", search, expires)
+        addresses = frozenset(Address(ip, self._port) for ip in v4.addresses + v6.addresses)
+        return _Answer(addresses, min(v4.ttl, v6.ttl), self._why_empty(addresses, v4, v6))
+
+    async def _ask(
+        self,
+        resolver: dns.asyncresolver.Resolver,
+        name: str | dns.name.Name,
+        rdtype: str,
+        search: bool,
+        expires: float,
+    ) -> _Family:
         try:
-            answers = await resolver.resolve_name(
-                self._host,
-                search=self._server is None,
+            answer = await resolver.resolve(
+                name,
+                rdtype,
+                search=search,
                 raise_on_no_answer=False,
-                lifetime=self._query_timeout,
+                lifetime=max(expires - time.monotonic(), 0.0),
             )
         except dns.resolver.NXDOMAIN as exc:
+            _log.debug("%r: %s answered NXDOMAIN", self, rdtype)
+            return _Family((), _negative_ttl(exc, self._max_ttl), None)
+        found = tuple(str(rdata.address) for rdata in answer.rrset or ())
+        return _Family(found, float(answer.chaining_result.minimum_ttl), answer.qname)
+
+    def _why_empty(self, addresses: frozenset[Address], v4: _Family, v6: _Family) -> str | None:
+        if addresses:
+            return None
+        if v4.qname is None and v6.qname is None:
             _log.info("%r: no such name (NXDOMAIN)", self)
-            return _Answer(frozenset(), _negative_ttl(exc, self._max_ttl))
-        addresses = frozenset(Address(ip, self._port) for ip in answers.addresses())
-        if not addresses:
-            _log.info("%r: the name has no A or AAAA records", self)
-        ttl = min(answer.chaining_result.minimum_ttl for answer in answers.values())
-        return _Answer(addresses, float(ttl))
+            return f"{self._host}: NXDOMAIN from {self._servers_text()}"
+        _log.info("%r: the name has no A or AAAA records", self)
+        return f"{self._host}: no A or AAAA records at {self._servers_text()}"
+
+    def _servers_text(self) -> str:
+        """The DNS server(s) asked, as ``ip:port`` joined by commas."""
+        if self._server is not None:
+            return str(Address(*self._server))
+        resolver = self._dns
+        if resolver is None:
+            return "the system's DNS servers"
+        return ", ".join(_nameserver_text(str(ns), resolver.port) for ns in resolver.nameservers)
+
+    def _describe_failure(self, exc: BaseException) -> str:
+        """A failed resolution in words for a person, naming the server; no class names."""
+        host = self._host
+        if isinstance(exc, dns.resolver.NoResolverConfiguration):
+            return f"{host}: no DNS server configured (no usable resolv.conf)"
+        if isinstance(exc, dns.exception.Timeout):
+            return f"{host}: timed out asking {self._servers_text()}"
+        if isinstance(exc, dns.resolver.NoNameservers):
+            errors = exc.kwargs.get("errors") or []
+            said = dict.fromkeys(_server_error(error) for error in errors)
+            return f"{host}: " + ("; ".join(said) or f"no answer from {self._servers_text()}")
+        if isinstance(exc, OSError):
+            return f"{host}: asking {self._servers_text()} failed: {exc.strerror or exc}"
+        return f"{host}: {str(exc) or 'resolution failed'}"
 
     def _resolver(self) -> dns.asyncresolver.Resolver:
         if self._dns is None:
@@ -243,6 +333,34 @@ def _make_resolver(server: tuple[str, int] | None) -> dns.asyncresolver.Resolver
     resolver.nameservers = [server[0]]
     resolver.port = server[1]
     return resolver
+
+
+def _server_error(entry: tuple[Any, ...]) -> str:
+    """One entry of dnspython's per-server errors, e.g. ``refused by 127.0.0.1:53``.
+
+    An entry is ``(nameserver, tcp, port, error, response)``; ``error`` is an
+    rcode name (``"SERVFAIL"``) or an exception.
+    """
+    nameserver, _tcp, port, error = entry[:4]
+    server = _nameserver_text(str(nameserver), int(port))
+    if error == "REFUSED":
+        return f"refused by {server}"
+    if isinstance(error, str):
+        return f"{error} from {server}"
+    if isinstance(error, dns.exception.Timeout):
+        return f"timed out asking {server}"
+    if isinstance(error, OSError):
+        return f"asking {server} failed: {error.strerror or error}"
+    return f"{error} from {server}"
+
+
+def _nameserver_text(nameserver: str, port: int) -> str:
+    """``ip:port`` of a dnspython nameserver's text (``Do53:127.0.0.1@5353`` or an IP).
+
+    Anything else (a DNS-over-HTTPS URL) is returned as it is.
+    """
+    ip = nameserver.removeprefix("Do53:").rpartition("@")[0] or nameserver
+    return str(Address(ip, port)) if _is_ip(ip) else nameserver
 
 
 def _negative_ttl(exc: dns.resolver.NXDOMAIN, default: float) -> float:

@@ -12,7 +12,8 @@ Pool invariants (the cases :meth:`Endpoint._update_pool` handles):
    opened only when every open channel already carries
    ``max_concurrent_per_channel`` calls or more.
 3. A channel beyond the first ``min_channels`` that has been idle longer than
-   ``idle_timeout`` is closed. The first channel carries the health watch and
+   ``idle_timeout`` is closed when a lease ends or at a sweep (``prune``);
+   taking a lease never awaits. The first channel carries the health watch and
    stays.
 4. A draining endpoint takes no new lease, and closes every channel once its
    last call ends (or after the drain grace).
@@ -33,12 +34,13 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from client._discovery_backoff import DiscoveryBackoff
 from client._picker import PeakEwma
 from client._resolver import Address
 from client._tasks import cancel_and_wait
@@ -46,8 +48,10 @@ from meshdemo.v1 import user_pb2_grpc
 
 __all__ = [
     "HEALTH_SERVICE_NAME",
+    "ChannelFactory",
     "EjectionConfig",
     "Endpoint",
+    "EndpointDrainingError",
     "EndpointState",
     "EndpointStats",
     "Lease",
@@ -62,6 +66,22 @@ log = logging.getLogger("meshdemo.client.endpoint")
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 #: Codes that mean "this replica did not answer": they count towards ejection.
 _OUTLIER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+#: Opens one channel: ``(grpc target, channel options, interceptors) -> channel``.
+ChannelFactory = Callable[[str, list[tuple[str, Any]], Sequence[Any]], grpc.aio.Channel]
+
+
+class EndpointDrainingError(Exception):
+    """The endpoint is draining or closed: it takes no new lease.
+
+    Raised only by :meth:`Endpoint.acquire` (and so :meth:`Endpoint.lease`),
+    never by a call on a leased channel; a caller that catches it around the
+    lease alone knows that nothing was sent and another endpoint may be tried.
+    """
+
+    def __init__(self, address: Address) -> None:
+        super().__init__(f"{address} is draining: it takes no new calls")
+        self.address = address
 
 
 class EndpointState(enum.Enum):
@@ -132,6 +152,15 @@ class PoolConfig:
         _check(
             self.health_backoff_max >= self.health_backoff_initial,
             "health_backoff_max must be >= health_backoff_initial",
+        )
+
+    def watch_backoff(self) -> DiscoveryBackoff:
+        """The health watch's reconnect backoff: doubling from initial up to max, half jitter."""
+        return DiscoveryBackoff(
+            initial=self.health_backoff_initial,
+            multiplier=2.0,
+            cap=self.health_backoff_max,
+            jitter=0.5,
         )
 
     def channel_options(self) -> list[tuple[str, Any]]:
@@ -214,6 +243,7 @@ class Lease:
     endpoint: Endpoint
     channel: grpc.aio.Channel
     stub: user_pb2_grpc.UserServiceAsyncStub
+    _pooled: _PooledChannel = field(repr=False, compare=False)
 
 
 class Endpoint:
@@ -229,7 +259,13 @@ class Endpoint:
         clock: Monotonic seconds; a seam for ejection and idle tests.
         sleep: Awaitable sleep; a seam for the health watch's backoff.
         rng: Random source of the health watch's backoff jitter.
-        channel_factory: Opens a channel to a grpc target; the default is an insecure channel.
+        channel_factory: Opens a channel to a grpc target; the default opens a
+            secure channel with ``credentials``, else an insecure one.
+        credentials: Channel credentials (TLS) for every channel; None for plain text.
+
+    Raises:
+        ValueError: Both ``channel_factory`` and ``credentials`` given (the
+            factory would ignore the credentials).
     """
 
     def __init__(
@@ -242,9 +278,11 @@ class Endpoint:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
-        channel_factory: Callable[[str, list[tuple[str, Any]], Sequence[Any]], grpc.aio.Channel]
-        | None = None,
+        channel_factory: ChannelFactory | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
+        if channel_factory is not None and credentials is not None:
+            raise ValueError("give channel_factory or credentials, not both")
         self.address = address
         self._pool = pool or PoolConfig()
         self._ejection = ejection or EjectionConfig()
@@ -252,7 +290,10 @@ class Endpoint:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._open_channel = channel_factory or _insecure_channel
+        self._open_channel = channel_factory or _default_factory(credentials)
+        self._watch_backoff = self._pool.watch_backoff()
+        #: Health watch attempts since the last reply (0 right after a reply).
+        self._watch_failures = 0
         self._channels: list[_PooledChannel] = []
         self._opened = 0
         self._in_flight = 0
@@ -391,24 +432,40 @@ class Endpoint:
 
     # --- leases and the pool --------------------------------------------------------------
 
+    def acquire(self) -> Lease:
+        """Take one call's slot on the least busy channel; give it back with :meth:`release`.
+
+        Never awaits, so no cancellation can fall between taking the slot and
+        handing over the lease that gives it back.
+
+        Raises:
+            EndpointDrainingError: The endpoint is draining or closed (nothing taken).
+        """
+        pooled, to_close = self._update_pool(acquire=True)
+        assert pooled is not None
+        assert not to_close  # taking a lease closes nothing (invariant 3)
+        return Lease(self, pooled.channel, pooled.stub, pooled)
+
+    async def release(self, lease: Lease) -> None:
+        """Give back a slot taken by :meth:`acquire`; exactly once per lease."""
+        _, to_close = self._update_pool(release=lease._pooled)
+        await _close_all(to_close)
+
     @contextlib.asynccontextmanager
     async def lease(self) -> AsyncIterator[Lease]:
         """Hold one call's slot on the least busy channel for the block's duration.
 
         Raises:
-            RuntimeError: The endpoint is draining or closed.
+            EndpointDrainingError: The endpoint is draining or closed (on entry only).
         """
-        pooled, to_close = self._update_pool(acquire=True)
-        await _close_all(to_close)
-        assert pooled is not None
+        lease = self.acquire()
         try:
-            yield Lease(self, pooled.channel, pooled.stub)
+            yield lease
         finally:
-            _, to_close = self._update_pool(release=pooled)
-            await _close_all(to_close)
+            await self.release(lease)
 
     async def prune(self) -> None:
-        """Close extra channels idle longer than ``idle_timeout`` (also done on every lease)."""
+        """Close extra channels idle longer than ``idle_timeout`` (also done on every release)."""
         _, to_close = self._update_pool()
         await _close_all(to_close)
 
@@ -425,6 +482,8 @@ class Endpoint:
         """
         now = self._clock()
         leased = self._take_channel(now) if acquire else None
+        if leased is not None:
+            return leased, []  # Idle channels are closed on release and by prune(), not here.
         if release is not None:
             self._give_back(release, now)
         if close or (self._draining and self._in_flight == 0):
@@ -436,7 +495,7 @@ class Endpoint:
 
     def _take_channel(self, now: float) -> _PooledChannel:
         if self._draining or self._closed:
-            raise RuntimeError(f"{self.address} is draining: it takes no new calls")
+            raise EndpointDrainingError(self.address)
         self._ensure_min_channels(now)
         best = min(self._channels, key=lambda c: c.in_flight)
         full = best.in_flight >= self._pool.max_concurrent_per_channel
@@ -497,12 +556,14 @@ class Endpoint:
         # A watch that got answers and then broke leaves the endpoint CONNECTING (the
         # replica may just have closed an old connection); an attempt that got no
         # answer at all makes it UNREACHABLE until an answer comes.
-        retry = 0
+        # Backoff invariant: the n-th reconnect since the last reply waits
+        # ``watch_backoff().delay(n)``: a reply resets n, so a watch that keeps
+        # answering between breaks always reconnects after the initial delay,
+        # and the delay never exceeds health_backoff_max however many breaks.
         while not (self._closed or self._draining):
             answered = [False]
             try:
                 await self._watch_once(answered)
-                retry = 0  # The server ended the stream cleanly: reconnect at once.
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.UNIMPLEMENTED:
                     self._set_health(EndpointState.SERVING)  # No health service: assume serving.
@@ -510,8 +571,8 @@ class Endpoint:
                 self._watch_broken = True
                 self._unreachable = not answered[0]
                 log.debug("health watch of %s failed: %s", self.address, err.code())
-            retry += 1
-            await self._sleep(self._watch_backoff(retry))
+            self._watch_failures += 1
+            await self._sleep(self._watch_backoff.delay(self._watch_failures, self._rng.random))
 
     async def _watch_once(self, answered: list[bool]) -> None:
         stub = health_pb2_grpc.HealthStub(self._primary_channel())
@@ -519,17 +580,12 @@ class Endpoint:
         try:
             async for reply in call:
                 answered[0] = True
+                self._watch_failures = 0
                 self._watch_broken = self._unreachable = False
                 serving = reply.status == _SERVING
                 self._set_health(EndpointState.SERVING if serving else EndpointState.NOT_SERVING)
         finally:
             call.cancel()
-
-    def _watch_backoff(self, retry: int) -> float:
-        cap = min(
-            self._pool.health_backoff_initial * 2.0 ** (retry - 1), self._pool.health_backoff_max
-        )
-        return cap * self._rng.uniform(0.5, 1.0)
 
     def _set_health(self, health: EndpointState) -> None:
         if health is not self._health:
@@ -564,10 +620,19 @@ class Endpoint:
             await cancel_and_wait(task)
 
 
-def _insecure_channel(
-    target: str, options: list[tuple[str, Any]], interceptors: Sequence[Any]
-) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+def _default_factory(credentials: grpc.ChannelCredentials | None) -> ChannelFactory:
+    """Opens secure channels with ``credentials``, or insecure ones without."""
+
+    def open_channel(
+        target: str, options: list[tuple[str, Any]], interceptors: Sequence[Any]
+    ) -> grpc.aio.Channel:
+        if credentials is None:
+            return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        return grpc.aio.secure_channel(
+            target, credentials, options=options, interceptors=interceptors
+        )
+
+    return open_channel
 
 
 async def _close_all(channels: Sequence[_PooledChannel]) -> None:

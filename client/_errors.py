@@ -1,7 +1,8 @@
 """The client's exceptions, and the one place that maps a grpc error onto them.
 
-Every failed call surfaces as a :class:`MeshError` (or a subclass chosen by the
-status code), carrying the status code, the message, the ``google.rpc`` details
+Every failed call surfaces as a :class:`MeshError` subclass chosen by the
+status code (one class per non-OK code, each registered where it is defined),
+carrying the status code, the message, the ``google.rpc`` details
 decoded from ``grpc-status-details-bin`` and the trailing metadata. The grpc
 error stays attached as ``__cause__``.
 
@@ -23,19 +24,26 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 
 __all__ = [
+    "AbortedError",
     "AlreadyExistsError",
     "CallCancelledError",
+    "DataLossError",
     "DeadlineExceededError",
+    "FailedPreconditionError",
     "FieldViolation",
     "InternalError",
     "InvalidArgumentError",
     "MeshError",
     "MetadataPair",
     "NotFoundError",
+    "OutOfRangeError",
     "PermissionDeniedError",
     "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",
+    "UnimplementedError",
+    "UnknownError",
+    "error_class",
     "from_rpc_error",
     "rpc_code",
     "rpc_message",
@@ -62,6 +70,12 @@ class FieldViolation(NamedTuple):
 class MeshError(Exception):
     """A call failed with a non-OK status.
 
+    Every one of the sixteen non-OK status codes has its own subclass, which
+    registers itself for its code where it is defined (``class
+    NotFoundError(MeshError, code=grpc.StatusCode.NOT_FOUND)``): that class
+    statement is the one place a code is mapped. ``MeshError`` itself is what
+    an error with no valid code (OK, a foreign object) maps to.
+
     Attributes:
         code: the gRPC status code.
         message: the status message (``details()`` in grpcio's words).
@@ -70,6 +84,15 @@ class MeshError(Exception):
     """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init_subclass__(cls, code: grpc.StatusCode | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is None:
+            return  # A user's subclass of a mapped class: not a mapping of its own.
+        if code is grpc.StatusCode.OK or code in _CLASS_BY_CODE:
+            raise TypeError(f"{code.name} cannot be mapped to {cls.__name__}")
+        cls.code = code
+        _CLASS_BY_CODE[code] = cls
 
     def __init__(
         self,
@@ -105,10 +128,23 @@ class MeshError(Exception):
         return f"{type(self).__name__}(code={self.code.name}, message={self.message!r})"
 
 
-class InvalidArgumentError(MeshError):
-    """The request was rejected as invalid; see :attr:`field_violations`."""
+#: Status code -> its class; filled only by ``MeshError.__init_subclass__``.
+_CLASS_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {}
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+
+# The sixteen codes, in the order of their numbers (grpc/doc/statuscodes.md).
+
+
+class CallCancelledError(MeshError, code=grpc.StatusCode.CANCELLED):
+    """The call was cancelled (named so as not to shadow ``asyncio.CancelledError``)."""
+
+
+class UnknownError(MeshError, code=grpc.StatusCode.UNKNOWN):
+    """The server (or a proxy) failed without saying how, e.g. ``Stream removed``."""
+
+
+class InvalidArgumentError(MeshError, code=grpc.StatusCode.INVALID_ARGUMENT):
+    """The request was rejected as invalid; see :attr:`field_violations`."""
 
     @property
     def field_violations(self) -> tuple[FieldViolation, ...]:
@@ -121,75 +157,61 @@ class InvalidArgumentError(MeshError):
         )
 
 
-class NotFoundError(MeshError):
-    """The named resource does not exist."""
-
-    code = grpc.StatusCode.NOT_FOUND
-
-
-class AlreadyExistsError(MeshError):
-    """A resource with the same unique key exists."""
-
-    code = grpc.StatusCode.ALREADY_EXISTS
-
-
-class UnauthenticatedError(MeshError):
-    """No valid credentials were sent."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class PermissionDeniedError(MeshError):
-    """The credentials lack the needed role."""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
-
-
-class ResourceExhaustedError(MeshError):
-    """A limit was hit (rate, quota, size)."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class UnavailableError(MeshError):
-    """No replica could answer (after any retries)."""
-
-    code = grpc.StatusCode.UNAVAILABLE
-
-
-class DeadlineExceededError(MeshError):
+class DeadlineExceededError(MeshError, code=grpc.StatusCode.DEADLINE_EXCEEDED):
     """The call's deadline passed."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+class NotFoundError(MeshError, code=grpc.StatusCode.NOT_FOUND):
+    """The named resource does not exist."""
 
 
-class CallCancelledError(MeshError):
-    """The call was cancelled (named so as not to shadow ``asyncio.CancelledError``)."""
-
-    code = grpc.StatusCode.CANCELLED
+class AlreadyExistsError(MeshError, code=grpc.StatusCode.ALREADY_EXISTS):
+    """A resource with the same unique key exists."""
 
 
-class InternalError(MeshError):
+class PermissionDeniedError(MeshError, code=grpc.StatusCode.PERMISSION_DENIED):
+    """The credentials lack the needed role."""
+
+
+class ResourceExhaustedError(MeshError, code=grpc.StatusCode.RESOURCE_EXHAUSTED):
+    """A limit was hit (rate, quota, size)."""
+
+
+class FailedPreconditionError(MeshError, code=grpc.StatusCode.FAILED_PRECONDITION):
+    """The system is not in the state the call needs (do not retry as is)."""
+
+
+class AbortedError(MeshError, code=grpc.StatusCode.ABORTED):
+    """The call was aborted, typically by a concurrency conflict (retry the whole operation)."""
+
+
+class OutOfRangeError(MeshError, code=grpc.StatusCode.OUT_OF_RANGE):
+    """The request went past a valid range (e.g. reading past the end)."""
+
+
+class UnimplementedError(MeshError, code=grpc.StatusCode.UNIMPLEMENTED):
+    """The server does not implement this method (an older replica?)."""
+
+
+class InternalError(MeshError, code=grpc.StatusCode.INTERNAL):
     """The server failed unexpectedly."""
 
-    code = grpc.StatusCode.INTERNAL
+
+class UnavailableError(MeshError, code=grpc.StatusCode.UNAVAILABLE):
+    """No replica could answer (after any retries)."""
 
 
-_CLASS_BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
-    cls.code: cls
-    for cls in (
-        InvalidArgumentError,
-        NotFoundError,
-        AlreadyExistsError,
-        UnauthenticatedError,
-        PermissionDeniedError,
-        ResourceExhaustedError,
-        UnavailableError,
-        DeadlineExceededError,
-        CallCancelledError,
-        InternalError,
-    )
-}
+class DataLossError(MeshError, code=grpc.StatusCode.DATA_LOSS):
+    """Unrecoverable data loss or corruption."""
+
+
+class UnauthenticatedError(MeshError, code=grpc.StatusCode.UNAUTHENTICATED):
+    """No valid credentials were sent."""
+
+
+def error_class(code: grpc.StatusCode) -> type[MeshError]:
+    """The exception class of ``code``; :class:`MeshError` for OK (no class of its own)."""
+    return _CLASS_BY_CODE.get(code, MeshError)
 
 
 def from_rpc_error(err: grpc.RpcError) -> MeshError:
@@ -200,8 +222,7 @@ def from_rpc_error(err: grpc.RpcError) -> MeshError:
     """
     code = rpc_code(err)
     trailing = rpc_trailing_metadata(err)
-    cls = _CLASS_BY_CODE.get(code, MeshError)
-    mapped = cls(
+    mapped = error_class(code)(
         rpc_message(err),
         code=code,
         details=_decode_details(code, trailing),

@@ -88,11 +88,14 @@ class FeedResolver(abc.ABC):
     Subclasses implement ``_run()``, which publishes with ``_publish()`` and
     runs until cancelled (it may also return once its set can never change).
     The task starts at the first ``updates()`` consumer or at ``start()``.
+    A failed resolution calls ``_record_failure()`` with its reason in words;
+    ``_publish()`` sets or clears that reason (see ``last_failure``).
     """
 
     def __init__(self) -> None:
         self._feed = AddressFeed()
         self._task: asyncio.Task[None] | None = None
+        self._last_failure: str | None = None
 
     def start(self) -> None:
         """Start resolving now, rather than at the first ``updates()`` consumer.
@@ -126,6 +129,15 @@ class FeedResolver(abc.ABC):
         """The latest published set, or None if none is known yet."""
         return self._feed.current
 
+    @property
+    def last_failure(self) -> str | None:
+        """Why the last resolution gave no address, in words; None once one found some.
+
+        Set by a failure of the source (the last set is kept) and by an answer
+        that names no address (the empty set is published).
+        """
+        return self._last_failure
+
     async def close(self) -> None:
         """Stop the background task and end every ``updates()`` iterator."""
         self._feed.close()
@@ -137,7 +149,14 @@ class FeedResolver(abc.ABC):
     async def _aclose_resources(self) -> None:  # noqa: B027 - an optional hook
         """Release what the resolver owns; called once the task has ended."""
 
-    def _publish(self, addresses: frozenset[Address]) -> None:
+    def _record_failure(self, reason: str) -> None:
+        """The source failed; the last set stays published."""
+        self._last_failure = reason
+
+    def _publish(self, addresses: frozenset[Address], *, why_empty: str | None = None) -> None:
+        """Publish ``addresses``; ``why_empty`` is the reason an empty set is empty."""
+        # Invariant: a non-empty answer always clears the failure, changed or not.
+        self._last_failure = None if addresses else why_empty
         if self._feed.publish(addresses):
             _log.info("%r: %d endpoint(s): %s", self, len(addresses), sorted(map(str, addresses)))
 

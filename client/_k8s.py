@@ -200,6 +200,7 @@ class KubernetesResolver(FeedResolver):
 
     async def _back_off(self, exc: BaseException) -> None:
         self._failures += 1
+        self._record_failure(f"Kubernetes API failed: {_describe(exc)}")
         delay = self._backoff.delay(self._failures, self._random)
         _log.warning(
             "%r: Kubernetes API failed (%d in a row), keeping %d endpoint(s), retry in %.1fs: %s",

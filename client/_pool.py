@@ -33,7 +33,17 @@ log = logging.getLogger("meshdemo.client.pool")
 
 
 class NoEndpointError(Exception):
-    """No endpoint is known (the resolver has published none in time)."""
+    """No endpoint is known (the resolver has published none in time).
+
+    The message names the target and why nothing is known, e.g. ``no endpoint
+    for dns://127.0.0.1:5353/users.x:50051: users.x: NXDOMAIN from
+    127.0.0.1:5353``; ``reason`` is the part after the target.
+    """
+
+    def __init__(self, target: str, reason: str) -> None:
+        super().__init__(f"no endpoint for {target}: {reason}")
+        self.target = target
+        self.reason = reason
 
 
 class EndpointSet:
@@ -50,6 +60,10 @@ class EndpointSet:
         rng: Random source for the picker and backoff jitter.
         maintenance_interval: Seconds between idle-channel sweeps; None never sweeps
             (channels are still pruned on every lease).
+        target: How messages name the target; ``str(resolver)`` when None (the
+            built-in DNS and static resolvers print their canonical target).
+        credentials: Channel credentials of every channel (TLS); None dials in
+            plain text.
     """
 
     def __init__(
@@ -64,8 +78,12 @@ class EndpointSet:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         maintenance_interval: float | None = 5.0,
+        target: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._resolver = resolver
+        self._target = str(resolver) if target is None else target
+        self._credentials = credentials
         self._rng = rng or random.Random()
         self._picker = make_picker(picker, self._rng) if isinstance(picker, str) else picker
         self._pool = pool or PoolConfig()
@@ -160,6 +178,7 @@ class EndpointSet:
             clock=self._clock,
             sleep=self._sleep,
             rng=self._rng,
+            credentials=self._credentials,
         )
 
     async def _drain(self, endpoint: Endpoint) -> None:
@@ -186,7 +205,7 @@ class EndpointSet:
 
         Raises:
             NoEndpointError: Still no endpoint after the wait, or after the
-                resolver published an empty set.
+                resolver published an empty set; its message says why.
         """
         if not self._resolved.is_set():
             self.start()
@@ -194,8 +213,18 @@ class EndpointSet:
                 await asyncio.wait_for(self._resolved.wait(), max_wait)
         endpoint = self.pick(exclude)
         if endpoint is None:
-            raise NoEndpointError(f"no endpoint known for {self._resolver!r}")
+            raise NoEndpointError(self._target, self._why_none())
         return endpoint
+
+    def _why_none(self) -> str:
+        """Why no endpoint is known: the resolver's own reason when it gives one."""
+        # getattr: resolvers written before ``last_failure`` joined the protocol.
+        reason: str | None = getattr(self._resolver, "last_failure", None)
+        if reason:
+            return reason
+        if self._resolved.is_set():
+            return "the resolver lists no address"
+        return "no address resolved yet"
 
     def report_failure(self, endpoint: Endpoint, code: grpc.StatusCode | None) -> None:
         """A call on ``endpoint`` failed with ``code``: ask for re-resolution if unreachable."""

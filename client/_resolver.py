@@ -14,7 +14,21 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-__all__ = ["Address", "Resolver", "StaticResolver", "TargetError", "parse_hostport", "resolver_for"]
+__all__ = [
+    "TARGET_FORMS",
+    "Address",
+    "Resolver",
+    "StaticResolver",
+    "TargetError",
+    "parse_hostport",
+    "resolver_for",
+]
+
+#: The target forms every resolver accepts, worded as the CLI's ``--target`` help.
+TARGET_FORMS = (
+    "dns:///name:port, dns://server:port/name:port, "
+    "static:///host:port,host:port or k8s:///service.namespace:port"
+)
 
 
 class TargetError(ValueError):
@@ -81,7 +95,18 @@ class Resolver(Protocol):
     changes, the first set as soon as one is known; an empty set means no
     endpoint is known right now; ``resolve_now()`` never blocks and may be
     called any number of times (the resolver coalesces and rate-limits).
+
+    ``last_failure`` (added after the first release; the endpoint set reads it
+    with a default of None, so older resolvers still work) says in words for a
+    person why the last resolution gave no address: its source failed (the
+    last set is kept), or it answered that there is none. It is None once a
+    resolution found addresses. It never names an internal class.
     """
+
+    @property
+    def last_failure(self) -> str | None:
+        """Why the last resolution gave no address (e.g. ``users: NXDOMAIN from ...``), or None."""
+        ...
 
     def updates(self) -> AsyncIterator[frozenset[Address]]:
         """Yield the full address set whenever it changes, until ``close()``."""
@@ -117,6 +142,11 @@ class StaticResolver:
         yield self._addresses
         await self._closed.wait()
 
+    @property
+    def last_failure(self) -> str | None:
+        """Always None: a fixed list never fails."""
+        return None
+
     def resolve_now(self) -> None:
         return None
 
@@ -126,12 +156,27 @@ class StaticResolver:
     def __repr__(self) -> str:
         return f"StaticResolver({sorted(map(str, self._addresses))})"
 
+    def __str__(self) -> str:
+        return "static:///" + ",".join(map(str, sorted(self._addresses)))
+
 
 def resolver_for(target: str) -> Resolver:
     """The resolver for ``target``: ``dns:///``, ``dns://server/``, ``static:///``, ``k8s:///``.
 
     A bare ``host:port`` is read as ``dns:///host:port``, as grpcio does.
+
+    Raises:
+        TargetError: A target no resolver understands; its message ends with
+            the accepted forms (:data:`TARGET_FORMS`).
     """
+    try:
+        return _dispatch(target)
+    except TargetError as exc:
+        where = "" if repr(target) in str(exc) else f" (target {target!r})"
+        raise TargetError(f"{exc}{where}; a target is one of {TARGET_FORMS}") from exc
+
+
+def _dispatch(target: str) -> Resolver:
     if "://" not in target:
         target = "dns:///" + target
     try:

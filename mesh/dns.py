@@ -14,6 +14,10 @@ snapshot:
    ``negative_ttl`` (RFC 2308: how long the negative answer may be cached).
 3. An unknown name answers NXDOMAIN with the same SOA.
 4. With ``servfail`` set every query answers SERVFAIL (a test knob).
+5. ``rcodes`` maps a query type (``"AAAA"``, or ``"*"`` for every type) to
+   an rcode name answered instead of the records (a test knob): e.g.
+   ``{"AAAA": "NXDOMAIN"}`` plays the resolvers that wrongly deny a name per
+   family, ``{"*": "REFUSED"}`` a server that refuses to answer.
 
 Names are case-insensitive and taken with or without the trailing dot. Only
 loopback addresses can be published, so a client of this server never dials
@@ -119,7 +123,7 @@ class DnsServer:
 
     Use it as a context manager, or ``start()`` and ``stop()`` (which may be
     repeated: a restart binds the same port again). ``ttl``, ``negative_ttl``
-    and ``servfail`` may be changed at any time; the next query sees them.
+    ``servfail`` and ``rcodes`` may be changed at any time; the next query sees them.
 
     Args:
         host: The loopback address to bind.
@@ -153,6 +157,8 @@ class DnsServer:
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.servfail = False
+        #: Query type (or ``"*"``) -> rcode name answered instead of records.
+        self.rcodes: dict[str, str] = {}
         self.zone = _fqdn(zone)
         self.tcp = tcp
         self._port = port
@@ -321,6 +327,12 @@ class DnsServer:
             records = self._records.get(qname)
         if self.servfail:
             reply.header.rcode = RCODE.SERVFAIL
+            return reply
+        forced = self.rcodes.get(qtype, self.rcodes.get("*"))
+        if forced is not None:
+            reply.header.rcode = getattr(RCODE, forced)
+            if forced == "NXDOMAIN":
+                reply.add_auth(self._soa(qname))
             return reply
         found = _records_of(records, qtype)
         for ip in found:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from client import EjectionConfig, Endpoint, EndpointState, PoolConfig
+from client import EjectionConfig, Endpoint, EndpointDrainingError, EndpointState, PoolConfig
 from client._interceptors import auth_interceptors
 from meshdemo.v1 import user_pb2
 from service.testing import InProcessServer, admin_token, serve
@@ -320,7 +320,7 @@ async def test_drain_waits_for_in_flight_calls_then_closes(server: InProcessServ
         drain = asyncio.create_task(endpoint.drain(grace=10))
         await eventually(lambda: endpoint.state is EndpointState.DRAINING)
         assert not endpoint.is_available()
-        with pytest.raises(RuntimeError, match="draining"):
+        with pytest.raises(EndpointDrainingError, match="draining"):
             async with endpoint.lease():
                 pass
         await asyncio.sleep(0.05)

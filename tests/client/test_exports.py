@@ -28,7 +28,9 @@ EXPECTED = {
     "MeshError", "InvalidArgumentError", "FieldViolation", "NotFoundError",
     "AlreadyExistsError", "UnauthenticatedError", "PermissionDeniedError",
     "ResourceExhaustedError", "UnavailableError", "DeadlineExceededError",
-    "CallCancelledError", "InternalError", "from_rpc_error",
+    "CallCancelledError", "InternalError", "from_rpc_error", "UnknownError",
+    "FailedPreconditionError", "AbortedError", "OutOfRangeError", "UnimplementedError",
+    "DataLossError", "EndpointDrainingError", "error_class", "TARGET_FORMS",
 }  # fmt: skip
 
 

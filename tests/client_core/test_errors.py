@@ -17,18 +17,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from client._errors import (
+    AbortedError,
     AlreadyExistsError,
     CallCancelledError,
+    DataLossError,
     DeadlineExceededError,
+    FailedPreconditionError,
     FieldViolation,
     InternalError,
     InvalidArgumentError,
     MeshError,
     NotFoundError,
+    OutOfRangeError,
     PermissionDeniedError,
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
+    UnimplementedError,
+    UnknownError,
+    error_class,
     from_rpc_error,
     rpc_code,
     rpc_message,
@@ -54,6 +61,12 @@ EXPECTED_CLASS: dict[grpc.StatusCode, type[MeshError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
     grpc.StatusCode.CANCELLED: CallCancelledError,
     grpc.StatusCode.INTERNAL: InternalError,
+    grpc.StatusCode.UNKNOWN: UnknownError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.ABORTED: AbortedError,
+    grpc.StatusCode.OUT_OF_RANGE: OutOfRangeError,
+    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
+    grpc.StatusCode.DATA_LOSS: DataLossError,
 }
 
 
@@ -98,13 +111,44 @@ def test_every_code_maps_to_its_class(code: grpc.StatusCode) -> None:
 def test_each_class_names_its_code() -> None:
     for code, cls in EXPECTED_CLASS.items():
         assert cls.code is code
+        assert error_class(code) is cls
     assert MeshError.code is grpc.StatusCode.UNKNOWN
+
+
+def test_all_sixteen_non_ok_codes_have_their_own_class() -> None:
+    non_ok = [code for code in grpc.StatusCode if code is not grpc.StatusCode.OK]
+    assert len(non_ok) == 16
+    assert set(EXPECTED_CLASS) == set(non_ok)
+    assert len({error_class(code) for code in non_ok}) == 16
+    assert error_class(grpc.StatusCode.OK) is MeshError
+
+
+def test_a_code_is_registered_once() -> None:
+    with pytest.raises(TypeError, match="NOT_FOUND"):
+
+        class AnotherNotFound(MeshError, code=grpc.StatusCode.NOT_FOUND):
+            pass
+
+    with pytest.raises(TypeError, match="OK"):
+
+        class Fine(MeshError, code=grpc.StatusCode.OK):
+            pass
+
+    assert error_class(grpc.StatusCode.NOT_FOUND) is NotFoundError
+
+
+def test_a_users_subclass_keeps_its_parents_code_and_mapping() -> None:
+    class MissingUser(NotFoundError):
+        pass
+
+    assert MissingUser("u-1").code is grpc.StatusCode.NOT_FOUND
+    assert error_class(grpc.StatusCode.NOT_FOUND) is NotFoundError
 
 
 def test_a_bare_rpc_error_maps_to_unknown() -> None:
     err = grpc.RpcError("no status at all")
     mapped = from_rpc_error(err)
-    assert type(mapped) is MeshError
+    assert type(mapped) is UnknownError
     assert mapped.code is grpc.StatusCode.UNKNOWN
     assert mapped.message == "no status at all"
     assert mapped.trailing_metadata == ()
@@ -354,7 +398,7 @@ async def test_wire_unavailable_carries_retry_info_and_pushback() -> None:
         (service_errors.PermissionDenied("admin only"), PermissionDeniedError),
         (service_errors.ResourceExhausted("slow down", retry_after_ms=5), ResourceExhaustedError),
         (service_errors.Internal("oops"), InternalError),
-        (service_errors.FailedPrecondition("not yet"), MeshError),
+        (service_errors.FailedPrecondition("not yet"), FailedPreconditionError),
     ],
 )
 async def test_wire_service_errors_map_to_their_classes(

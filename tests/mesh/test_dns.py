@@ -268,3 +268,17 @@ def test_bad_options_are_rejected(options: dict[str, object]) -> None:
 def test_an_empty_name_is_rejected(server: DnsServer) -> None:
     with pytest.raises(ValueError, match="empty"):
         server.publish(".", ["127.0.0.2"])
+
+
+def test_rcodes_override_one_query_type(server: DnsServer) -> None:
+    server.publish(SERVICE_NAME, ["127.0.0.2"])
+    server.rcodes = {"AAAA": "NXDOMAIN"}
+    denied = ask(server, SERVICE_NAME, "AAAA")
+    assert denied.rcode() == dns.rcode.NXDOMAIN
+    assert soa(denied)[0] == "cluster.local."
+    assert addresses(ask(server, SERVICE_NAME, "A")) == ["127.0.0.2"]
+    server.rcodes = {"*": "REFUSED"}
+    assert ask(server, SERVICE_NAME, "A").rcode() == dns.rcode.REFUSED
+    assert ask(server, SERVICE_NAME, "AAAA").rcode() == dns.rcode.REFUSED
+    server.rcodes = {}
+    assert ask(server, SERVICE_NAME, "AAAA").rcode() == dns.rcode.NOERROR

@@ -379,8 +379,9 @@ async def test_search_domains_and_ndots_apply_without_a_server(
     )
     try:
         assert await next_update(resolver.updates()) == addrs("127.0.0.2")
-        # "api" has fewer than ndots dots: the search domain is tried first.
-        assert dns_server.queries[0] == ("api.mesh.test.", "AAAA")
+        # "api" has fewer than ndots dots: the search domain is tried first,
+        # and AAAA is asked under the name A was found under.
+        assert dns_server.queries == [("api.mesh.test.", "A"), ("api.mesh.test.", "AAAA")]
     finally:
         await resolver.close()
 

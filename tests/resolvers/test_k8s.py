@@ -473,3 +473,26 @@ def test_malformed_targets_are_rejected(netloc: str, path: str) -> None:
 def test_bad_options_are_rejected() -> None:
     with pytest.raises(ValueError, match="watch_timeout"):
         KubernetesResolver("users", "mesh", 50051, watch_timeout=0)
+
+
+async def test_an_api_failure_is_the_last_failure_until_a_list_succeeds(
+    fake: FakeKubernetesApi, make: Any
+) -> None:
+    fake.upsert(endpoint_slice("users-a", [endpoint("127.0.0.2")]))
+    fake.fail_lists(503)
+    resolver = make()
+    seen: list[str | None] = []
+
+    async def sleep(seconds: float) -> None:  # the backoff's wait, right after the failure
+        seen.append(resolver.last_failure)
+        await asyncio.sleep(0)
+
+    resolver._sleep = sleep
+    try:
+        assert await anext(resolver.updates()) == addrs("127.0.0.2")
+        [reason] = seen
+        assert reason is not None
+        assert reason.startswith("Kubernetes API failed: HTTP 503")
+        assert resolver.last_failure is None
+    finally:
+        await resolver.close()
