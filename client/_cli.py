@@ -32,7 +32,7 @@ from client._errors import InvalidArgumentError, MeshError
 from client._live import LiveView, PlainProgress, render_summary
 from client._load import DEFAULT_MIX, LoadConfig, LoadSnapshot, LoadSummary, parse_mix, run_load
 from client._picker import PICKERS
-from client._resolver import TargetError
+from client._resolver import TARGET_FORMS, TargetError
 from client._token import mint_token
 from meshdemo.telemetry import configure_tracing, export_enabled, shutdown_tracing
 from meshdemo.v1 import user_pb2
@@ -175,8 +175,7 @@ def _connection_options(env: Mapping[str, str]) -> argparse.ArgumentParser:
     group.add_argument(
         "--target",
         default=env.get("MESH_TARGET", DEFAULT_TARGET),
-        help="where the replicas are: dns:///name:port, dns://server:port/name:port, "
-        "static:///host:port,host:port or k8s:///service.namespace:port "
+        help=f"where the replicas are: {TARGET_FORMS} "
         f"(default: $MESH_TARGET, else {DEFAULT_TARGET}; now %(default)s)",
     )
     group.add_argument(
