@@ -9,13 +9,17 @@ module: the suite checks that it keeps answering after everything it was sent.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import grpc
+import psycopg
 from grpc_status import rpc_status
+from psycopg import sql
 
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.testing import InProcessServer, admin_token, reader_token, serve
@@ -86,6 +90,22 @@ class ThreadedReplica:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "replica thread did not end"
+
+
+def postgres_schema(database_url: str) -> Iterator[str]:
+    """A URL whose connections work in a fresh schema of ``database_url``, dropped after.
+
+    The module-scoped twin of ``tests.store.conftest.postgres_schema_url``.
+    """
+    schema = sql.Identifier(f"fuzz_{secrets.token_hex(6)}")
+    with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
+    try:
+        options = quote(f"-c search_path={schema.as_string()}", safe="")
+        yield f"{database_url}?options={options}"
+    finally:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(schema))
 
 
 def running_replica(**options: Any) -> Iterator[ThreadedReplica]:

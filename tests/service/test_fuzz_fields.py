@@ -1,10 +1,11 @@
-"""Property-based fuzzing of every request field of every RPC, against one real replica.
+"""Property-based fuzzing of every request field of every RPC, on SQLite and PostgreSQL.
 
 Arbitrary text (any unicode but surrogates, control characters, strings of a
 few KiB), arbitrary int32 values and arbitrary role numbers: every answer is
 OK or a client-error code (never INTERNAL or UNKNOWN), no error message is
 longer than 2 KiB or quotes more than 64 characters of the input, and the
-replica keeps answering a normal GetUser within its normal latency.
+replica (real, one per store for the whole module) keeps answering a normal
+GetUser within its normal latency.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ from tests.service.fuzz_support import (
     assert_clear_refusal,
     assert_still_serving,
     code_of,
+    postgres_schema,
     running_replica,
 )
+from tests.store.conftest import postgres_database
+
+__all__ = ["postgres_database"]  # a fixture, used by name
 
 FUZZ = settings(
-    max_examples=40,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -50,9 +55,19 @@ EMAILS = st.one_of(
 )
 
 
-@pytest.fixture(scope="module")
-def replica() -> Iterator[ThreadedReplica]:
-    yield from running_replica()
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def replica(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ThreadedReplica]:
+    """One replica per store for the whole module: it must survive everything sent."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'users.db'}"
+        yield from running_replica(store_url=url)
+        return
+    for url in postgres_schema(request.getfixturevalue("postgres_database")):
+        yield from running_replica(store_url=url)
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from tests.service.fuzz_support import (
 )
 
 FUZZ = settings(
-    max_examples=40,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
