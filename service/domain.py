@@ -115,6 +115,8 @@ def _violations_of(user: NewUser, prefix: str) -> list[FieldViolation]:
 
     if not 1 <= len(user.name) <= MAX_NAME or not user.name.strip():
         bad("name", f"must be 1 to {MAX_NAME} characters and not blank")
+    elif _NUL in user.name:
+        bad("name", _NO_NUL)
     if len(user.email) > MAX_EMAIL or not EMAIL_RE.fullmatch(user.email):
         bad("email", "must be an e-mail address such as ada@example.com")
     if not 0 <= user.age <= MAX_AGE:
@@ -130,9 +132,8 @@ def _violations_of(user: NewUser, prefix: str) -> list[FieldViolation]:
         bad("roles", "must not repeat a role")
     if len(user.request_id) > MAX_REQUEST_ID:
         bad("request_id", f"must be at most {MAX_REQUEST_ID} characters")
-    for name, value in (("name", user.name), ("request_id", user.request_id)):
-        if _NUL in value:
-            bad(name, _NO_NUL)
+    elif _NUL in user.request_id:
+        bad("request_id", _NO_NUL)
     return out
 
 
