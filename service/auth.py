@@ -245,8 +245,12 @@ def _check_claims(claims: Mapping[str, Any]) -> None:
 
 def _is_time(value: object) -> bool:
     # bool is an int in Python, and NaN or infinity compare meaninglessly.
-    number_like = isinstance(value, int | float) and not isinstance(value, bool)
-    return number_like and math.isfinite(value)  # type: ignore[arg-type]
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int no float can hold (JSON allows any digits)
+        return False
 
 
 def authorization_header(metadata: Iterable[tuple[str, object]] | None) -> str | None:

@@ -56,6 +56,10 @@ MAX_ID = 64
 MAX_PAGE_TOKEN = 512
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+#: PostgreSQL text cannot hold NUL, so no stored or looked-up string may carry
+#: it, whatever the store: the contract does not depend on the backend.
+_NUL = "\x00"
+_NO_NUL = "must not contain the NUL character"
 #: The closed set of roles, by their names in the contract without the prefix.
 ROLES = frozenset({"user", "admin", "moderator"})
 
@@ -111,6 +115,8 @@ def _violations_of(user: NewUser, prefix: str) -> list[FieldViolation]:
 
     if not 1 <= len(user.name) <= MAX_NAME or not user.name.strip():
         bad("name", f"must be 1 to {MAX_NAME} characters and not blank")
+    elif _NUL in user.name:
+        bad("name", _NO_NUL)
     if len(user.email) > MAX_EMAIL or not EMAIL_RE.fullmatch(user.email):
         bad("email", "must be an e-mail address such as ada@example.com")
     if not 0 <= user.age <= MAX_AGE:
@@ -126,6 +132,8 @@ def _violations_of(user: NewUser, prefix: str) -> list[FieldViolation]:
         bad("roles", "must not repeat a role")
     if len(user.request_id) > MAX_REQUEST_ID:
         bad("request_id", f"must be at most {MAX_REQUEST_ID} characters")
+    elif _NUL in user.request_id:
+        bad("request_id", _NO_NUL)
     return out
 
 
@@ -136,6 +144,8 @@ def validate_user_id(value: str, field: str = "id") -> str:
     """
     if not value:
         raise InvalidArgument(f"{field} is required", [FieldViolation(field, "must not be empty")])
+    if _NUL in value:
+        raise InvalidArgument(f"{field} {_NO_NUL}", [FieldViolation(field, _NO_NUL)])
     if len(value) > MAX_ID:
         raise InvalidArgument(
             f"{field} is too long: {len(value)} characters, at most {MAX_ID}",
@@ -238,7 +248,12 @@ def decode_page_token(token: str) -> str | None:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raw = ""
-    if not raw.startswith(_TOKEN_PREFIX) or len(raw) == len(_TOKEN_PREFIX) or len(raw) > 200:
+    if (
+        not raw.startswith(_TOKEN_PREFIX)
+        or len(raw) == len(_TOKEN_PREFIX)
+        or len(raw) > 200
+        or _NUL in raw
+    ):
         raise InvalidArgument(
             "page_token is not a token this service issued",
             [FieldViolation("page_token", "malformed; pass back a next_page_token unchanged")],

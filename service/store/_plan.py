@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from service.domain import NewUser, User, new_user_id
-from service.errors import AlreadyExists, FieldViolation, InvalidArgument
+from service.errors import MAX_QUOTED, AlreadyExists, FieldViolation, InvalidArgument, quoted
 
 __all__ = ["Insert", "Plan", "Stored", "plan_creates", "sorted_ids"]
 
@@ -110,15 +110,20 @@ def _replay(
     fingerprint, earlier = seen[new.request_id]
     if fingerprint != new.fingerprint():
         raise InvalidArgument(
-            f"{prefix}request_id {new.request_id!r} was already used with different fields",
+            f"{prefix}request_id {quoted(new.request_id)} was already used with different fields",
             [FieldViolation(f"{prefix}request_id", "reused with different fields")],
         )
     return earlier
 
 
 def _email_taken(new: NewUser, prefix: str) -> AlreadyExists:
+    # An address may be MAX_EMAIL long: the message and the detail quote at
+    # most MAX_QUOTED characters of it, as every error does with client input.
     where = f"{prefix}email: " if prefix else ""
-    return AlreadyExists("user", new.email, f"{where}a user with email {new.email} already exists")
+    email = new.email if len(new.email) <= MAX_QUOTED else quoted(new.email)
+    return AlreadyExists(
+        "user", new.email[:MAX_QUOTED], f"{where}a user with email {email} already exists"
+    )
 
 
 def _materialize(

@@ -20,10 +20,13 @@ from service.domain import (
     resolve_page_size,
     validate_new_user,
     validate_new_users,
+    validate_user_id,
 )
 from service.errors import InvalidArgument
 
-names = st.text(min_size=1, max_size=MAX_NAME).filter(lambda s: s.strip() != "")
+#: Any text but NUL, which no stored string may hold.
+no_nul = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
+names = st.text(no_nul, min_size=1, max_size=MAX_NAME).filter(lambda s: s.strip() != "")
 local = st.text(alphabet=string.ascii_letters + string.digits + "._+-", min_size=1, max_size=20)
 label = st.text(alphabet=string.ascii_lowercase + string.digits, min_size=1, max_size=10)
 emails = st.builds(
@@ -116,9 +119,23 @@ def test_ids_sort_by_time(a: int, b: int) -> None:
         assert first < second
 
 
-@given(st.text(min_size=1, max_size=100))
+@given(st.text(no_nul, min_size=1, max_size=100))
 def test_page_tokens_round_trip(last_id: str) -> None:
     assert decode_page_token(encode_page_token(last_id)) == last_id
+
+
+@given(valid_users, st.sampled_from(["name", "request_id"]))
+def test_a_nul_character_is_refused(user: NewUser, field: str) -> None:
+    values = {"name": user.name, "request_id": "", field: "a\x00b"}
+    with pytest.raises(InvalidArgument) as caught:
+        validate_new_user(
+            NewUser(values["name"], user.email, user.age, user.roles, values["request_id"])
+        )
+    assert [v.field for v in caught.value.violations] == [field]
+    with pytest.raises(InvalidArgument):
+        validate_user_id("a\x00b")
+    with pytest.raises(InvalidArgument):
+        decode_page_token(encode_page_token("a\x00b"))
 
 
 @given(st.text(max_size=80))
