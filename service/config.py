@@ -188,7 +188,54 @@ class ServiceConfig:
     max_concurrent_rpcs: int = _setting(
         1000,
         "MESH_MAX_CONCURRENT_RPCS",
-        "RPCs served at once; more are refused with RESOURCE_EXHAUSTED",
+        "UserService calls served at once, unary and streams together; more are refused "
+        "with RESOURCE_EXHAUSTED and retry pushback (health and reflection never count)",
+        check=_positive,
+    )
+    max_chat_streams: int = _setting(
+        200, "MESH_MAX_CHAT_STREAMS", "open Chat streams at once on this replica", check=_positive
+    )
+    max_list_streams: int = _setting(
+        100,
+        "MESH_MAX_LIST_STREAMS",
+        "open ListUsers streams at once on this replica",
+        check=_positive,
+    )
+    max_unary_rpcs: int = _setting(
+        800,
+        "MESH_MAX_UNARY_RPCS",
+        "GetUser, CreateUser and BatchCreateUsers calls at once on this replica",
+        check=_positive,
+    )
+    max_streams_per_principal: int = _setting(
+        20,
+        "MESH_MAX_STREAMS_PER_PRINCIPAL",
+        "open Chat and ListUsers streams of one caller (token sub) on this replica",
+        check=_positive,
+    )
+    chat_idle_timeout: float = _setting(
+        300.0,
+        "MESH_CHAT_IDLE_TIMEOUT",
+        "seconds a Chat may go without a client message before it ends with "
+        "DEADLINE_EXCEEDED; 0 = never",
+        check=_non_negative,
+    )
+    handshake_timeout: float = _setting(
+        10.0,
+        "MESH_HANDSHAKE_TIMEOUT",
+        "seconds a new connection gets to complete its handshake and HTTP/2 preface",
+        check=_positive,
+    )
+    max_connection_idle: float = _setting(
+        600.0,
+        "MESH_MAX_CONNECTION_IDLE",
+        "seconds a connection without calls stays open before GOAWAY; 0 = never",
+        check=_non_negative,
+    )
+    max_streams_per_connection: int = _setting(
+        256,
+        "MESH_MAX_STREAMS_PER_CONNECTION",
+        "concurrent HTTP/2 streams one connection may open (more wait at the client)",
         check=_positive,
     )
     health_interval: float = _setting(

@@ -39,7 +39,12 @@ from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.auth import MIN_SECRET_BYTES, TokenVerifier
 from service.config import ConfigError, ServiceConfig, StartupError
 from service.health import HealthReporter
-from service.interceptors import build_server_interceptors
+from service.interceptors import (
+    Admission,
+    AdmissionInterceptor,
+    AdmissionLimits,
+    build_server_interceptors,
+)
 from service.interceptors._fault import FaultDelayInterceptor
 from service.metrics import ServerMetrics, start_metrics_http_server
 from service.servicer import UserServicer
@@ -47,13 +52,20 @@ from service.store import Store, StoreUnavailable, open_store
 from service.store._traced import TracedStore, db_system
 from service.tracing import has_span_processors
 
-__all__ = ["Replica", "Teardown", "server_options", "start_replica", "store_location"]
+__all__ = [
+    "Replica",
+    "Teardown",
+    "admission_limits",
+    "server_options",
+    "start_replica",
+    "store_location",
+]
 
 log = logging.getLogger("meshdemo.server")
 
 
 def server_options(config: ServiceConfig) -> list[tuple[str, int]]:
-    """Channel arguments of the server: keepalive policy and connection age."""
+    """Channel arguments of the server: keepalive, connection age and connection bounds."""
     min_ping_ms = int(config.keepalive_min_ping_interval * 1000)
     options = [
         # Accept client pings every min_ping_ms, even on idle connections;
@@ -67,13 +79,31 @@ def server_options(config: ServiceConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 10_000),
         # Two replicas must never share a port silently.
         ("grpc.so_reuseport", 0),
+        # A socket that never completes the handshake and HTTP/2 preface is
+        # closed after this bound, so idle sockets cannot pile up.
+        ("grpc.server_handshake_timeout_ms", int(config.handshake_timeout * 1000)),
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
     ]
+    if config.max_connection_idle > 0:
+        options.append(("grpc.max_connection_idle_ms", int(config.max_connection_idle * 1000)))
     if config.max_connection_age > 0:
         options += [
             ("grpc.max_connection_age_ms", int(config.max_connection_age * 1000)),
             ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace * 1000)),
         ]
     return options
+
+
+def admission_limits(config: ServiceConfig) -> AdmissionLimits:
+    """The admission caps the settings ask for."""
+    return AdmissionLimits(
+        max_calls=config.max_concurrent_rpcs,
+        max_chat_streams=config.max_chat_streams,
+        max_list_streams=config.max_list_streams,
+        max_unary=config.max_unary_rpcs,
+        max_streams_per_principal=config.max_streams_per_principal,
+        chat_idle_timeout=config.chat_idle_timeout,
+    )
 
 
 async def _run_step(name: str, step: Callable[[], object]) -> bool:
@@ -126,6 +156,8 @@ class Replica:
     store: Store
     address: str
     metrics_port: int | None = None
+    #: The live counts of admitted UserService calls.
+    admission: Admission | None = None
     _teardown: Teardown = field(default_factory=Teardown)
     _stopped: bool = False
 
@@ -284,14 +316,17 @@ def _chain(
     metrics: ServerMetrics | None,
     tracer_provider: TracerProvider | None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] | None,  # type: ignore[type-arg]
+    admission: AdmissionInterceptor,
 ) -> list[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
-    chain = (
-        build_server_interceptors(
-            verifier=verifier, metrics=metrics, tracer_provider=tracer_provider
+    if interceptors is None:
+        chain = build_server_interceptors(
+            verifier=verifier,
+            metrics=metrics,
+            tracer_provider=tracer_provider,
+            admission=admission,
         )
-        if interceptors is None
-        else list(interceptors)
-    )
+    else:
+        chain = [*interceptors, admission]
     if config.fault_delay > 0:
         log.warning(
             "chaos: every UserService call is delayed", extra={"delay_s": config.fault_delay}
@@ -328,10 +363,13 @@ async def _start(
     # Every started part pushes its undo at once, so a failure below undoes it.
     store = _traced(await _open_store(config, teardown), config, tracer_provider)
     metrics = ServerMetrics() if config.metrics_port >= 0 else None
+    admission = AdmissionInterceptor(admission_limits(config))
+    # No maximum_concurrent_rpcs: grpcio's cap counts health checks too, so
+    # a flood of application streams would fail them; admission caps only
+    # UserService calls.
     server = grpc.aio.server(
-        interceptors=_chain(config, verifier, metrics, tracer_provider, interceptors),
+        interceptors=_chain(config, verifier, metrics, tracer_provider, interceptors, admission),
         options=server_options(config),
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     # After a graceful stop in Replica.shutdown this is a no-op; on a failed
     # start it stops the server at once.
@@ -340,7 +378,13 @@ async def _start(
     _add_services(server, store, health, config)
     port = _bind(server, config)
     replica = Replica(
-        config, server, health, store, f"{_bracket(config.host)}:{port}", _teardown=teardown
+        config,
+        server,
+        health,
+        store,
+        f"{_bracket(config.host)}:{port}",
+        admission=admission.admission,
+        _teardown=teardown,
     )
     if metrics is not None:
         replica.metrics_port = _start_metrics(metrics, config, teardown)

@@ -10,12 +10,17 @@
    INTERNAL, never UNKNOWN;
 3. **logging** (:mod:`._logging`): one record per RPC when it ends;
 4. **metrics** (:mod:`._metrics`): ``grpc_server_*`` Prometheus series;
-5. **auth** (:mod:`._auth`): bearer-token check and role policy.
+5. **auth** (:mod:`._auth`): bearer-token check and role policy;
+6. **admission** (:mod:`._admission`): caps on UserService calls at once
+   (total, per method, open streams per principal) and the Chat idle
+   timeout; health and reflection are never counted.
 
-Auth is innermost so that refused calls are still traced, logged and
-counted; logging and metrics sit inside error mapping so they see the
+Auth and admission are innermost so that refused calls are still traced,
+logged and counted; admission runs after auth because it caps streams per
+authenticated principal, and unauthenticated calls never take a slot.
+Logging and metrics sit inside error mapping so they see the
 original exception and classify it with the same :func:`code_of` that the
-mapper's status follows. All five layers share :mod:`._base`, which wraps all
+mapper's status follows. All six layers share :mod:`._base`, which wraps all
 four RPC kinds around a per-method hook and caches the wrapped handler per
 method name, and decodes requests itself once every layer began (so a
 message that does not decode is INVALID_ARGUMENT after auth, seen by all).
@@ -29,6 +34,13 @@ import grpc.aio
 from opentelemetry.trace import TracerProvider
 
 from service.auth import TokenVerifier
+from service.interceptors._admission import (
+    Admission,
+    AdmissionInterceptor,
+    AdmissionLimits,
+    CallKind,
+    IdleTimeout,
+)
 from service.interceptors._auth import AuthInterceptor
 from service.interceptors._base import (
     CallHook,
@@ -53,11 +65,16 @@ __all__ = [
     "RPC_LOGGER",
     "SERVER_FAULTS",
     "UNTRACED_PREFIXES",
+    "Admission",
+    "AdmissionInterceptor",
+    "AdmissionLimits",
     "AuthInterceptor",
     "CallHook",
+    "CallKind",
     "DeferredDecoding",
     "ErrorMappingInterceptor",
     "HookInterceptor",
+    "IdleTimeout",
     "LoggingInterceptor",
     "MethodInfo",
     "MetricsInterceptor",
@@ -78,6 +95,7 @@ def build_server_interceptors(
     metrics: ServerMetrics | None,
     tracer_provider: TracerProvider | None,
     logger: logging.Logger | None = None,
+    admission: AdmissionInterceptor | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:  # type: ignore[type-arg]
     """The server's interceptor chain, outermost first (see the module doc).
 
@@ -86,6 +104,7 @@ def build_server_interceptors(
         metrics: Where RPC metrics go; None records none.
         tracer_provider: Source of spans; None uses the global provider.
         logger: Access and error logger; default ``meshdemo.rpc``.
+        admission: The caps on UserService calls; None admits every call.
 
     Returns:
         Interceptors for ``grpc.aio.server(interceptors=...)``.
@@ -100,4 +119,6 @@ def build_server_interceptors(
         chain.append(MetricsInterceptor(metrics))
     if verifier is not None:
         chain.append(AuthInterceptor(verifier))
+    if admission is not None:
+        chain.append(admission)
     return chain

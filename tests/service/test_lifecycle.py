@@ -160,7 +160,7 @@ async def test_open_health_watches_end_with_ok_instead_of_holding_the_grace() ->
     assert statuses == [response.SERVING, response.NOT_SERVING]
 
 
-async def test_beyond_max_concurrent_rpcs_is_resource_exhausted() -> None:
+async def test_beyond_max_concurrent_rpcs_is_resource_exhausted_but_health_answers() -> None:
     async with serve("127.0.0.1", max_concurrent_rpcs=2) as server:
         async with grpc.aio.insecure_channel(server.address) as ch:
             stub = user_pb2_grpc.UserServiceStub(ch)
@@ -171,6 +171,12 @@ async def test_beyond_max_concurrent_rpcs_is_resource_exhausted() -> None:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.GetUser(user_pb2.GetUserRequest(id="x"), metadata=READER)
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert ("grpc-retry-pushback-ms", "1000") in tuple(caught.value.trailing_metadata())
+            # The cap is the application's: health is never counted against it.
+            reply = await health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
             for chat in chats:
                 await chat.done_writing()
                 await chat.code()

@@ -11,6 +11,7 @@ import pytest
 
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.domain import MAX_BATCH
+from service.testing import reader_token
 from tests.service.helpers import create_request, violations
 
 Md = tuple[tuple[str, str], ...]
@@ -210,10 +211,12 @@ async def test_chat_cancelled_by_client(stub: user_pb2_grpc.UserServiceStub, rea
 
 
 async def test_many_concurrent_chats_cost_no_thread_each(
-    stub: user_pb2_grpc.UserServiceStub, reader: Md
+    stub: user_pb2_grpc.UserServiceStub,
 ) -> None:
     before = threading.active_count()
-    calls = [stub.Chat(metadata=reader) for _ in range(200)]
+    # Ten callers of 20 streams each: the default per-caller and Chat caps.
+    callers = [(("authorization", f"Bearer {reader_token(f'reader-{n}')}"),) for n in range(10)]
+    calls = [stub.Chat(metadata=callers[i % 10]) for i in range(200)]
     for i, call in enumerate(calls):
         await call.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text=f"m{i}")))
     replies = await asyncio.gather(*(call.read() for call in calls))
