@@ -6,8 +6,9 @@ Chat and then idled ``settle`` seconds. Streams: this process opens
 ``streams`` Chat calls over one channel, sends one message on each and
 waits for its echo (so every stream really exists on the server), waits
 ``settle`` seconds and reads ``VmRSS`` again, then half-closes them all.
-``MESH_MAX_CONCURRENT_RPCS`` is raised above the stream count so that the
-cap (1,000 by default) does not refuse the last streams. Goals: idle <= 80 MB,
+The admission caps (``MESH_MAX_CONCURRENT_RPCS``, ``MESH_MAX_CHAT_STREAMS``,
+``MESH_MAX_STREAMS_PER_PRINCIPAL``) and ``MESH_MAX_STREAMS_PER_CONNECTION`` are
+raised above the stream count: one caller holds them all, on one connection. Goals: idle <= 80 MB,
 with the streams <= 150 MB (MB = MiB here, as /proc reports kB).
 """
 
@@ -76,7 +77,16 @@ async def _with_streams(address: str, count: int, settle: float, pid: int) -> fl
 
 async def memory(bounds: Bounds) -> list[Row]:
     """Idle and with-streams VmRSS rows."""
-    env = replica_env({"MESH_MAX_CONCURRENT_RPCS": str(bounds.streams + 100)})
+    room = str(bounds.streams + 100)
+    # One caller holds every stream: the admission caps (total, Chat, per caller) make room.
+    env = replica_env(
+        {
+            "MESH_MAX_CONCURRENT_RPCS": room,
+            "MESH_MAX_CHAT_STREAMS": room,
+            "MESH_MAX_STREAMS_PER_PRINCIPAL": room,
+            "MESH_MAX_STREAMS_PER_CONNECTION": room,  # they share one channel
+        }
+    )
     with tempfile.TemporaryDirectory(prefix="meshdemo-bench-") as tmp:
         replica = Spawned(replica_argv("127.0.0.1", f"sqlite:///{Path(tmp) / 'users.db'}"), env)
         async with replica:
