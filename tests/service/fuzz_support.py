@@ -19,6 +19,7 @@ from urllib.parse import quote
 import grpc
 import psycopg
 from grpc_status import rpc_status
+from hypothesis import HealthCheck, settings
 from psycopg import sql
 
 from meshdemo.v1 import user_pb2, user_pb2_grpc
@@ -44,6 +45,15 @@ NORMAL_LATENCY_S = 1.0
 
 ADMIN: Md = (("authorization", f"Bearer {admin_token()}"),)
 READER: Md = (("authorization", f"Bearer {reader_token()}"),)
+
+
+#: Hypothesis settings of the bad-input suite: bounded examples, no per-example deadline
+#: (a call's time is the server's, not hypothesis's), and fixtures shared across examples.
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 class ThreadedReplica:

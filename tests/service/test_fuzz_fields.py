@@ -14,13 +14,14 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.domain import MAX_CHAT_TEXT, MAX_EMAIL
 from tests.service.fuzz_support import (
     ADMIN,
+    FUZZ,
     READER,
     ThreadedReplica,
     assert_clear_refusal,
@@ -33,11 +34,6 @@ from tests.store.conftest import postgres_database
 
 __all__ = ["postgres_database"]  # a fixture, used by name
 
-FUZZ = settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
 INT32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
 _SHORT = st.text(st.characters(exclude_categories=("Cs",)), max_size=80)
 #: Short text, or a short piece repeated into a string of up to 4 KiB.

@@ -19,24 +19,20 @@ from typing import Any
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.auth import MAX_SUBJECT
 from service.testing import TEST_SECRET
 from tests.service.fuzz_support import (
+    FUZZ,
     ThreadedReplica,
     assert_still_serving,
     code_of,
     running_replica,
 )
 
-FUZZ = settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
 OTHER_SECRET = "another-secret-of-enough-length-0123456789"
 NOW = int(time.time())
 

@@ -15,13 +15,14 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 from tests.service.fuzz_support import (
     ADMIN,
     CLIENT_ERRORS,
+    FUZZ,
     READER,
     ThreadedReplica,
     assert_clear_refusal,
@@ -30,11 +31,6 @@ from tests.service.fuzz_support import (
     running_replica,
 )
 
-FUZZ = settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
 _SERVICE = "/meshdemo.v1.UserService/"
 #: grpc's default receive limit, which the service keeps.
 MAX_RECEIVE = 4 * 1024 * 1024
