@@ -18,6 +18,8 @@ from client._tasks import cancel_and_wait
 
 __all__ = ["AddressFeed", "FeedResolver"]
 
+#: Seconds ``close()`` waits for the cancelled resolver task.
+_CLOSE_WAIT = 5.0
 _log = logging.getLogger(__name__)
 
 
@@ -139,11 +141,19 @@ class FeedResolver(abc.ABC):
         return self._last_failure
 
     async def close(self) -> None:
-        """Stop the background task and end every ``updates()`` iterator."""
+        """Stop the background task and end every ``updates()`` iterator.
+
+        Waits at most ``_CLOSE_WAIT`` seconds for the cancelled task: a source
+        that does not end (a query the library keeps waiting on) must not hang
+        the client's close. The task is left cancelled and the fact logged.
+        """
         self._feed.close()
         task, self._task = self._task, None
         if task is not None:
-            await cancel_and_wait(task)
+            try:
+                await asyncio.wait_for(asyncio.shield(cancel_and_wait(task)), _CLOSE_WAIT)
+            except TimeoutError:
+                _log.warning("%r: resolver task did not end within %.1f s", self, _CLOSE_WAIT)
         await self._aclose_resources()
 
     async def _aclose_resources(self) -> None:  # noqa: B027 - an optional hook

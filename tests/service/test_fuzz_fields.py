@@ -115,7 +115,10 @@ def test_create_user_fields(
         except grpc.RpcError as err:
             assert_clear_refusal(err, name, email, request_id)
         else:
-            assert (reply.user.name, reply.user.email) == (name, email)
+            # A replay of an earlier example's key may have stored the address in another
+            # case: addresses are one user whatever their case (NewUser.email_key).
+            assert reply.user.name == name
+            assert reply.user.email.casefold() == email.casefold()
 
 
 @FUZZ

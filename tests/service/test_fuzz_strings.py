@@ -15,13 +15,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.domain import MAX_NAME, encode_page_token
 from tests.service.fuzz_support import (
     ADMIN,
+    FUZZ,
     READER,
     ThreadedReplica,
     assert_still_serving,
@@ -132,11 +133,7 @@ TEXT = st.text(
 )
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@settings(FUZZ, max_examples=25)
 @given(name=TEXT.filter(str.strip), key=TEXT)
 def test_any_name_and_request_id_round_trip(
     stub: user_pb2_grpc.UserServiceStub, name: str, key: str
