@@ -40,24 +40,27 @@ class UsageError(Exception):
 # --- the parser ----------------------------------------------------------------------------
 
 
-def _replicas(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= MAX_REPLICAS:
-        raise argparse.ArgumentTypeError(f"must be from 0 to {MAX_REPLICAS}, got {text}")
-    return value
+def _int_from(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, got {text}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+_replicas = _int_from(0, MAX_REPLICAS)
+_port = _int_from(0, 65535)
 
 
 def _seconds(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {text}")
     return value
 
 
