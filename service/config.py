@@ -79,7 +79,7 @@ def _port(value: int) -> str | None:
     return None if 0 <= value <= 65535 else "must be a port number from 0 to 65535"
 
 
-def _metrics_port(value: int) -> str | None:
+def _optional_port(value: int) -> str | None:
     return None if -1 <= value <= 65535 else "must be -1 (off) or a port number from 0 to 65535"
 
 
@@ -125,7 +125,7 @@ class ServiceConfig:
         9464,
         "MESH_METRICS_PORT",
         "Prometheus /metrics port on the same host; 0 ephemeral, -1 off",
-        check=_metrics_port,
+        check=_optional_port,
     )
     store: str = _setting(
         "sqlite:///meshdemo.db",
@@ -238,6 +238,28 @@ class ServiceConfig:
         "concurrent HTTP/2 streams one connection may open (more wait at the client)",
         check=_positive,
     )
+    tls_cert_file: str = _setting(
+        "",
+        "MESH_TLS_CERT_FILE",
+        "PEM certificate chain to serve TLS with (with --tls-key-file); re-read when it "
+        "changes; empty = plain text",
+    )
+    tls_key_file: str = _setting(
+        "", "MESH_TLS_KEY_FILE", "PEM private key of --tls-cert-file; re-read when it changes"
+    )
+    tls_client_ca_file: str = _setting(
+        "",
+        "MESH_TLS_CLIENT_CA_FILE",
+        "mutual TLS: PEM CA bundle that client certificates must chain to; every client "
+        "must present one (needs --tls-cert-file)",
+    )
+    health_port: int = _setting(
+        -1,
+        "MESH_HEALTH_PORT",
+        "plain-text port serving only grpc.health.v1, for kubelet probes when TLS is on "
+        "(they cannot speak TLS); 0 ephemeral, -1 off",
+        check=_optional_port,
+    )
     health_interval: float = _setting(
         2.0,
         "MESH_HEALTH_INTERVAL",
@@ -259,6 +281,16 @@ class ServiceConfig:
             for f in dataclasses.fields(self)
             if f.metadata.get("check") and (message := f.metadata["check"](getattr(self, f.name)))
         ]
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            problems.append(
+                "--tls-cert-file / MESH_TLS_CERT_FILE and --tls-key-file / MESH_TLS_KEY_FILE "
+                "must be set together"
+            )
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            problems.append(
+                "--tls-client-ca-file / MESH_TLS_CLIENT_CA_FILE (mutual TLS) needs "
+                "--tls-cert-file and --tls-key-file"
+            )
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
 
