@@ -24,7 +24,7 @@ from client import (
     UserClient,
 )
 from client._cli import build_parser
-from mesh.dns import DnsServer
+from client.testing import DnsServer
 from service.testing import admin_token, serve
 from tests.client.helpers import ManualResolver
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from client import UserClient
-from mesh.dns import DnsServer
+from client.testing import DnsServer
 from service.testing import admin_token, serve
 from tests.client.helpers import eventually
 

@@ -11,28 +11,15 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from client import testing
 from client._retry import Attempt, AttemptFailed
 
 
-class FakeClock:
-    """A monotonic clock that only moves when told to; its ``sleep`` advances it."""
+class FakeClock(testing.FakeClock):
+    """``client.testing.FakeClock`` in virtual time: every sleep moves it at once."""
 
     def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-        self.woke_at: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        assert seconds >= 0, "time never runs backwards"
-        self.now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.advance(seconds)
-        self.woke_at.append(self.now)
+        super().__init__(start, auto_advance=True)
 
 
 class RecordingRandom(random.Random):

@@ -11,18 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from client._picker import UNKNOWN_LATENCY_PENALTY, PeakEwma, PeakEwmaPicker, make_picker
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from client.testing import FakeClock
 
 
 def test_a_higher_sample_replaces_the_estimate_at_once() -> None:
-    clock = Clock()
+    clock = FakeClock()
     ewma = PeakEwma(tau=5.0, clock=clock)
     assert ewma.value() == 0.0
     ewma.observe(0.010)
@@ -31,7 +24,7 @@ def test_a_higher_sample_replaces_the_estimate_at_once() -> None:
 
 
 def test_a_lower_sample_is_blended_by_the_time_since_the_last() -> None:
-    clock = Clock()
+    clock = FakeClock()
     ewma = PeakEwma(tau=5.0, clock=clock)
     ewma.observe(0.200)
     clock.now = 5.0
@@ -42,7 +35,7 @@ def test_a_lower_sample_is_blended_by_the_time_since_the_last() -> None:
 
 
 def test_without_samples_the_estimate_decays_toward_zero() -> None:
-    clock = Clock()
+    clock = FakeClock()
     ewma = PeakEwma(tau=2.0, clock=clock)
     ewma.observe(1.0)
     clock.now = 2.0
@@ -58,7 +51,7 @@ def test_tau_must_be_positive() -> None:
 
 @given(st.lists(st.floats(0.0, 10.0), min_size=1, max_size=30), st.floats(0.0, 100.0))
 def test_the_estimate_stays_within_the_samples_range(samples: list[float], later: float) -> None:
-    clock = Clock()
+    clock = FakeClock()
     ewma = PeakEwma(clock=clock)
     for i, sample in enumerate(samples):
         clock.now = float(i)
@@ -71,7 +64,7 @@ def test_the_estimate_stays_within_the_samples_range(samples: list[float], later
 class Replica:
     in_flight: int = 0
     available: bool = True
-    clock: Clock = field(default_factory=Clock)
+    clock: FakeClock = field(default_factory=FakeClock)
     latency: PeakEwma = field(init=False)
 
     def __post_init__(self) -> None:

@@ -162,15 +162,25 @@ def _link_closure(requirements: list[Requirement], into: Path) -> None:
 
 # Imports every module of the installed packages (the lazy ones too: the k8s resolver,
 # the OTLP exporter). Runs in the new environment, which sees nothing but the declared
-# closure: an undeclared import fails it.
+# closure: an undeclared import fails it. A module that needs an optional extra (not in
+# the image) must fail on exactly the module that extra brings, and on nothing else.
+NEEDS_EXTRA = {"client._dns_server": ("testing", "dnslib")}
 _DEPENDENCY_REPORT = """
-import importlib, json, pkgutil
+import importlib, json, pkgutil, sys
+needs_extra = json.loads(sys.argv[1])
+missing = {}
 for package in ("service", "client", "meshdemo"):
     root = importlib.import_module(package)
     for info in pkgutil.walk_packages(root.__path__, package + "."):
-        if not info.name.endswith("__main__"):
+        if info.name.endswith("__main__"):
+            continue
+        try:
             importlib.import_module(info.name)
-print(json.dumps({"imported": True}))
+        except ModuleNotFoundError as exc:
+            if info.name not in needs_extra:
+                raise
+            missing[info.name] = exc.name
+print(json.dumps({"imported": True, "missing": missing}))
 """
 
 
@@ -181,7 +191,15 @@ def _normal(name: str) -> str:
 @pytest.fixture(scope="module")
 def dependencies(installed: Installed) -> dict[str, object]:
     report: dict[str, object] = json.loads(
-        _run([installed.python, "-c", _DEPENDENCY_REPORT], installed.workdir)
+        _run(
+            [
+                installed.python,
+                "-c",
+                _DEPENDENCY_REPORT,
+                json.dumps({name: extra[1] for name, extra in NEEDS_EXTRA.items()}),
+            ],
+            installed.workdir,
+        )
     )
     return report
 
@@ -190,6 +208,15 @@ def test_every_module_imports_with_only_the_declared_dependencies(
     dependencies: dict[str, object],
 ) -> None:
     assert dependencies["imported"] is True
+    assert dependencies["missing"] == {name: extra[1] for name, extra in NEEDS_EXTRA.items()}
+
+
+def test_the_modules_left_out_of_the_image_name_their_extra() -> None:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for name, (extra, module) in NEEDS_EXTRA.items():
+        assert any(_normal(r).startswith(module) for r in extras[extra]), (name, extra)
 
 
 def test_the_closure_excludes_the_development_tools() -> None:

@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from client.testing import FakeClock
 from meshdemo.v1 import user_pb2
 from service.auth import (
     MAX_SUBJECT,
@@ -163,16 +164,8 @@ def test_repr_hides_the_secret() -> None:
     assert SECRET not in repr(VERIFIER)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_cached_tokens_still_expire() -> None:
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     verifier = TokenVerifier(SECRET, clock=clock)
     header = "Bearer " + mint_token(SECRET, "hal", ["user"], 60, now=clock.now)
     assert verifier.verify(header).sub == "hal"
@@ -187,7 +180,7 @@ def test_cached_tokens_still_expire() -> None:
 
 
 def test_cache_is_bounded_and_evicts_the_oldest() -> None:
-    clock = FakeClock()
+    clock = FakeClock(time.time())
     verifier = TokenVerifier(SECRET, cache_size=3, clock=clock)
     headers = [f"Bearer {mint_token(SECRET, f'u{n}', [], 60)}" for n in range(5)]
     for header in headers:

@@ -16,20 +16,11 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from client import NotFoundError, UserClient
+from client.testing import FakeClock
 from mesh._scrape import MetricsScraper, _get_metrics, histogram_quantile
 from service.testing import InProcessServer, admin_token, serve
 
 INF = float("inf")
-
-
-class Clock:
-    """Monotonic seconds that move only when the test sets them."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def metrics_target(server: InProcessServer) -> str:
@@ -72,7 +63,7 @@ async def make_calls(server: InProcessServer, gets: int, missing: int = 0) -> in
 
 
 async def test_rates_failures_and_p99_from_a_real_replica() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     scraper = MetricsScraper(clock=clock, started=90.0)
     async with serve("127.0.0.2", metrics_port=0) as replica:
         targets = {"users-0": metrics_target(replica)}
@@ -100,7 +91,7 @@ async def test_rates_failures_and_p99_from_a_real_replica() -> None:
 
 
 async def test_a_restarted_replica_on_the_same_port_counts_as_a_reset() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     scraper = MetricsScraper(clock=clock)
     async with serve("127.0.0.2", metrics_port=0) as before:
         target = metrics_target(before)
@@ -117,7 +108,7 @@ async def test_a_restarted_replica_on_the_same_port_counts_as_a_reset() -> None:
 
 
 async def test_a_replica_at_a_new_address_counts_from_zero() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     scraper = MetricsScraper(clock=clock)
     async with serve("127.0.0.2", metrics_port=0) as old:
         await wait_counted(metrics_target(old), await make_calls(old, gets=1))
@@ -138,7 +129,7 @@ def free_port() -> int:
 
 
 async def test_a_replica_that_does_not_answer_counts_zero() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     scraper = MetricsScraper(clock=clock, timeout=0.2)
     held: list[asyncio.StreamWriter] = []
 
@@ -255,7 +246,7 @@ def buckets(a: int, b: int, c: int, d: int) -> str:
 
 
 async def test_p99_interpolates_within_the_bucket_of_the_interval(pages: PageServer) -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     scraper = MetricsScraper(clock=clock)
     pages.text = page(1000, le_counts=buckets(500, 900, 1000, 1000))
     await scraper.scrape({"r": pages.target})
@@ -269,7 +260,7 @@ async def test_p99_interpolates_within_the_bucket_of_the_interval(pages: PageSer
 
 
 async def test_cancelled_is_no_failure_and_health_is_no_call(pages: PageServer) -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     scraper = MetricsScraper(clock=clock)
     pages.text = page(10, failures=1, cancelled=1)
     await scraper.scrape({"r": pages.target})
@@ -281,7 +272,7 @@ async def test_cancelled_is_no_failure_and_health_is_no_call(pages: PageServer) 
 
 
 async def test_a_missed_scrape_spreads_the_calls_over_the_gap(pages: PageServer) -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     scraper = MetricsScraper(clock=clock)
     pages.text = page(0)
     await scraper.scrape({"r": pages.target})
@@ -307,7 +298,7 @@ async def test_a_missed_scrape_spreads_the_calls_over_the_gap(pages: PageServer)
 async def test_a_page_that_is_not_metrics_counts_zero(
     pages: PageServer, spoil: Callable[[PageServer], None]
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     scraper = MetricsScraper(clock=clock)
     pages.text = page(0)
     await scraper.scrape({"r": pages.target})
@@ -323,7 +314,7 @@ async def test_a_page_that_is_not_metrics_counts_zero(
 
 
 async def test_a_replica_no_longer_listed_is_forgotten(pages: PageServer) -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     scraper = MetricsScraper(clock=clock)
     pages.text = page(5)
     await scraper.scrape({"r": pages.target})

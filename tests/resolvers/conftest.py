@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from mesh.dns import DnsServer
-from tests.resolvers.helpers import ZONE, ManualClock
+from client.testing import DnsServer, FakeClock
+from tests.resolvers.helpers import ZONE
 
 
 @pytest.fixture
@@ -19,5 +19,5 @@ def dns_server() -> Iterator[DnsServer]:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
+def clock() -> FakeClock:
+    return FakeClock()

@@ -1,6 +1,6 @@
-"""Helpers for the resolver tests: a manual clock, waits and update collectors.
+"""Helpers for the resolver tests: waits and update collectors (the clock is client.testing's).
 
-The real DNS server the tests ask is ``mesh.dns.DnsServer`` (one for the mesh,
+The real DNS server the tests ask is ``client.testing.DnsServer`` (one for the mesh,
 the tests and the benchmarks); ``conftest.py`` makes one per test.
 """
 
@@ -9,50 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 from client._resolver import Address
+from client.testing import eventually
 
 #: The zone of the names the resolver tests publish.
 ZONE = "mesh.test"
-
-
-class ManualClock:
-    """A clock that moves only when the test says so, with sleeps that follow it.
-
-    ``sleep()`` returns once ``advance()`` has moved the clock past its
-    deadline; ``sleeps`` records every requested duration, in order.
-    """
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self.now + seconds, future))
-        await future
-
-    async def advance(self, seconds: float) -> None:
-        """Move the clock and let woken sleepers run."""
-        self.now += seconds
-        due = [(t, f) for t, f in self._sleepers if t <= self.now + 1e-9]
-        self._sleepers = [(t, f) for t, f in self._sleepers if t > self.now + 1e-9]
-        for _, future in due:
-            if not future.done():
-                future.set_result(None)
-        for _ in range(5):
-            await asyncio.sleep(0)
-
-    @property
-    def pending(self) -> int:
-        """How many sleeps are waiting (cancelled ones excluded)."""
-        return sum(1 for _, f in self._sleepers if not f.done())
 
 
 async def next_update(
@@ -60,16 +22,6 @@ async def next_update(
 ) -> frozenset[Address]:
     """The next set from ``updates``, failing the test after ``within`` seconds."""
     return await asyncio.wait_for(anext(updates), within)
-
-
-async def eventually(predicate: Any, within: float = 5.0) -> None:
-    """Wait (polling, bounded) until ``predicate()`` is true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {within}s")
-        await asyncio.sleep(0.01)
 
 
 def addrs(*hosts: str, port: int = 50051) -> frozenset[Address]:

@@ -1,6 +1,6 @@
 """DnsResolver against a real DNS server (dnslib, UDP on 127.0.0.1, port 0).
 
-Where timing matters the resolver's clock and sleep are a ``ManualClock``;
+Where timing matters the resolver's clock and sleep are a ``FakeClock``;
 the DNS traffic itself is real.
 """
 
@@ -18,14 +18,8 @@ import pytest
 from client._discovery_backoff import DiscoveryBackoff
 from client._dns import DEFAULT_TARGET_PORT, DnsResolver, _make_resolver
 from client._resolver import Address, TargetError, resolver_for
-from mesh.dns import DnsServer
-from tests.resolvers.helpers import (
-    Collector,
-    ManualClock,
-    addrs,
-    eventually,
-    next_update,
-)
+from client.testing import DnsServer, FakeClock, eventually
+from tests.resolvers.helpers import Collector, addrs, next_update
 
 NAME = "api.mesh.test."
 NO_JITTER = DiscoveryBackoff(initial=1.0, multiplier=2.0, cap=8.0, jitter=0.0)
@@ -35,7 +29,7 @@ def make(server: DnsServer, name: str = "api.mesh.test", **options: Any) -> DnsR
     return DnsResolver.from_target(f"127.0.0.1:{server.port}", f"{name}:50051", **options)
 
 
-def manual(server: DnsServer, clock: ManualClock, **options: Any) -> DnsResolver:
+def manual(server: DnsServer, clock: FakeClock, **options: Any) -> DnsResolver:
     options.setdefault("query_timeout", 2.0)
     return make(server, clock=clock, sleep=clock.sleep, random=lambda: 1.0, **options)
 
@@ -89,7 +83,7 @@ async def test_changed_records_are_published_within_one_ttl(dns_server: DnsServe
 
 
 async def test_unchanged_answers_are_not_republished(
-    dns_server: DnsServer, clock: ManualClock
+    dns_server: DnsServer, clock: FakeClock
 ) -> None:
     dns_server.ttl = 5
     dns_server.publish(NAME, ["127.0.0.2"])
@@ -100,11 +94,11 @@ async def test_unchanged_answers_are_not_republished(
         for round_ in range(2, 5):
             await eventually(lambda: clock.pending == 1)  # the TTL wait
             assert clock.sleeps[-1] == 5
-            await clock.advance(5)
+            await clock.tick(5)
             await eventually(lambda n=round_: dns_server.count("A") == n)
         dns_server.publish(NAME, ["127.0.0.3"])
         await eventually(lambda: clock.pending == 1)
-        await clock.advance(5)
+        await clock.tick(5)
         assert await collector.wait_for(2) == addrs("127.0.0.3")
         assert collector.sets == [addrs("127.0.0.2"), addrs("127.0.0.3")]
     finally:
@@ -113,7 +107,7 @@ async def test_unchanged_answers_are_not_republished(
 
 @pytest.mark.parametrize(("ttl", "expected_wait"), [(0, 1.0), (7, 7.0), (3600, 30.0)])
 async def test_ttl_is_clamped_between_floor_and_cap(
-    dns_server: DnsServer, clock: ManualClock, ttl: int, expected_wait: float
+    dns_server: DnsServer, clock: FakeClock, ttl: int, expected_wait: float
 ) -> None:
     dns_server.ttl = ttl
     dns_server.publish(NAME, ["127.0.0.2"])
@@ -127,7 +121,7 @@ async def test_ttl_is_clamped_between_floor_and_cap(
 
 
 async def test_nxdomain_is_the_empty_set_and_is_retried(
-    dns_server: DnsServer, clock: ManualClock, caplog: pytest.LogCaptureFixture
+    dns_server: DnsServer, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     dns_server.negative_ttl = 4
     resolver = manual(dns_server, clock)
@@ -140,7 +134,7 @@ async def test_nxdomain_is_the_empty_set_and_is_retried(
         await eventually(lambda: clock.pending == 1)
         assert clock.sleeps == [4]
         dns_server.publish(NAME, ["127.0.0.2"])
-        await clock.advance(4)
+        await clock.tick(4)
         assert await collector.wait_for(2) == addrs("127.0.0.2")
     finally:
         await resolver.close()
@@ -157,7 +151,7 @@ async def test_a_name_without_address_records_is_the_empty_set(dns_server: DnsSe
 
 
 async def test_records_removed_publish_the_empty_set(
-    dns_server: DnsServer, clock: ManualClock
+    dns_server: DnsServer, clock: FakeClock
 ) -> None:
     dns_server.publish(NAME, ["127.0.0.2"])
     resolver = manual(dns_server, clock)
@@ -167,7 +161,7 @@ async def test_records_removed_publish_the_empty_set(
         dns_server.remove(NAME)
         resolver.resolve_now()
         await eventually(lambda: clock.pending == 1)
-        await clock.advance(1.0)  # min_interval
+        await clock.tick(1.0)  # min_interval
         assert await collector.wait_for(2) == frozenset()
     finally:
         await resolver.close()
@@ -197,7 +191,7 @@ async def test_server_down_keeps_the_last_set_and_recovers(
 
 
 async def test_servfail_keeps_the_last_set_and_backs_off_exponentially(
-    dns_server: DnsServer, clock: ManualClock
+    dns_server: DnsServer, clock: FakeClock
 ) -> None:
     dns_server.ttl = 5
     dns_server.publish(NAME, ["127.0.0.2"])
@@ -207,30 +201,30 @@ async def test_servfail_keeps_the_last_set_and_backs_off_exponentially(
         await collector.wait_for(1)
         dns_server.servfail = True
         await eventually(lambda: clock.pending == 1)
-        await clock.advance(5)  # TTL runs out: first failure
+        await clock.tick(5)  # TTL runs out: first failure
         expected = [5.0, 1.0, 2.0, 4.0, 8.0, 8.0]
         for count in range(2, len(expected) + 1):
             await eventually(lambda n=count: len(clock.sleeps) == n and clock.pending == 1)
             if count < len(expected):
-                await clock.advance(clock.sleeps[-1])
+                await clock.tick(clock.sleeps[-1])
         assert clock.sleeps == expected
         assert resolver.current == addrs("127.0.0.2")
         assert collector.sets == [addrs("127.0.0.2")]
         dns_server.servfail = False
         dns_server.publish(NAME, ["127.0.0.5"])
-        await clock.advance(8.0)
+        await clock.tick(8.0)
         assert await collector.wait_for(2) == addrs("127.0.0.5")
         # Success resets the failure count: the next failure waits 1 s again.
         dns_server.servfail = True
         await eventually(lambda: clock.sleeps[-1] == 5 and clock.pending == 1)
-        await clock.advance(5)
+        await clock.tick(5)
         await eventually(lambda: clock.sleeps[-1] == 1.0 and clock.pending == 1)
     finally:
         await resolver.close()
 
 
 async def test_resolve_now_is_coalesced_and_rate_limited(
-    dns_server: DnsServer, clock: ManualClock
+    dns_server: DnsServer, clock: FakeClock
 ) -> None:
     dns_server.ttl = 3600
     dns_server.publish(NAME, ["127.0.0.2"])
@@ -245,26 +239,26 @@ async def test_resolve_now_is_coalesced_and_rate_limited(
         await eventually(lambda: clock.sleeps[-1] == 1.0 and clock.pending == 1)
         await asyncio.sleep(0.1)
         assert dns_server.count("A") == 1
-        await clock.advance(1.0)
+        await clock.tick(1.0)
         await eventually(lambda: dns_server.count("A") == 2)
         # All ten requests were served by that one query.
         await eventually(lambda: clock.sleeps[-1] == 30.0 and clock.pending == 1)
         await asyncio.sleep(0.1)
         assert dns_server.count("A") == 2
         # Asked again half a second later: the query waits for the other half.
-        await clock.advance(0.5)
+        await clock.tick(0.5)
         resolver.resolve_now()
         resolver.resolve_now()
         await eventually(lambda: clock.sleeps[-1] == pytest.approx(0.5) and clock.pending == 1)
         assert dns_server.count("A") == 2
-        await clock.advance(0.5)
+        await clock.tick(0.5)
         await eventually(lambda: dns_server.count("A") == 3)
     finally:
         await resolver.close()
 
 
 async def test_resolve_now_after_the_interval_queries_at_once(
-    dns_server: DnsServer, clock: ManualClock
+    dns_server: DnsServer, clock: FakeClock
 ) -> None:
     dns_server.ttl = 3600
     dns_server.publish(NAME, ["127.0.0.2"])
@@ -273,7 +267,7 @@ async def test_resolve_now_after_the_interval_queries_at_once(
     try:
         await collector.wait_for(1)
         await eventually(lambda: clock.pending == 1)
-        await clock.advance(2.0)  # not enough for the 30 s TTL wait
+        await clock.tick(2.0)  # not enough for the 30 s TTL wait
         dns_server.publish(NAME, ["127.0.0.3"])
         resolver.resolve_now()
         assert await collector.wait_for(2) == addrs("127.0.0.3")
@@ -285,7 +279,7 @@ async def test_resolve_now_after_the_interval_queries_at_once(
 
 
 async def test_several_consumers_each_get_the_latest_set(
-    dns_server: DnsServer, clock: ManualClock
+    dns_server: DnsServer, clock: FakeClock
 ) -> None:
     dns_server.ttl = 5
     dns_server.publish(NAME, ["127.0.0.2"])
@@ -295,7 +289,7 @@ async def test_several_consumers_each_get_the_latest_set(
         await first.wait_for(1)
         dns_server.publish(NAME, ["127.0.0.3"])
         await eventually(lambda: clock.pending == 1)
-        await clock.advance(5)
+        await clock.tick(5)
         await first.wait_for(2)
         second = Collector(resolver.updates())
         third = Collector(resolver.updates())
@@ -303,7 +297,7 @@ async def test_several_consumers_each_get_the_latest_set(
         await third.wait_for(1)
         dns_server.publish(NAME, ["127.0.0.3", "127.0.0.4"])
         await eventually(lambda: clock.pending == 1)
-        await clock.advance(5)
+        await clock.tick(5)
         for collector in (first, second, third):
             assert await collector.wait_for(3 if collector is first else 2) == addrs(
                 "127.0.0.3", "127.0.0.4"

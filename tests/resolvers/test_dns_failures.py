@@ -1,6 +1,6 @@
 """DnsResolver when answers go wrong: one family denied, and the reasons it reports.
 
-Against the real loopback DNS server (``mesh.dns.DnsServer``); its ``rcodes``
+Against the real loopback DNS server (``client.testing.DnsServer``); its ``rcodes``
 knob plays a server that answers NXDOMAIN for AAAA only, or REFUSED. A silent
 UDP socket on loopback plays a server that never answers.
 """
@@ -19,8 +19,8 @@ import pytest
 
 from client._discovery_backoff import DiscoveryBackoff
 from client._dns import DnsResolver, _nameserver_text
-from mesh.dns import DnsServer
-from tests.resolvers.helpers import Collector, addrs, eventually, next_update
+from client.testing import DnsServer, eventually
+from tests.resolvers.helpers import Collector, addrs, next_update
 
 NAME = "api.mesh.test"
 FAST = DiscoveryBackoff(initial=0.05, multiplier=2.0, cap=0.1, jitter=0.0)

@@ -23,8 +23,9 @@ from kubernetes.config import ConfigException
 from client._discovery_backoff import DiscoveryBackoff
 from client._k8s import KubernetesResolver, load_api_configuration
 from client._resolver import Address, TargetError, resolver_for
+from client.testing import eventually
 from tests.resolvers.fake_k8s import FakeKubernetesApi, endpoint, endpoint_slice
-from tests.resolvers.helpers import Collector, addrs, eventually
+from tests.resolvers.helpers import Collector, addrs
 
 NO_JITTER = DiscoveryBackoff(initial=1.0, multiplier=2.0, cap=8.0, jitter=0.0)
 

@@ -1,4 +1,4 @@
-"""mesh.dns.DnsServer answered over real UDP and TCP on 127.0.0.1 (dnspython as the client)."""
+"""client.testing.DnsServer over real UDP and TCP on 127.0.0.1 (dnspython as the client)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import dns.rdatatype
 import dns.resolver
 import pytest
 
-from mesh.dns import SERVICE_NAME, DnsServer
+from client.testing import DnsServer
+from mesh.dns import SERVICE_NAME
 
 
 def ask(server: DnsServer, name: str, qtype: str, *, tcp: bool = False) -> dns.message.Message:
