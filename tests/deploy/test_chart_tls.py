@@ -291,7 +291,7 @@ def test_cert_manager_with_an_issuer_uses_it_for_server_and_client() -> None:
     client = certificates["meshdemo-tls-client"]
     assert client["secretName"] == "meshdemo-tls-client"
     assert client["usages"] == ["digital signature", "client auth"]
-    assert "dnsNames" not in client
+    assert client["dnsNames"] == ["meshdemo-client"]
     assert "issued by corp-ca" in rendered.notes
 
 
@@ -410,6 +410,11 @@ def test_the_schema_refuses_bad_tls_and_admission_values(values: dict[str, Any])
         render_sources(values)
 
 
+def test_mutual_tls_without_tls_is_refused_by_the_schema() -> None:
+    with pytest.raises(helm_python.HelmValuesError, match="/tls/enabled"):
+        render_sources({"tls": {"mutual": True}})
+
+
 @pytest.mark.parametrize(
     ("tls", "message"),
     [
@@ -425,7 +430,7 @@ def test_a_contradictory_tls_choice_fails_with_a_message(tls: dict[str, Any], me
 
 @pytest.mark.parametrize("users", [{"healthPort": 50051}, {"healthPort": 9464}])
 def test_a_health_port_clash_fails_with_a_message(users: dict[str, Any]) -> None:
-    with pytest.raises(helm_python.HelmRenderError, match="healthPort .* is already"):
+    with pytest.raises(helm_python.HelmRenderError, match=r"healthPort .* is already"):
         render_sources({"tls": {"enabled": True}, "users": users})
 
 
