@@ -167,6 +167,15 @@ def test_the_health_port_is_published_nowhere(name: str) -> None:
             assert HEALTH_PORT not in {p.get("port") for p in rule.get("ports", [])}
 
 
+def test_the_metrics_port_is_free_for_health_when_metrics_are_off() -> None:
+    values = {
+        "tls": {"enabled": True},
+        "users": {"healthPort": 9464},
+        "metrics": {"enabled": False},
+    }
+    assert _users(render(values))["readinessProbe"]["grpc"]["port"] == 9464
+
+
 def test_a_custom_health_port_moves_the_probes_and_the_variable() -> None:
     rendered = render({"tls": {"enabled": True}, "users": {"healthPort": 8086}})
     users = _users(rendered)

@@ -247,7 +247,9 @@ The generated secrets are left out: they are random offline and never change in 
 {{- if and $tls.enabled $tls.mutual $tls.existingSecret (not $tls.existingClientSecret) }}
 {{- fail "tls.mutual with tls.existingSecret needs tls.existingClientSecret (the clients' certificate)" }}
 {{- end }}
-{{- if and $tls.enabled (has (int .Values.users.healthPort) (list (int .Values.users.port) (int .Values.metrics.port))) }}
+{{- $taken := list (int .Values.users.port) }}
+{{- if .Values.metrics.enabled }}{{ $taken = append $taken (int .Values.metrics.port) }}{{ end }}
+{{- if and $tls.enabled (has (int .Values.users.healthPort) $taken) }}
 {{- fail (printf "users.healthPort %v is already the gRPC or the metrics port: pick another" .Values.users.healthPort) }}
 {{- end }}
 {{- end }}
