@@ -25,6 +25,39 @@ NAMESPACE = "mesh"
 KUBE_VERSIONS = ("1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0")
 SERVICE_MONITOR_API = "monitoring.coreos.com/v1/ServiceMonitor"
 
+#: TLS modes of issue 9: each certificate source, with and without mutual TLS, and the
+#: clients that dial the service (loadgen with either resolver, the test pod) turned on.
+TLS_SCENARIOS: Mapping[str, dict[str, Any]] = {
+    "generated": {"tls": {"enabled": True}, "loadgen": {"enabled": True}},
+    "generated-mutual": {
+        "tls": {"enabled": True, "mutual": True},
+        "loadgen": {"enabled": True, "resolver": "dns"},
+        "chaos": {"enabled": True},
+    },
+    "existing-secret": {"tls": {"enabled": True, "existingSecret": "users-tls"}},
+    "existing-secret-mutual": {
+        "tls": {
+            "enabled": True,
+            "mutual": True,
+            "existingSecret": "users-tls",
+            "existingClientSecret": "users-tls-client",
+        },
+        "loadgen": {"enabled": True},
+    },
+    "cert-manager": {"tls": {"enabled": True, "certManager": {"enabled": True}}},
+    "cert-manager-issuer-mutual": {
+        "tls": {
+            "enabled": True,
+            "mutual": True,
+            "certManager": {
+                "enabled": True,
+                "issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"},
+            },
+        },
+        "loadgen": {"enabled": True},
+    },
+}
+
 #: The values matrix of issue 7: every scenario must render, validate and pass the policies.
 SCENARIOS: Mapping[str, dict[str, Any]] = {
     "defaults": {},
@@ -55,6 +88,21 @@ SCENARIOS: Mapping[str, dict[str, Any]] = {
     },
     "metrics-off": {"metrics": {"enabled": False}},
     "existing-auth-secret": {"auth": {"existingSecret": "my-jwt", "existingSecretKey": "key"}},
+    **{f"tls-{name}": values for name, values in TLS_SCENARIOS.items()},
+    "admission": {
+        "users": {
+            "admission": {
+                "maxChatStreams": 50,
+                "maxListStreams": 25,
+                "maxUnaryRpcs": 400,
+                "maxStreamsPerPrincipal": 5,
+                "chatIdleTimeoutSeconds": 0,
+                "handshakeTimeoutSeconds": 2.5,
+                "maxConnectionIdleSeconds": 0,
+                "maxStreamsPerConnection": 64,
+            }
+        }
+    },
 }
 
 

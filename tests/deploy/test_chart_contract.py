@@ -29,6 +29,13 @@ from tests.deploy.conftest import (
 
 SERVICE_VARIABLES = frozenset(f.metadata["env"] for f in dataclasses.fields(ServiceConfig))
 CLIENT_VARIABLES = frozenset(re.findall(r"\b(MESH_[A-Z_]+)\b", _epilog()))
+#: The client's TLS variables (issue 9) the chart sets in its client pods. The client learns
+#: them in parallel with the chart; until its help names them they are allowed here and
+#: test_the_client_reads_the_tls_variables_the_chart_sets is an expected failure.
+CLIENT_TLS_VARIABLES = frozenset(
+    {"MESH_TLS_CA_FILE", "MESH_TLS_CLIENT_CERT_FILE", "MESH_TLS_CLIENT_KEY_FILE"}
+)
+PENDING_CLIENT_VARIABLES = CLIENT_TLS_VARIABLES - CLIENT_VARIABLES
 #: The OpenTelemetry SDK variables the chart may set; each must be one the SDK defines.
 OTEL_VARIABLES = frozenset(
     {
@@ -74,7 +81,19 @@ def test_clients_get_only_variables_the_client_reads(scenario: Rendered) -> None
             continue
         env = effective_env(scenario, item)
         unknown = _mesh_and_otel(env) - CLIENT_VARIABLES - OTEL_VARIABLES
-        assert unknown == set(), f"{doc['metadata']['name']}: {unknown}"
+        assert unknown - PENDING_CLIENT_VARIABLES == set(), f"{doc['metadata']['name']}: {unknown}"
+
+
+@pytest.mark.xfail(
+    bool(PENDING_CLIENT_VARIABLES),
+    reason=f"the client does not read {sorted(PENDING_CLIENT_VARIABLES)} yet",
+    strict=True,
+)
+def test_the_client_reads_the_tls_variables_the_chart_sets() -> None:
+    rendered = render(SCENARIOS["tls-generated-mutual"])
+    env = effective_env(rendered, container(rendered.get("Pod", "meshdemo-test"), "test"))
+    assert set(env) >= CLIENT_TLS_VARIABLES, "the chart sets every client TLS variable"
+    assert CLIENT_TLS_VARIABLES <= CLIENT_VARIABLES
 
 
 def test_an_unknown_variable_is_caught() -> None:

@@ -148,11 +148,14 @@ def test_the_users_memory_covers_the_measured_peak(defaults: Rendered) -> None:
 
 
 def test_the_users_probes_are_grpc_on_the_service_port(scenario: Rendered) -> None:
+    # With TLS the probes use the plain-text health port: the kubelet cannot speak TLS.
     users = container(scenario.get("Deployment", "meshdemo-users"), "users")
     env = effective_env(scenario, users)
-    port = int(env["MESH_PORT"])
     ports = {p["name"]: p["containerPort"] for p in users["ports"]}
-    assert ports["grpc"] == port
+    assert ports["grpc"] == int(env["MESH_PORT"])
+    tls = "MESH_TLS_CERT_FILE" in env
+    port = int(env["MESH_HEALTH_PORT"] if tls else env["MESH_PORT"])
+    assert ports.get("health") == (port if tls else None)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc = users[probe]["grpc"]
         assert isinstance(grpc["port"], int), "a grpc probe port must be a number"

@@ -207,7 +207,7 @@ affinity:
 {{/* The checksum that rolls the users pods when their configuration or secret inputs change.
 The generated secrets are left out: they are random offline and never change in a cluster. */}}
 {{- define "meshdemo.users.checksum" -}}
-{{- $inputs := dict "config" (include (print .Template.BasePath "/users/configmap.yaml") .) "auth" .Values.auth "database" .Values.externalDatabase "postgresql" (pick .Values.postgresql "enabled" "database" "username" "password") }}
+{{- $inputs := dict "config" (include (print .Template.BasePath "/users/configmap.yaml") .) "auth" .Values.auth "database" .Values.externalDatabase "postgresql" (pick .Values.postgresql "enabled" "database" "username" "password") "tls" .Values.tls }}
 {{- toJson $inputs | sha256sum }}
 {{- end }}
 
@@ -219,5 +219,126 @@ The generated secrets are left out: they are random offline and never change in 
 {{- printf "k8s:///%s:%v" $host $ctx.Values.users.port }}
 {{- else }}
 {{- printf "dns:///%s.svc.%s:%v" $host $ctx.Values.clusterDomain $ctx.Values.users.port }}
+{{- end }}
+{{- end }}
+
+{{/* --- TLS ------------------------------------------------------------------------------ */}}
+
+{{/* Where the certificates come from: existingSecret, certManager or generated (the default). */}}
+{{- define "meshdemo.tls.source" -}}
+{{- if .Values.tls.existingSecret }}existingSecret
+{{- else if .Values.tls.certManager.enabled }}certManager
+{{- else }}generated
+{{- end }}
+{{- end }}
+
+{{/* Contradictory TLS values fail the render with a message. */}}
+{{- define "meshdemo.tls.check" -}}
+{{- $tls := .Values.tls }}
+{{- if and $tls.mutual (not $tls.enabled) }}
+{{- fail "tls.mutual needs tls.enabled: set tls.enabled=true too" }}
+{{- end }}
+{{- if and $tls.existingSecret $tls.certManager.enabled }}
+{{- fail "set one of tls.existingSecret and tls.certManager.enabled, not both" }}
+{{- end }}
+{{- if and $tls.existingClientSecret (not $tls.existingSecret) }}
+{{- fail "tls.existingClientSecret needs tls.existingSecret (the other sources make the client certificate)" }}
+{{- end }}
+{{- if and $tls.enabled $tls.mutual $tls.existingSecret (not $tls.existingClientSecret) }}
+{{- fail "tls.mutual with tls.existingSecret needs tls.existingClientSecret (the clients' certificate)" }}
+{{- end }}
+{{- $taken := list (int .Values.users.port) }}
+{{- if .Values.metrics.enabled }}{{ $taken = append $taken (int .Values.metrics.port) }}{{ end }}
+{{- if and $tls.enabled (has (int .Values.users.healthPort) $taken) }}
+{{- fail (printf "users.healthPort %v is already the gRPC or the metrics port: pick another" .Values.users.healthPort) }}
+{{- end }}
+{{- end }}
+
+{{- define "meshdemo.tls.serverSecretName" -}}
+{{- default (printf "%s-tls" (include "meshdemo.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{- define "meshdemo.tls.clientSecretName" -}}
+{{- default (printf "%s-tls-client" (include "meshdemo.fullname" .)) .Values.tls.existingClientSecret }}
+{{- end }}
+
+{{- define "meshdemo.tls.caSecretName" -}}
+{{- printf "%s-tls-ca" (include "meshdemo.fullname" .) }}
+{{- end }}
+
+{{/* The server certificate's DNS names, as a YAML list: both Services, short and fully
+qualified (the clients verify the host of the target they dial), the headless Service's
+per-pod names, then tls.extraDnsNames. */}}
+{{- define "meshdemo.tls.dnsNames" -}}
+{{- $ns := .Release.Namespace }}
+{{- $domain := .Values.clusterDomain }}
+{{- $headless := include "meshdemo.users.headless" . }}
+{{- $names := list }}
+{{- range $service := list $headless (printf "%s-users" (include "meshdemo.fullname" .)) }}
+{{- $names = concat $names (list $service (printf "%s.%s" $service $ns) (printf "%s.%s.svc" $service $ns) (printf "%s.%s.svc.%s" $service $ns $domain)) }}
+{{- end }}
+{{- $names = append $names (printf "*.%s.%s.svc.%s" $headless $ns $domain) }}
+{{- concat $names .Values.tls.extraDnsNames | uniq | toYaml }}
+{{- end }}
+
+{{/* The server certificate's subject: the headless Service's fully qualified name. */}}
+{{- define "meshdemo.tls.commonName" -}}
+{{- printf "%s.%s.svc.%s" (include "meshdemo.users.headless" .) .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+
+{{/* Mount points: the service's whole Secret directory (never subPath: a renewed Secret must
+reach the running pod), and in the clients the CA and, with mutual TLS, their certificate. */}}
+{{- define "meshdemo.tls.serverDir" -}}/etc/meshdemo/tls{{- end }}
+{{- define "meshdemo.tls.caDir" -}}/etc/meshdemo/tls-ca{{- end }}
+{{- define "meshdemo.tls.clientDir" -}}/etc/meshdemo/tls-client{{- end }}
+
+{{/* MESH_TLS_* of a client pod (loadgen, helm test); empty without TLS. */}}
+{{- define "meshdemo.tls.clientEnv" -}}
+{{- if .Values.tls.enabled }}
+- name: MESH_TLS_CA_FILE
+  value: {{ include "meshdemo.tls.caDir" . }}/ca.crt
+{{- if .Values.tls.mutual }}
+- name: MESH_TLS_CLIENT_CERT_FILE
+  value: {{ include "meshdemo.tls.clientDir" . }}/tls.crt
+- name: MESH_TLS_CLIENT_KEY_FILE
+  value: {{ include "meshdemo.tls.clientDir" . }}/tls.key
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "meshdemo.tls.clientMounts" -}}
+{{- if .Values.tls.enabled }}
+- name: tls-ca
+  mountPath: {{ include "meshdemo.tls.caDir" . }}
+  readOnly: true
+{{- if .Values.tls.mutual }}
+- name: tls-client
+  mountPath: {{ include "meshdemo.tls.clientDir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The clients see only ca.crt of the server's Secret, never its key. */}}
+{{- define "meshdemo.tls.clientVolumes" -}}
+{{- if .Values.tls.enabled }}
+- name: tls-ca
+  secret:
+    secretName: {{ include "meshdemo.tls.serverSecretName" . }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+    defaultMode: 288  # 0440: owner and fsGroup may read
+{{- if .Values.tls.mutual }}
+- name: tls-client
+  secret:
+    secretName: {{ include "meshdemo.tls.clientSecretName" . }}
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+    defaultMode: 288
+{{- end }}
 {{- end }}
 {{- end }}
