@@ -12,9 +12,11 @@ import json
 import re
 from typing import Any
 
+import helm_python
 import jsonschema
 import pytest
 
+from tests.deploy.conftest import CHART_DIR, render
 from tests.deploy_tools.conftest import ROOT, load_yaml, shared_file
 
 SCHEMA = "schemas/skaffold-v4beta14.json"
@@ -114,7 +116,7 @@ def test_no_tag_at_digest_template_anywhere() -> None:
 
 def test_profiles_override_whole_sections_without_index_patches(config: Any) -> None:
     names = [p["name"] for p in config["profiles"]]
-    assert names == ["dev", "chaos"]
+    assert names == ["dev", "chaos", "tls", "mtls"]
     for profile in config["profiles"]:
         for patch in profile.get("patches") or ():
             assert not re.search(r"/\d+(/|$)", patch["path"]), (profile["name"], patch)
@@ -140,6 +142,41 @@ def test_profiles_repeat_the_base_release_and_differ_only_in_values(config: Any)
     assert values["dev"]["users.replicas"] == 2 and values["dev"]["users.logLevel"] == "DEBUG"
     assert values["chaos"]["chaos.enabled"] is True
     assert "chaos.enabled" not in base["setValues"], "no chaos without the profile"
+    assert values["tls"]["tls.enabled"] is True and "tls.mutual" not in values["tls"]
+    assert values["mtls"]["tls.enabled"] is True and values["mtls"]["tls.mutual"] is True
+    assert "tls.enabled" not in base["setValues"], "plain text without a TLS profile"
+
+
+def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` as Helm's --set reads it: ``{"a": {"b": 1}}``."""
+    values: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return values
+
+
+@pytest.mark.parametrize("profile", [None, "dev", "chaos", "tls", "mtls"])
+def test_every_profile_renders_with_the_chart_and_lints(config: Any, profile: str | None) -> None:
+    """The values each profile sets are the chart's: Helm's engine renders and lints them."""
+    deploy = (
+        config["deploy"]
+        if profile is None
+        else next(p["deploy"] for p in config["profiles"] if p["name"] == profile)
+    )
+    (release,) = releases(deploy)
+    assert ROOT / release["chartPath"] == CHART_DIR
+    values = _nested({**release["setValues"], "image.reference": "meshdemo:skaffold-test"})
+    rendered = render(values, name=release["name"], namespace=release["namespace"])
+    kinds = {doc["kind"] for doc in rendered.docs}
+    assert {"Deployment", "Service"} <= kinds, profile
+    if profile in ("tls", "mtls"):
+        assert "Secret" in kinds
+    report = helm_python.lint(CHART_DIR, values, strict=True, kube_version="v1.34.0")
+    assert (report["errors"], report["messages"]) == ([], []), profile
 
 
 def test_port_forwards_for_jaeger_and_the_service_on_loopback(config: Any) -> None:
