@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ChatReconnect", "ChatReconnected", "ChatSession"]
 
+_log = logging.getLogger("meshdemo.client.chat")
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # missing from grpc-stubs
 
 
@@ -470,7 +472,7 @@ class ChatSession:
             try:
                 self._on_reconnect(event)
             except Exception:  # observability never breaks the chat
-                pass
+                _log.exception("on_reconnect hook failed; the chat goes on")
 
     def _report(self, endpoint: Endpoint, failure: grpc.RpcError) -> None:
         if self._on_failure is not None:
