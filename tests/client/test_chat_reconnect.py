@@ -24,6 +24,7 @@ from client import (
     UserClient,
 )
 from service.testing import ReplicaProcess, reader_token
+from tests.client.helpers import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -73,9 +74,7 @@ class Conversation:
             await asyncio.sleep(pause)
 
     async def wait_answers(self, count: int, within: float = 20.0) -> None:
-        async with asyncio.timeout(within):
-            while len(self.answers) < count and not self._reader.done():
-                await asyncio.sleep(0.01)
+        await eventually(lambda: len(self.answers) >= count or self._reader.done(), within)
         if self._reader.done():
             self._reader.result()  # raises what ended the session
 
@@ -105,7 +104,7 @@ async def run_fault(
     pace: float = 0.01,
     **chat_options: object,
 ) -> tuple[Conversation, list[ChatReconnected]]:
-    """A conversation with ``fault`` applied to its replica after the 10th of 10 + 2 s of messages."""
+    """10 messages, ``fault`` applied to their replica, then 2 s more messages every ``pace`` s."""
     events: list[ChatReconnected] = []
     texts = [f"{name} {n}" for n in range(10 + int(2.0 / pace))]
     async with client_of(processes) as client:
@@ -217,9 +216,8 @@ async def test_a_frozen_replica_under_an_idle_chat_is_detected_by_keepalive(
             loop = asyncio.get_running_loop()
             frozen_at = loop.time()
             victim.pause()  # nothing unanswered: only the keepalive can notice
-            async with asyncio.timeout(pool.keepalive_time + pool.keepalive_timeout + 5):
-                while session.reconnects == 0:
-                    await asyncio.sleep(0.05)
+            bound = pool.keepalive_time + pool.keepalive_timeout
+            await eventually(lambda: session.reconnects > 0, within=bound + 5)
             took = loop.time() - frozen_at
             print(f"\nkeepalive: idle chat left the frozen replica after {took:.3f} s")
             await session.send("during")
