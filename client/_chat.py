@@ -213,6 +213,8 @@ class ChatSession:
         self._in_a_row = 0
         self._failed_endpoints: list[Endpoint] = []
         self._open = False
+        #: The endpoint of the latest stream, kept after it broke (manual reconnect avoids it).
+        self._last_endpoint: Endpoint | None = None
         self.reconnects = 0
         self.resent = 0
 
@@ -291,7 +293,7 @@ class ChatSession:
         Unanswered messages are resent there; a session that had failed is
         usable again (its answers already received are still delivered first).
         """
-        previous = self.endpoint
+        previous = self._last_endpoint
         await self._stop()
         self._error = None
         self._drop_end_marker()
@@ -379,6 +381,13 @@ class ChatSession:
             return self._stalled(stream)
         except grpc.RpcError as err:
             return err
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the session is closing
+            # grpc.aio raises CancelledError from read() on a call cancelled under
+            # it: its channel was closed (the endpoint set drained the endpoint).
+            return _local_error(grpc.StatusCode.CANCELLED, "the chat's channel was closed")
         finally:
             self._watchdog = None
             await cancel_and_wait(flusher)
@@ -487,6 +496,7 @@ class ChatSession:
             lease = endpoint.acquire()
         except EndpointDrainingError as exc:  # nothing was sent: another pick may do
             raise UnavailableError(str(exc), code=grpc.StatusCode.UNAVAILABLE) from exc
+        self._last_endpoint = endpoint
         return _Stream(endpoint, lease)
 
     # --- shutdown -------------------------------------------------------------------------
