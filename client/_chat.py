@@ -215,8 +215,11 @@ class ChatSession:
         self._open = False
         #: The endpoint of the latest stream, kept after it broke (manual reconnect avoids it).
         self._last_endpoint: Endpoint | None = None
+        #: Streams replaced after a failure, messages sent again, and quiet moves off
+        #: an endpoint that stopped taking calls (draining, NOT_SERVING, ejected).
         self.reconnects = 0
         self.resent = 0
+        self.moves = 0
 
     @property
     def endpoint(self) -> Endpoint | None:
@@ -259,6 +262,8 @@ class ChatSession:
         self._check_usable()
         if self._half_closed:
             raise RuntimeError("the chat session was half-closed: it sends nothing more")
+        if not self._pending and self._should_move():
+            await self._move()
         message = user_pb2.ChatMessage(user_id=self._user_id, text=text)
         self._pending.append((self._sent, user_pb2.ChatRequest(message=message)))
         self._sent += 1
@@ -307,6 +312,32 @@ class ChatSession:
         self._open = False
         self._answers.put_nowait(_End(None))
 
+    # --- leaving a draining replica -------------------------------------------------------
+
+    def _should_move(self) -> bool:
+        """Whether the stream's endpoint takes no new calls while another one does."""
+        stream = self._stream
+        if stream is None or stream.endpoint.is_available():
+            return False
+        return any(e.is_available() for e in self._endpoints.endpoints if e is not stream.endpoint)
+
+    async def _move(self) -> None:
+        """Leave a draining (or NOT_SERVING, ejected) endpoint while nothing is unanswered.
+
+        Nothing is lost: no answer is owed on the old stream, which is
+        cancelled; the reader sees it is no longer current and reads the new one.
+        """
+        async with self._write_lock:
+            old = self._stream
+            if old is None or self._pending:
+                return
+            try:
+                self._stream = await self._new_stream(exclude=(old.endpoint,))
+            except UnavailableError:
+                return  # nowhere better to go: stay until the stream ends
+        self.moves += 1
+        await _end_stream(old)
+
     # --- writing --------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
@@ -353,6 +384,8 @@ class ChatSession:
                 stream = self._stream
                 assert stream is not None
                 failure = await self._read_stream(stream)
+                if stream is not self._stream:
+                    continue  # send() moved the session off a draining replica
                 if failure is None and not self._pending:
                     self._answers.put_nowait(_End(None))
                     return

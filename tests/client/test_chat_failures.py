@@ -209,3 +209,24 @@ def test_grpcio_local_write_failure_counts_as_unavailable() -> None:
     assert ChatReconnect().is_retryable(local)
     assert not ChatReconnect().is_retryable(server)
     assert not ChatReconnect(retryable_codes=frozenset()).is_retryable(local)
+
+
+async def test_a_quiet_chat_leaves_a_replica_that_stopped_serving(
+    replicas: list[InProcessServer],
+) -> None:
+    async with chat_client(static_target(replicas)) as client:
+        async with client.chat() as session:
+            await session.send("one")
+            await anext(session)
+            endpoint = session.endpoint
+            assert endpoint is not None
+            server = next(s for s in replicas if s.address == str(endpoint.address))
+            await server.set_serving(False)  # the health watch tells the client
+            await eventually(lambda: not endpoint.is_available())
+            await session.send("two")  # nothing unanswered: moved before sending
+            reply = await anext(session)
+            assert session.endpoint is not endpoint
+        assert reply.message.text == "two"
+        assert reply.replica != server.replica.config.replica_name
+        assert (session.moves, session.reconnects, session.resent) == (1, 0, 0)
+        assert client.stats().failures == 0
