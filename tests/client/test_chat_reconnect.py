@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from client import (
     UnavailableError,
     UserClient,
 )
+from client._cli import main_async
 from service.testing import ReplicaProcess, reader_token
 from tests.client.helpers import eventually
 
@@ -103,7 +106,7 @@ async def run_fault(
     *,
     pace: float = 0.01,
     **chat_options: object,
-) -> tuple[Conversation, list[ChatReconnected]]:
+) -> tuple[Conversation, list[ChatReconnected], ChatSession]:
     """10 messages, ``fault`` applied to their replica, then 2 s more messages every ``pace`` s."""
     events: list[ChatReconnected] = []
     texts = [f"{name} {n}" for n in range(10 + int(2.0 / pace))]
@@ -125,7 +128,7 @@ async def run_fault(
             assert session.endpoint is None or session.endpoint.address != victim.address
         assert client.stats().retries == len(events)
     assert talk.texts() == texts  # every message answered once, in order
-    return talk, events
+    return talk, events, session
 
 
 async def test_a_chat_whose_replica_is_killed_continues_on_another(
@@ -134,7 +137,7 @@ async def test_a_chat_whose_replica_is_killed_continues_on_another(
     async def kill_mid_stream(victim: ReplicaProcess) -> None:
         asyncio.get_running_loop().call_later(0.1, victim.kill)  # while messages flow
 
-    _, events = await run_fault(processes, kill_mid_stream, "kill")
+    _, events, _ = await run_fault(processes, kill_mid_stream, "kill")
     assert [e.code for e in events] == ["UNAVAILABLE"]
     assert events[0].failed != events[0].endpoint
 
@@ -177,8 +180,10 @@ async def test_a_chat_whose_replica_drains_continues_on_another(
         # SIGTERM: NOT_SERVING, then the server ends its streams after MESH_SHUTDOWN_GRACE.
         asyncio.get_running_loop().create_task(victim.terminate())
 
-    _, events = await run_fault(processes, drain, "drain", pace=0.05)
-    assert [e.code for e in events] == ["UNAVAILABLE"]
+    _, events, session = await run_fault(processes, drain, "drain", pace=0.05)
+    # Left at a quiet moment (health NOT_SERVING), or when the server ended its streams.
+    assert len(events) + session.moves == 1
+    assert [e.code for e in events] in ([], ["UNAVAILABLE"])
 
 
 async def test_a_frozen_replica_is_detected_within_the_answer_timeout(
@@ -189,7 +194,7 @@ async def test_a_frozen_replica_is_detected_within_the_answer_timeout(
     async def freeze(victim: ReplicaProcess) -> None:
         victim.pause()
 
-    talk, events = await run_fault(
+    talk, events, _ = await run_fault(
         processes, freeze, "freeze", reconnect=ChatReconnect(answer_timeout=bound)
     )
     assert len(events) == 1
@@ -278,3 +283,32 @@ async def test_when_every_replica_is_gone_the_budget_ends_the_chat(
     assert "gave up after 3 reconnect(s) in a row without an answer" in failed.value.message
     assert "last failure: UNAVAILABLE" in failed.value.message
     assert len(events) == 3
+
+
+async def test_the_cli_chat_notes_a_reconnect_and_answers_every_line(
+    processes: list[ReplicaProcess],
+) -> None:
+    read_end, write_end = os.pipe()
+    env = {
+        "MESH_TARGET": "static:///" + ",".join(r.address for r in processes),
+        "MESH_TOKEN": reader_token(),
+    }
+    out, err = io.StringIO(), io.StringIO()
+    with open(read_end) as stdin, open(write_end, "w") as feed:
+        command = asyncio.create_task(
+            main_async(["chat"], env=env, stdin=stdin, stdout=out, stderr=err)
+        )
+        feed.write("first\n")
+        feed.flush()
+        await eventually(lambda: "first" in out.getvalue(), 10)
+        victim = next(r for r in processes if f"[replica-{r.host} " in out.getvalue())
+        victim.kill()
+        feed.write("second\n")
+        feed.close()
+        code = await asyncio.wait_for(command, 20)
+    replies = out.getvalue().splitlines()
+    assert code == 0, err.getvalue()
+    assert [line.rsplit("] ", 1)[1] for line in replies] == ["first", "second"]
+    assert f"[replica-{victim.host} " not in replies[1]
+    assert "reconnected: " in err.getvalue()
+    assert "UNAVAILABLE" in err.getvalue()
