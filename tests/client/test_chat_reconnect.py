@@ -294,7 +294,7 @@ async def test_the_cli_chat_notes_a_reconnect_and_answers_every_line(
         "MESH_TOKEN": reader_token(),
     }
     out, err = io.StringIO(), io.StringIO()
-    with open(read_end) as stdin, open(write_end, "w") as feed:
+    with os.fdopen(read_end) as stdin, os.fdopen(write_end, "w") as feed:
         command = asyncio.create_task(
             main_async(["chat"], env=env, stdin=stdin, stdout=out, stderr=err)
         )
