@@ -312,3 +312,26 @@ async def test_the_cli_chat_notes_a_reconnect_and_answers_every_line(
     assert f"[replica-{victim.host} " not in replies[1]
     assert "reconnected: " in err.getvalue()
     assert "UNAVAILABLE" in err.getvalue()
+
+
+async def test_a_large_backlog_sent_to_a_frozen_replica_is_resent_whole(
+    processes: list[ReplicaProcess],
+) -> None:
+    # 1.6 MB unanswered, far beyond one flow-control window: resent while the new
+    # stream's answers are read at the same time, so neither side waits on the other.
+    texts = [f"{n:04d}" + "x" * 3996 for n in range(400)]
+    reconnect = ChatReconnect(answer_timeout=1.0)
+    async with client_of(processes) as client:
+        async with client.chat(reconnect=reconnect) as session:
+            talk = Conversation(session)
+            try:
+                await talk.say(texts[:1], 0)
+                await talk.wait_answers(1)
+                pinned(session, processes).pause()
+                async with asyncio.timeout(15):
+                    await talk.say(texts[1:], 0)
+                    await talk.finish()
+            finally:
+                await talk.cancel()
+    assert talk.texts() == texts
+    assert session.reconnects == 1
