@@ -253,7 +253,8 @@ class ChatSession:
         """Send one message; it is answered once, in order, whatever replica answers it.
 
         Returns once the message is written (or, between streams, queued for
-        the next one). A write that a frozen replica holds up ends when the bound cancels the stream.
+        the next one); a write a frozen replica holds up ends when the bound
+        cancels the stream.
 
         Raises:
             MeshError: The session has failed (a subclass by status code).
