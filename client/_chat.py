@@ -235,7 +235,7 @@ class ChatSession:
         where = self._stream.endpoint.address if self._stream is not None else None
         return (
             f"<ChatSession on {where} sent={self._sent} unanswered={len(self._pending)} "
-            f"reconnects={self.reconnects} resent={self.resent}>"
+            f"reconnects={self.reconnects} resent={self.resent} moves={self.moves}>"
         )
 
     # --- the caller's side ----------------------------------------------------------------
@@ -333,9 +333,13 @@ class ChatSession:
             if old is None or self._pending:
                 return
             try:
-                self._stream = await self._new_stream(exclude=(old.endpoint,))
+                new = await self._new_stream(exclude=(old.endpoint,))
             except UnavailableError:
                 return  # nowhere better to go: stay until the stream ends
+            if self._stream is not old:  # the reader replaced it meanwhile (it broke)
+                await _end_stream(new)
+                return
+            self._stream = new
         self.moves += 1
         await _end_stream(old)
 

@@ -119,7 +119,7 @@ class ClientStats:
     Attributes:
         endpoints: Every endpoint (active, then draining): state, channels, counts.
         calls: Logical calls started.
-        retries: Retries made (attempts after the first).
+        retries: Retries made (attempts after the first, and Chat reconnects).
         failures: Logical calls that ended in an error.
         methods: Per-method attempt counters and latency (from the metrics interceptor).
     """
