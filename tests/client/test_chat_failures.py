@@ -230,3 +230,10 @@ async def test_a_quiet_chat_leaves_a_replica_that_stopped_serving(
         assert reply.replica != server.replica.config.replica_name
         assert (session.moves, session.reconnects, session.resent) == (1, 0, 0)
         assert client.stats().failures == 0
+
+
+def test_the_keepalive_timeout_is_also_grpcio_s_ping_timeout() -> None:
+    # grpcio 1.85 waits grpc.http2.ping_timeout_ms (60 s unless set) for a ping's ack:
+    # without it a frozen replica under an idle chat took 70 s to notice, not 15 s.
+    options = dict(PoolConfig(keepalive_timeout=2.0).channel_options())
+    assert options["grpc.http2.ping_timeout_ms"] == options["grpc.keepalive_timeout_ms"] == 2000
