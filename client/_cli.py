@@ -27,6 +27,7 @@ from rich.console import Console
 
 from client._chaos import add_chaos_command as _add_chaos
 from client._chaos import run_chaos_command
+from client._chat import ChatReconnected
 from client._client import MAX_BATCH, ROLES, NewUserSpec, UserClient
 from client._errors import InvalidArgumentError, MeshError
 from client._live import LiveView, PlainProgress, render_summary
@@ -272,7 +273,9 @@ def _add_chat(commands: Any, parent: argparse.ArgumentParser) -> None:
         parent,
         "chat interactively: each stdin line is sent, each echo printed with its replica",
         epilog_extra="end of input (Ctrl-D) half-closes the stream; remaining echoes are\n"
-        "printed, waiting at most --timeout seconds for them.",
+        "printed, waiting at most --timeout seconds for them. A stream whose replica dies,\n"
+        "drains or stops answering (5 s) reconnects to another and resends the lines not\n"
+        "answered yet; stderr notes each reconnect.",
     )
     cmd.add_argument(
         "--user-id", default="", help="sent as the speaker of every message (default: anonymous)"
@@ -741,7 +744,10 @@ async def _send_lines(session: Any, io: _Io) -> int:
 
 
 async def _cmd_chat(args: argparse.Namespace, client: UserClient, io: _Io) -> int:
-    async with client.chat(user_id=args.user_id) as session:
+    def reconnected(event: ChatReconnected) -> None:
+        io.err(f"reconnected: {event.failed} -> {event.endpoint} ({event.code}: {event.reason})")
+
+    async with client.chat(user_id=args.user_id, on_reconnect=reconnected) as session:
         printer = asyncio.create_task(_print_replies(session, io, args.json))
         try:
             await _send_lines(session, io)

@@ -34,7 +34,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, TracerProvider
 
-from client._chat import ChatSession
+from client._chat import ChatReconnect, ChatReconnected, ChatSession
 from client._endpoint import (
     EjectionConfig,
     Endpoint,
@@ -119,7 +119,7 @@ class ClientStats:
     Attributes:
         endpoints: Every endpoint (active, then draining): state, channels, counts.
         calls: Logical calls started.
-        retries: Retries made (attempts after the first).
+        retries: Retries made (attempts after the first, and Chat reconnects).
         failures: Logical calls that ended in an error.
         methods: Per-method attempt counters and latency (from the metrics interceptor).
     """
@@ -650,20 +650,48 @@ class UserClient:
 
     # --- Chat -----------------------------------------------------------------------------
 
-    def chat(self, *, user_id: str = "") -> ChatSession:
-        """A chat stream pinned to one endpoint; never retried.
+    def chat(
+        self,
+        *,
+        user_id: str = "",
+        reconnect: ChatReconnect | None = None,
+        on_reconnect: Callable[[ChatReconnected], None] | None = None,
+    ) -> ChatSession:
+        """A chat stream that survives its replica (see :class:`ChatSession`).
 
         Use it as an async context manager: ``await session.send(text)``, then
-        ``async for reply in session``. A failed stream raises a MeshError from
-        the iterator (or ``send``); :meth:`ChatSession.reconnect` opens a new
-        stream, on another endpoint when there is one.
+        ``async for reply in session``. When the stream breaks with a retryable
+        failure (UNAVAILABLE: a replica killed, drained, or that stopped
+        answering for ``reconnect.answer_timeout`` seconds) the session opens a
+        new stream, on another endpoint when there is one, and resends the
+        unanswered messages: every message gets exactly one reply, in order.
+        Other failures, and a spent reconnect or retry budget, raise a
+        MeshError from the iterator (or ``send``). In :meth:`stats` each broken
+        stream counts as a failure and each reconnect as a retry; a reconnect
+        spends a token of the retry budget.
+
+        Args:
+            user_id: Sent as the speaker of every message.
+            reconnect: Reconnection settings; ``ChatReconnect(enabled=False)``
+                makes every failure surface.
+            on_reconnect: Told of every reconnect (the CLI prints it).
         """
         self._check_open()
+
+        def reconnected(event: ChatReconnected) -> None:
+            self._retries += 1
+            if on_reconnect is not None:
+                on_reconnect(event)
+
         return ChatSession(
             self.endpoints,
             user_id=user_id,
             connect_timeout=self._connect_timeout,
             on_failure=self._chat_failed,
+            reconnect=reconnect,
+            on_reconnect=reconnected,
+            budget=self._budget,
+            rng=self._rng,
         )
 
     def _chat_failed(self, endpoint: Endpoint, err: grpc.RpcError) -> None:

@@ -168,6 +168,9 @@ class PoolConfig:
         return [
             ("grpc.keepalive_time_ms", int(self.keepalive_time * 1000)),
             ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout * 1000)),
+            # grpcio 1.85 waits for a keepalive ping's ack this long (default 60 s),
+            # whatever keepalive_timeout_ms says: a frozen replica took 70 s to detect.
+            ("grpc.http2.ping_timeout_ms", int(self.keepalive_timeout * 1000)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
             # Each pooled channel owns its connection: without a local subchannel pool,

@@ -14,6 +14,7 @@ import pytest
 from client import (
     MAX_BATCH,
     AlreadyExistsError,
+    ChatReconnect,
     ChatSession,
     DeadlineExceededError,
     EjectionConfig,
@@ -357,7 +358,7 @@ async def test_the_token_provider_is_asked_per_attempt(replicas: list[InProcessS
 async def test_a_failed_chat_raises_and_reconnects_elsewhere(
     replicas: list[InProcessServer], client: UserClient
 ) -> None:
-    async with client.chat() as chat:
+    async with client.chat(reconnect=ChatReconnect(enabled=False)) as chat:
         await chat.send("one")
         await anext(chat)
         pinned = chat.endpoint

@@ -8,7 +8,8 @@ import client
 
 EXPECTED = {
     # The client
-    "UserClient", "UserListing", "ChatSession", "NewUserSpec", "ClientStats", "DEFAULT_DEADLINES",
+    "UserClient", "UserListing", "ChatSession", "ChatReconnect", "ChatReconnected",
+    "NewUserSpec", "ClientStats", "DEFAULT_DEADLINES",
     "DEFAULT_ATTEMPT_TIMEOUTS", "MAX_BATCH", "ROLES", "mint_token",
     # Configuration
     "PoolConfig", "EjectionConfig", "RetryPolicy", "RetryBudget", "TokenProvider",
