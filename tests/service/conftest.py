@@ -24,7 +24,7 @@ async def channel(server: InProcessServer) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-def stub(channel: grpc.aio.Channel) -> user_pb2_grpc.UserServiceStub:
+def stub(channel: grpc.aio.Channel) -> user_pb2_grpc.UserServiceAsyncStub:
     return user_pb2_grpc.UserServiceStub(channel)
 
 

@@ -46,7 +46,7 @@ def _echoes(err: grpc.aio.AioRpcError, text: str) -> bool:
 
 
 async def test_a_4kib_id_is_invalid_argument_and_not_echoed(
-    stub: user_pb2_grpc.UserServiceStub, reader: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, reader: Md
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetUser(user_pb2.GetUserRequest(id=LONG), metadata=reader, timeout=10)
@@ -56,7 +56,7 @@ async def test_a_4kib_id_is_invalid_argument_and_not_echoed(
 
 
 async def test_an_id_at_the_bound_is_looked_up(
-    stub: user_pb2_grpc.UserServiceStub, reader: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, reader: Md
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetUser(user_pb2.GetUserRequest(id="Z" * MAX_ID), metadata=reader, timeout=10)
@@ -75,7 +75,7 @@ async def test_an_id_at_the_bound_is_looked_up(
     ],
 )
 async def test_create_fields_are_bounded(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md, field: str, value: str
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md, field: str, value: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CreateUser(create_request(1, **{field: value}), metadata=admin, timeout=10)
@@ -85,7 +85,7 @@ async def test_create_fields_are_bounded(
 
 
 async def test_a_flood_of_unknown_roles_is_not_echoed(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     request = create_request(1, roles=[77] * 10_000)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -95,7 +95,7 @@ async def test_a_flood_of_unknown_roles_is_not_echoed(
 
 
 async def test_a_long_page_token_is_invalid_argument(
-    stub: user_pb2_grpc.UserServiceStub, reader: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, reader: Md
 ) -> None:
     request = user_pb2.ListUsersRequest(page_token="A" * (MAX_PAGE_TOKEN + 1))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -124,7 +124,7 @@ async def _chat(
     ],
 )
 async def test_chat_strings_are_bounded(
-    stub: user_pb2_grpc.UserServiceStub, reader: Md, message: user_pb2.ChatMessage, field: str
+    stub: user_pb2_grpc.UserServiceAsyncStub, reader: Md, message: user_pb2.ChatMessage, field: str
 ) -> None:
     replies = 0
     done = asyncio.Event()
@@ -141,14 +141,16 @@ async def test_chat_strings_are_bounded(
 
 
 async def test_a_batch_of_bad_users_fits_its_error(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     # Every field of every user wrong: thousands of violations, which in one
     # BadRequest would overflow grpc's trailer limit (RESOURCE_EXHAUSTED).
     async def users() -> AsyncIterator[user_pb2.BatchCreateUsersRequest]:
         for _ in range(MAX_BATCH):
             yield user_pb2.BatchCreateUsersRequest(
-                user=user_pb2.CreateUserRequest(name="", email="x", age=999, roles=[9])
+                user=user_pb2.CreateUserRequest(
+                    name="", email="x", age=999, roles=[user_pb2.Role.ValueType(9)]
+                )
             )
 
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -160,7 +162,7 @@ async def test_a_batch_of_bad_users_fits_its_error(
 
 
 async def test_a_bad_message_mid_batch_stores_nothing(
-    channel: grpc.aio.Channel, stub: user_pb2_grpc.UserServiceStub, admin: Md
+    channel: grpc.aio.Channel, stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     good = user_pb2.BatchCreateUsersRequest(user=create_request(1)).SerializeToString()
     done = asyncio.Event()
@@ -170,7 +172,8 @@ async def test_a_bad_message_mid_batch_stores_nothing(
         yield b"\x0a\x04\x0a\x02\xff\xfe"  # user.name: not UTF-8
         await done.wait()  # as in _chat
 
-    batch = channel.stream_unary("/meshdemo.v1.UserService/BatchCreateUsers")
+    # No serializers: the frames go out as the raw bytes they are.
+    batch = channel.stream_unary("/meshdemo.v1.UserService/BatchCreateUsers", None, None)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await batch(frames(), metadata=admin, timeout=10)
     done.set()
@@ -182,7 +185,7 @@ async def test_a_bad_message_mid_batch_stores_nothing(
 async def test_garbage_gets_unauthenticated_before_invalid_argument(
     channel: grpc.aio.Channel, admin: Md
 ) -> None:
-    get = channel.unary_unary("/meshdemo.v1.UserService/GetUser")
+    get = channel.unary_unary("/meshdemo.v1.UserService/GetUser", None, None)  # raw bytes
     with pytest.raises(grpc.aio.AioRpcError) as anonymous:
         await get(b"\xff\xff", timeout=10)
     assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -217,7 +220,7 @@ async def test_a_real_process_answers_garbage_without_a_traceback(tmp_path: Path
         grpc.aio.insecure_channel(replica.address) as channel,
     ):
         metadata = (("authorization", f"Bearer {admin_token()}"),)
-        get = channel.unary_unary("/meshdemo.v1.UserService/GetUser")
+        get = channel.unary_unary("/meshdemo.v1.UserService/GetUser", None, None)  # raw bytes
         for _ in range(calls):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await get(b"\x0a\x02\xff\xfe", metadata=metadata, timeout=10)

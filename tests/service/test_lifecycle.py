@@ -9,9 +9,9 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.config import ServiceConfig
 from service.testing import ReplicaProcess, admin_token, reader_token, serve
+from tests.aio_stubs import EOF, read
 
 READER = (("authorization", f"Bearer {reader_token()}"),)
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +84,7 @@ async def test_auth_switched_off_explicitly_starts_and_warns(tmp_path: Path) -> 
     assert any("switched off" in e.get("message", "") for e in warnings)
 
 
-async def _watch(address: str) -> AsyncIterator[int]:
+async def _watch(address: str) -> AsyncGenerator[int, None]:
     async with grpc.aio.insecure_channel(address) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         async for reply in stub.Watch(health_pb2.HealthCheckRequest(service=SERVICE)):
@@ -104,14 +105,14 @@ async def test_sigterm_turns_not_serving_drains_finishes_in_flight_and_exits_zer
         watch = _watch(replica.address)
         statuses.append(await anext(watch))
         async with grpc.aio.insecure_channel(replica.address) as ch:
-            chat = user_pb2_grpc.UserServiceStub(ch).Chat(metadata=READER)
+            chat = user_pb2_grpc.UserServiceStub(ch).Chat(None, metadata=READER)
             await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="before")))
-            assert (await chat.read()).message.text == "before"
+            assert (await read(chat)).message.text == "before"
             exit_code = asyncio.create_task(replica.terminate())
             statuses.append(await asyncio.wait_for(anext(watch), 5))
             # In the drain and grace periods the open stream keeps working.
             await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="during")))
-            assert (await chat.read()).message.text == "during"
+            assert (await read(chat)).message.text == "during"
             await chat.done_writing()
             assert await chat.code() == grpc.StatusCode.OK
             assert await exit_code == 0
@@ -127,13 +128,13 @@ async def test_sigterm_turns_not_serving_drains_finishes_in_flight_and_exits_zer
 async def test_graceful_stop_lets_in_flight_streams_finish_within_grace() -> None:
     async with serve("127.0.0.1", shutdown_grace=3.0) as server:
         async with grpc.aio.insecure_channel(server.address) as ch:
-            chat = user_pb2_grpc.UserServiceStub(ch).Chat(metadata=READER)
+            chat = user_pb2_grpc.UserServiceStub(ch).Chat(None, metadata=READER)
             await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="a")))
             await chat.read()
             stopping = asyncio.create_task(server.replica.shutdown(drain_delay=0))
             await asyncio.sleep(0.2)
             await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="b")))
-            assert (await chat.read()).message.text == "b"
+            assert (await read(chat)).message.text == "b"
             await chat.done_writing()
             assert await chat.code() == grpc.StatusCode.OK
             await stopping
@@ -151,7 +152,7 @@ async def test_open_health_watches_end_with_ok_instead_of_holding_the_grace() ->
             started = loop.time()
             stopping = asyncio.create_task(server.replica.shutdown(drain_delay=0.2))
             statuses = [first.status]
-            while (reply := await watch.read()) is not grpc.aio.EOF:
+            while (reply := await watch.read()) is not EOF:
                 statuses.append(reply.status)
             await asyncio.wait_for(stopping, 10)
             assert await watch.code() == grpc.StatusCode.OK
@@ -164,14 +165,16 @@ async def test_beyond_max_concurrent_rpcs_is_resource_exhausted_but_health_answe
     async with serve("127.0.0.1", max_concurrent_rpcs=2) as server:
         async with grpc.aio.insecure_channel(server.address) as ch:
             stub = user_pb2_grpc.UserServiceStub(ch)
-            chats = [stub.Chat(metadata=READER) for _ in range(2)]
+            chats = [stub.Chat(None, metadata=READER) for _ in range(2)]
             for chat in chats:
                 await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="hold")))
                 await chat.read()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.GetUser(user_pb2.GetUserRequest(id="x"), metadata=READER)
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert ("grpc-retry-pushback-ms", "1000") in tuple(caught.value.trailing_metadata())
+            # grpc-stubs types this as RpcError's tuple of _Metadatum; aio gives Metadata.
+            trailing = cast(grpc.aio.Metadata, caught.value.trailing_metadata())
+            assert ("grpc-retry-pushback-ms", "1000") in tuple(trailing)
             # The cap is the application's: health is never counted against it.
             reply = await health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(), timeout=2
@@ -185,7 +188,7 @@ async def test_beyond_max_concurrent_rpcs_is_resource_exhausted_but_health_answe
 async def test_connections_older_than_max_age_are_closed() -> None:
     async with serve("127.0.0.1", max_connection_age=0.5, max_connection_age_grace=0.5) as server:
         async with grpc.aio.insecure_channel(server.address) as ch:
-            chat = user_pb2_grpc.UserServiceStub(ch).Chat(metadata=READER)
+            chat = user_pb2_grpc.UserServiceStub(ch).Chat(None, metadata=READER)
             await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="x")))
             await chat.read()
             # Past age + grace the stream is cut so the client must reconnect
@@ -306,9 +309,9 @@ async def test_fault_delay_slows_user_calls_but_not_health() -> None:
                 await user_pb2_grpc.UserServiceStub(ch).GetUser(
                     user_pb2.GetUserRequest(id="x"), metadata=READER
                 )
-            chat = user_pb2_grpc.UserServiceStub(ch).Chat(metadata=READER)
+            chat = user_pb2_grpc.UserServiceStub(ch).Chat(None, metadata=READER)
             await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="slow")))
-            assert (await chat.read()).message.text == "slow"
+            assert (await read(chat)).message.text == "slow"
             await chat.done_writing()
             # The delay is a floor that the two calls cannot beat.
             assert loop.time() - start >= 0.6
@@ -365,7 +368,7 @@ def _keepalive_options(interval_ms: int) -> list[tuple[str, int]]:
 
 async def _chat_survives(address: str, options: list[tuple[str, int]], idle: float) -> bool:
     async with grpc.aio.insecure_channel(address, options=options) as ch:
-        chat = user_pb2_grpc.UserServiceStub(ch).Chat(metadata=READER)
+        chat = user_pb2_grpc.UserServiceStub(ch).Chat(None, metadata=READER)
         await chat.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="open")))
         await chat.read()
         await asyncio.sleep(idle)  # only keepalive pings cross the connection now
@@ -375,7 +378,7 @@ async def _chat_survives(address: str, options: list[tuple[str, int]], idle: flo
         except (grpc.aio.AioRpcError, grpc.aio.UsageError):
             return False
         await chat.done_writing()
-        return reply is not grpc.aio.EOF and await chat.code() == grpc.StatusCode.OK
+        return reply is not EOF and await chat.code() == grpc.StatusCode.OK
 
 
 @pytest.mark.slow

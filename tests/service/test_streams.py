@@ -12,12 +12,13 @@ import pytest
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.domain import MAX_BATCH
 from service.testing import reader_token
+from tests.aio_stubs import EOF, read
 from tests.service.helpers import create_request, violations
 
 Md = tuple[tuple[str, str], ...]
 
 
-async def _seed(stub: user_pb2_grpc.UserServiceStub, md: Md, n: int) -> list[str]:
+async def _seed(stub: user_pb2_grpc.UserServiceAsyncStub, md: Md, n: int) -> list[str]:
     async def items() -> AsyncIterator[user_pb2.BatchCreateUsersRequest]:
         for i in range(n):
             yield user_pb2.BatchCreateUsersRequest(user=create_request(i))
@@ -27,14 +28,14 @@ async def _seed(stub: user_pb2_grpc.UserServiceStub, md: Md, n: int) -> list[str
 
 
 async def _list(
-    stub: user_pb2_grpc.UserServiceStub, md: Md, **fields: object
+    stub: user_pb2_grpc.UserServiceAsyncStub, md: Md, **fields: object
 ) -> list[user_pb2.ListUsersResponse]:
     request = user_pb2.ListUsersRequest(**fields)  # type: ignore[arg-type]
     return [r async for r in stub.ListUsers(request, metadata=md)]
 
 
 async def test_list_streams_in_id_order_with_resume_tokens(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     ids = await _seed(stub, admin, 30)
     replies = await _list(stub, admin)
@@ -44,7 +45,7 @@ async def test_list_streams_in_id_order_with_resume_tokens(
 
 
 async def test_list_pages_cover_everything_once(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     ids = await _seed(stub, admin, 25)
     seen: list[str] = []
@@ -59,7 +60,7 @@ async def test_list_pages_cover_everything_once(
 
 
 async def test_list_default_and_capped_page_sizes(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     await _seed(stub, admin, 120)
     assert len(await _list(stub, admin)) == 100
@@ -71,7 +72,7 @@ async def test_list_default_and_capped_page_sizes(
     [({"page_size": -1}, "page_size"), ({"page_token": "not-a-token"}, "page_token")],
 )
 async def test_list_bad_paging_is_invalid_argument(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md, fields: dict[str, object], field: str
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md, fields: dict[str, object], field: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _list(stub, admin, **fields)
@@ -80,7 +81,7 @@ async def test_list_bad_paging_is_invalid_argument(
 
 
 async def test_list_cancelled_midway_stops_and_server_stays_healthy(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     await _seed(stub, admin, 300)
     call = stub.ListUsers(user_pb2.ListUsersRequest(page_size=1000), metadata=admin)
@@ -97,7 +98,7 @@ async def test_list_cancelled_midway_stops_and_server_stays_healthy(
 
 
 async def test_list_past_its_deadline_ends_with_deadline_exceeded(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     await _seed(stub, admin, 200)
     call = stub.ListUsers(user_pb2.ListUsersRequest(page_size=1000), metadata=admin, timeout=0.5)
@@ -108,7 +109,7 @@ async def test_list_past_its_deadline_ends_with_deadline_exceeded(
 
 
 async def test_batch_reports_every_invalid_item_by_index_and_stores_none(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     async def items() -> AsyncIterator[user_pb2.BatchCreateUsersRequest]:
         yield user_pb2.BatchCreateUsersRequest(user=create_request(0))
@@ -123,7 +124,7 @@ async def test_batch_reports_every_invalid_item_by_index_and_stores_none(
 
 
 async def test_batch_rolls_back_on_a_conflict(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     await stub.CreateUser(create_request(99, email="taken@example.com"), metadata=admin)
 
@@ -139,7 +140,7 @@ async def test_batch_rolls_back_on_a_conflict(
 
 
 async def test_batch_replay_with_request_ids_returns_the_same_users(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     async def items() -> AsyncIterator[user_pb2.BatchCreateUsersRequest]:
         for i in range(3):
@@ -151,7 +152,7 @@ async def test_batch_replay_with_request_ids_returns_the_same_users(
     assert len(await _list(stub, admin)) == 3
 
 
-async def test_batch_bounds(stub: user_pb2_grpc.UserServiceStub, admin: Md) -> None:
+async def test_batch_bounds(stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md) -> None:
     async def nothing() -> AsyncIterator[user_pb2.BatchCreateUsersRequest]:
         return
         yield
@@ -168,17 +169,17 @@ async def test_batch_bounds(stub: user_pb2_grpc.UserServiceStub, admin: Md) -> N
 
 
 async def test_chat_echoes_with_server_timestamp_until_half_close(
-    stub: user_pb2_grpc.UserServiceStub, reader: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, reader: Md
 ) -> None:
-    call = stub.Chat(metadata=reader)
+    call = stub.Chat(None, metadata=reader)
     replies = []
     for text in ("hello", "mesh"):
         await call.write(
             user_pb2.ChatRequest(message=user_pb2.ChatMessage(user_id="u1", text=text))
         )
-        replies.append(await call.read())
+        replies.append(await read(call))
     await call.done_writing()
-    assert await call.read() == grpc.aio.EOF
+    assert await call.read() == EOF
     assert await call.code() == grpc.StatusCode.OK
     assert [r.message.text for r in replies] == ["hello", "mesh"]
     assert all(r.message.timestamp.seconds > 0 and r.replica for r in replies)
@@ -186,9 +187,9 @@ async def test_chat_echoes_with_server_timestamp_until_half_close(
 
 @pytest.mark.parametrize("text", ["", "x" * 4097])
 async def test_chat_bounds_message_length(
-    stub: user_pb2_grpc.UserServiceStub, reader: Md, text: str
+    stub: user_pb2_grpc.UserServiceAsyncStub, reader: Md, text: str
 ) -> None:
-    call = stub.Chat(metadata=reader)
+    call = stub.Chat(None, metadata=reader)
     await call.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text=text)))
     await call.done_writing()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -197,29 +198,31 @@ async def test_chat_bounds_message_length(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_chat_cancelled_by_client(stub: user_pb2_grpc.UserServiceStub, reader: Md) -> None:
-    call = stub.Chat(metadata=reader)
+async def test_chat_cancelled_by_client(
+    stub: user_pb2_grpc.UserServiceAsyncStub, reader: Md
+) -> None:
+    call = stub.Chat(None, metadata=reader)
     await call.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="hi")))
     await call.read()
     call.cancel()
     assert await call.code() == grpc.StatusCode.CANCELLED
     # Another chat works right away.
-    again = stub.Chat(metadata=reader)
+    again = stub.Chat(None, metadata=reader)
     await again.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text="again")))
-    assert (await again.read()).message.text == "again"
+    assert (await read(again)).message.text == "again"
     await again.done_writing()
 
 
 async def test_many_concurrent_chats_cost_no_thread_each(
-    stub: user_pb2_grpc.UserServiceStub,
+    stub: user_pb2_grpc.UserServiceAsyncStub,
 ) -> None:
     before = threading.active_count()
     # Ten callers of 20 streams each: the default per-caller and Chat caps.
     callers = [(("authorization", f"Bearer {reader_token(f'reader-{n}')}"),) for n in range(10)]
-    calls = [stub.Chat(metadata=callers[i % 10]) for i in range(200)]
+    calls = [stub.Chat(None, metadata=callers[i % 10]) for i in range(200)]
     for i, call in enumerate(calls):
         await call.write(user_pb2.ChatRequest(message=user_pb2.ChatMessage(text=f"m{i}")))
-    replies = await asyncio.gather(*(call.read() for call in calls))
+    replies = await asyncio.gather(*(read(call) for call in calls))
     assert [r.message.text for r in replies] == [f"m{i}" for i in range(200)]
     assert threading.active_count() - before < 5
     for call in calls:

@@ -13,7 +13,9 @@ from tests.service.helpers import create_request, violations
 Md = tuple[tuple[str, str], ...]
 
 
-async def test_create_then_get_round_trips(stub: user_pb2_grpc.UserServiceStub, admin: Md) -> None:
+async def test_create_then_get_round_trips(
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
+) -> None:
     created = (await stub.CreateUser(create_request(1), metadata=admin)).user
     assert created.id
     assert created.created_at.seconds > 0
@@ -23,14 +25,14 @@ async def test_create_then_get_round_trips(stub: user_pb2_grpc.UserServiceStub, 
 
 
 async def test_create_without_roles_gets_the_user_role(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     created = (await stub.CreateUser(create_request(2, roles=[]), metadata=admin)).user
     assert list(created.roles) == [user_pb2.ROLE_USER]
 
 
 async def test_get_unknown_id_is_not_found_and_names_it(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetUser(user_pb2.GetUserRequest(id="01NOPE"), metadata=admin)
@@ -44,7 +46,7 @@ async def test_get_unknown_id_is_not_found_and_names_it(
 
 
 async def test_get_empty_id_is_invalid_argument(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetUser(user_pb2.GetUserRequest(id=""), metadata=admin)
@@ -53,7 +55,7 @@ async def test_get_empty_id_is_invalid_argument(
 
 
 async def test_create_reports_every_invalid_field_at_once(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     bad = user_pb2.CreateUserRequest(
         name="", email="not-an-address", age=151, roles=[user_pb2.ROLE_UNSPECIFIED]
@@ -65,7 +67,7 @@ async def test_create_reports_every_invalid_field_at_once(
 
 
 async def test_unknown_role_number_is_refused(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CreateUser(create_request(3, roles=[42]), metadata=admin)
@@ -74,7 +76,7 @@ async def test_unknown_role_number_is_refused(
 
 
 async def test_duplicate_email_is_already_exists_whatever_the_case(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     await stub.CreateUser(create_request(4, email="Dup@Example.com"), metadata=admin)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -83,7 +85,7 @@ async def test_duplicate_email_is_already_exists_whatever_the_case(
 
 
 async def test_same_request_id_twice_returns_the_same_user_and_stores_one(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     request = create_request(6, request_id="req-6")
     first = (await stub.CreateUser(request, metadata=admin)).user
@@ -95,7 +97,7 @@ async def test_same_request_id_twice_returns_the_same_user_and_stores_one(
 
 
 async def test_request_id_reused_with_other_fields_is_refused(
-    stub: user_pb2_grpc.UserServiceStub, admin: Md
+    stub: user_pb2_grpc.UserServiceAsyncStub, admin: Md
 ) -> None:
     await stub.CreateUser(create_request(7, request_id="req-7"), metadata=admin)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -104,13 +106,13 @@ async def test_request_id_reused_with_other_fields_is_refused(
     assert "request_id" in violations(caught.value)
 
 
-async def test_reader_cannot_create(stub: user_pb2_grpc.UserServiceStub, reader: Md) -> None:
+async def test_reader_cannot_create(stub: user_pb2_grpc.UserServiceAsyncStub, reader: Md) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CreateUser(create_request(9), metadata=reader)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_no_token_is_unauthenticated(stub: user_pb2_grpc.UserServiceStub) -> None:
+async def test_no_token_is_unauthenticated(stub: user_pb2_grpc.UserServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetUser(user_pb2.GetUserRequest(id="x"))
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
