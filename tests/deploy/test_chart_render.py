@@ -395,7 +395,7 @@ def test_the_reference_page_names_every_values_key() -> None:
     doc = (CHART_DIR.parents[1] / "docs" / "helm-chart.md").read_text()
     with helm_python.Chart.load(CHART_DIR) as chart:
         values = chart.values
-    missing = []
+    missing: list[str] = []
     for key, value in values.items():
         children = value if isinstance(value, dict) else {}
         paths = [f"{key}.{child}" for child in children] or [key]

@@ -129,7 +129,7 @@ def _wheel_requirements(wheel: Path) -> list[Requirement]:
 def _closure(requirements: list[Requirement]) -> dict[str, md.Distribution]:
     """The installed distributions pip would install for ``requirements`` (no extras of ours)."""
     found: dict[str, md.Distribution] = {}
-    todo = [(r, ("",)) for r in requirements]
+    todo: list[tuple[Requirement, tuple[str, ...]]] = [(r, ("",)) for r in requirements]
     while todo:
         requirement, extras = todo.pop()
         marker = requirement.marker

@@ -50,9 +50,9 @@ BAD_UTF8 = {
 BODIES = {"garbage": GARBAGE, "truncated": TRUNCATED}
 
 
-def _raw_unary(channel: grpc.aio.Channel, kind: str) -> grpc.aio.UnaryUnaryMultiCallable:  # type: ignore[type-arg]
+def _raw_unary(channel: grpc.aio.Channel, kind: str) -> grpc.aio.UnaryUnaryMultiCallable:
     # No serializers: the bytes go on the wire as they are.
-    return channel.unary_unary(full_name(kind))
+    return channel.unary_unary(full_name(kind), None, None)
 
 
 async def _send(
@@ -94,18 +94,23 @@ async def _send_raw(
             yield message
         await done.wait()
 
+    # No serializers (None, None) on any of these: the bytes go on the wire as they are.
     try:
         if kind == UNARY:
-            await channel.unary_unary(full_name(kind))(messages[0], metadata=metadata, timeout=10)
+            await channel.unary_unary(full_name(kind), None, None)(
+                messages[0], metadata=metadata, timeout=10
+            )
         elif kind == SERVER_STREAM:
-            async for _ in channel.unary_stream(full_name(kind))(
+            async for _ in channel.unary_stream(full_name(kind), None, None)(
                 messages[0], metadata=metadata, timeout=10
             ):
                 received += 1
         elif kind == CLIENT_STREAM:
-            await channel.stream_unary(full_name(kind))(requests(), metadata=metadata, timeout=10)
+            await channel.stream_unary(full_name(kind), None, None)(
+                requests(), metadata=metadata, timeout=10
+            )
         else:
-            async for _ in channel.stream_stream(full_name(kind))(
+            async for _ in channel.stream_stream(full_name(kind), None, None)(
                 requests(), metadata=metadata, timeout=10
             ):
                 received += 1
@@ -206,7 +211,7 @@ async def test_good_requests_still_decode(harness: Harness) -> None:
 
 async def test_exempt_methods_decode_late_too(harness: Harness) -> None:
     # Health is outside auth (and tracing): the next layer in takes decoding.
-    check = harness.channel.unary_unary("/grpc.health.v1.Health/Check")
+    check = harness.channel.unary_unary("/grpc.health.v1.Health/Check", None, None)  # raw bytes
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await check(GARBAGE, timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -75,7 +75,7 @@ async def test_permission_denied_is_logged_with_the_caller(harness: Harness) -> 
     assert line["sub"] == "bob"
 
 
-class _CountingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class _CountingInterceptor(grpc.aio.ServerInterceptor):
     """Outermost probe: how often the layer below is asked for a handler."""
 
     def __init__(self) -> None:

@@ -200,7 +200,7 @@ async def collector() -> AsyncIterator[tuple[str, _Collector]]:
     """A real OTLP/gRPC trace collector on 127.0.0.1 port 0."""
     servicer = _Collector()
     server = grpc.aio.server()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:

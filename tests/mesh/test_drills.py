@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from client import UserClient
-from mesh._replica import ReplicaState
+from mesh._replica import Replica, ReplicaState
 from mesh._supervisor import Mesh
 from tests.mesh.conftest import mesh_client, mesh_config, running_mesh, seed
 from tests.mesh.drills import Traffic, check_writes, eventually
@@ -55,9 +55,11 @@ async def test_rolling_graceful_restart_of_every_replica(mesh: Mesh) -> None:
             mesh.kill(replica.name, graceful=True)
             # Out of DNS at once (terminating), as an EndpointSlice drops a terminating pod.
             assert not _in_dns(mesh, replica.name)
-            await eventually(
-                lambda r=replica, n=restarts: r.ready and r.restarts == n + 1, 15.0, replica.name
-            )
+
+            def restarted(r: Replica = replica, n: int = restarts) -> bool:
+                return r.ready and r.restarts == n + 1
+
+            await eventually(restarted, 15.0, replica.name)
         traffic.stop()
         result = await run
         assert result.failures == []

@@ -144,7 +144,7 @@ def _request(name: str, spans: int = 1) -> trace_service_pb2.ExportTraceServiceR
 async def test_a_slow_upstream_fills_the_queue_and_the_rest_is_dropped(tmp_path: Path) -> None:
     collector = _StalledCollector()
     server = grpc.aio.server()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)  # type: ignore[no-untyped-call]
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     receiver = TraceReceiver(
@@ -153,7 +153,7 @@ async def test_a_slow_upstream_fills_the_queue_and_the_rest_is_dropped(tmp_path:
     await receiver.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{receiver.port}") as channel:
-            stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
             await stub.Export(_request("in-flight"), timeout=2)
             await wait_for(lambda: collector.calls == 1)
             started = time.monotonic()
@@ -179,7 +179,7 @@ async def test_spans_that_cannot_be_written_are_counted_and_the_export_succeeds(
     await receiver.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{receiver.port}") as channel:
-            stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
             await stub.Export(_request("lost"), timeout=2)
         assert (receiver.stats.received, receiver.stats.write_errors) == (1, 1)
         assert receiver.stats.stored == 0

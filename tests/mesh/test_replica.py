@@ -83,11 +83,11 @@ async def test_a_killed_replica_is_replaced_at_once_and_counts_no_crash(tmp_path
         for kill in range(3):
             pid = replica.kill(graceful=False)
             assert pid is not None
-            await eventually(
-                lambda p=pid: replica.state is ReplicaState.SERVING and replica.pid != p,
-                10,
-                "replaced",
-            )
+
+            def replaced(p: int = pid) -> bool:
+                return replica.state is ReplicaState.SERVING and replica.pid != p
+
+            await eventually(replaced, 10, "replaced")
             assert replica.restarts == kill + 1
     finally:
         await replica.stop(timeout=5)

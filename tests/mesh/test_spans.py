@@ -61,19 +61,18 @@ def span(
 def retried_get(trace_id: str = "a" * 32, start_ms: int = 0) -> list[SpanRecord]:
     """A GetUser whose first attempt failed UNAVAILABLE and second reached users-1."""
     retry = SpanEvent("retry", 0, {"retry": 1, "code": "UNAVAILABLE"})
-    kw = {"trace_id": trace_id}
     return [
         span("GetUser logical", "1", start_ms=start_ms, end_ms=start_ms + 30, events=(retry,),
-             **kw),
+             trace_id=trace_id),
         span("/GetUser", "2", "1", kind="CLIENT", start_ms=start_ms + 1, end_ms=start_ms + 5,
-             status="ERROR", attributes=GRPC, **kw),
+             status="ERROR", attributes=GRPC, trace_id=trace_id),
         span("/GetUser", "3", "1", kind="CLIENT", start_ms=start_ms + 10, end_ms=start_ms + 29,
-             attributes=GRPC, **kw),
+             attributes=GRPC, trace_id=trace_id),
         span("GetUser", "4", "3", kind="SERVER", start_ms=start_ms + 12, end_ms=start_ms + 28,
-             service="meshdemo-user-service", instance="users-1", **kw),
+             service="meshdemo-user-service", instance="users-1", trace_id=trace_id),
         span("store.get_user", "5", "4", kind="CLIENT", start_ms=start_ms + 13,
              end_ms=start_ms + 20, service="meshdemo-user-service", instance="users-1",
-             attributes={"db.system": "sqlite"}, **kw),
+             attributes={"db.system": "sqlite"}, trace_id=trace_id),
     ]  # fmt: skip
 
 

@@ -179,7 +179,7 @@ async def test_a_real_retried_call_draws_both_attempts(receiver: TraceReceiver) 
     trace = find_trace(receiver.store.state_dir, has_retry)
     assert trace is not None
     summary = summarize(trace)
-    assert (summary.retries, summary.replicas) == (1, {"users-0"})
+    assert (summary.retries, summary.replicas) == (1, frozenset({"users-0"}))
     # Attempts name the replica they dialled; the dead one has no server span to say it.
     names = {dead: "users-9", live.address: "users-0"}
     text = render_waterfall(trace, ascii_only=False, names=names)

@@ -95,7 +95,11 @@ async def test_unchanged_answers_are_not_republished(
             await eventually(lambda: clock.pending == 1)  # the TTL wait
             assert clock.sleeps[-1] == 5
             await clock.tick(5)
-            await eventually(lambda n=round_: dns_server.count("A") == n)
+
+            def asked(n: int = round_) -> bool:
+                return dns_server.count("A") == n
+
+            await eventually(asked)
         dns_server.publish(NAME, ["127.0.0.3"])
         await eventually(lambda: clock.pending == 1)
         await clock.tick(5)
@@ -204,7 +208,11 @@ async def test_servfail_keeps_the_last_set_and_backs_off_exponentially(
         await clock.tick(5)  # TTL runs out: first failure
         expected = [5.0, 1.0, 2.0, 4.0, 8.0, 8.0]
         for count in range(2, len(expected) + 1):
-            await eventually(lambda n=count: len(clock.sleeps) == n and clock.pending == 1)
+
+            def waiting(n: int = count) -> bool:
+                return len(clock.sleeps) == n and clock.pending == 1
+
+            await eventually(waiting)
             if count < len(expected):
                 await clock.tick(clock.sleeps[-1])
         assert clock.sleeps == expected

@@ -48,7 +48,7 @@ async def api_client(fake: FakeKubernetesApi) -> AsyncIterator[ApiClient]:
     try:
         yield client
     finally:
-        client.close()  # type: ignore[no-untyped-call]
+        client.close()
 
 
 class Sleeps:
@@ -355,7 +355,7 @@ async def test_an_unreachable_api_server_is_retried(
         assert "Kubernetes API failed" in caplog.text
     finally:
         await resolver.close()
-        client.close()  # type: ignore[no-untyped-call]
+        client.close()
 
 
 async def test_close_ends_every_iterator_and_the_watch(fake: FakeKubernetesApi, make: Any) -> None:

@@ -25,7 +25,7 @@ from service.domain import (
 from service.errors import InvalidArgument
 
 #: Any text but NUL, which no stored string may hold.
-no_nul = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
+no_nul = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
 names = st.text(no_nul, min_size=1, max_size=MAX_NAME).filter(lambda s: s.strip() != "")
 local = st.text(alphabet=string.ascii_letters + string.digits + "._+-", min_size=1, max_size=20)
 label = st.text(alphabet=string.ascii_lowercase + string.digits, min_size=1, max_size=10)

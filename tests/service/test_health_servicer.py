@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.health import SERVICE_NAME, HealthServicer
+from tests.aio_stubs import EOF
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -66,7 +67,7 @@ async def health() -> Any:
     try:
         yield servicer, health_pb2_grpc.HealthStub(channel)
     finally:
-        await channel.close()
+        await channel.close(None)
         await server.stop(None)
 
 
@@ -88,10 +89,10 @@ async def test_watch_sends_unknown_then_every_change_then_ends_ok(health: Any) -
     assert (await call.read()).status == NOT_SERVING
     await servicer.set(SERVICE_NAME, SERVING)  # ignored once shutting down
     servicer.end_watches()
-    assert await call.read() is grpc.aio.EOF
+    assert await call.read() is EOF
     assert await call.code() == grpc.StatusCode.OK
     late = stub.Watch(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
-    assert await late.read() is grpc.aio.EOF  # no new watch after the end
+    assert await late.read() is EOF  # no new watch after the end
 
 
 async def test_a_probe_stuck_in_its_store_does_not_hold_the_shutdown() -> None:
@@ -107,7 +108,11 @@ async def test_a_probe_stuck_in_its_store_does_not_hold_the_shutdown() -> None:
                 await asyncio.sleep(30)  # a cleanup that waits behind the store's queue
 
     reporter = HealthReporter(StuckStore(), interval=0.01, probe_timeout=60)  # type: ignore[arg-type]
-    probe = reporter._task = asyncio.create_task(reporter.probe())
+
+    async def probing() -> None:  # the reporter's task runs probes and returns nothing
+        await reporter.probe()
+
+    probe = reporter._task = asyncio.create_task(probing())
     await asyncio.sleep(0.05)
     loop = asyncio.get_running_loop()
     started = loop.time()

@@ -23,6 +23,12 @@ def named(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
     return [s for s in spans if s.name == name]
 
 
+def _int_attribute(span: ReadableSpan, key: str) -> int:
+    value = (span.attributes or {})[key]
+    assert isinstance(value, int), f"{key} is {value!r}, not an int"
+    return value
+
+
 def child_of(child: ReadableSpan, parent: ReadableSpan) -> bool:
     return (
         child.parent is not None
@@ -86,7 +92,7 @@ async def test_writes_listing_and_batches_are_traced_and_pings_are_not(
     chunks = named(spans, "store.list_users")
     assert chunks
     assert all(child_of(chunk, list_rpc) for chunk in chunks)
-    assert sum(int((c.attributes or {})["meshdemo.rows"]) for c in chunks) == 3  # type: ignore[call-overload]
+    assert sum(_int_attribute(c, "meshdemo.rows") for c in chunks) == 3
     assert not [s for s in spans if "ping" in s.name or "health" in s.name.lower()]
 
 

@@ -27,6 +27,7 @@ from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.health import SERVICE_NAME
 from service.store._sqlite import SQLiteStore
 from service.testing import admin_token, serve
+from tests.aio_stubs import EOF
 from tests.service.helpers import create_request
 from tests.store._local_postgres import LocalPostgres, local_postgres, why_no_local_postgres
 from tests.store._readonly import read_only
@@ -45,7 +46,7 @@ class _Watch:
 
     async def next(self, within: float = 10.0) -> int:
         reply = await asyncio.wait_for(self._call.read(), within)
-        assert reply is not grpc.aio.EOF
+        assert reply is not EOF
         return int(reply.status)
 
     def cancel(self) -> None:

@@ -35,7 +35,11 @@ def _lock(path: Path) -> Callable[[], None]:
     if os.geteuid() == 0:
         if not _chattr("+i", path):
             pytest.skip(f"running as root and `chattr +i` does not work on {path}")
-        return lambda: _chattr("-i", path) and None
+
+        def unlock() -> None:
+            _chattr("-i", path)
+
+        return unlock
     mode = stat.S_IMODE(path.stat().st_mode)
     path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     return lambda: path.chmod(mode)
