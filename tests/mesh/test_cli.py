@@ -9,9 +9,10 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,17 +76,18 @@ async def up(tmp_path: Path) -> AsyncIterator[Up]:
                 await process.wait()
 
 
-def _status(up: Up) -> dict[str, object]:
+def _status(up: Up) -> dict[str, Any]:
+    """``mesh status --json``: JSON, so its values are whatever the command wrote."""
     result = up.run("status", "--json")
     assert result.returncode == 0, result.stderr
-    status: dict[str, object] = json.loads(result.stdout)
+    status: dict[str, Any] = json.loads(result.stdout)
     return status
 
 
-async def _until(predicate: object, within: float = 10.0) -> None:
+async def _until(predicate: Callable[[], bool], within: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    while not predicate():  # type: ignore[operator]
+    while not predicate():
         assert loop.time() < deadline, "condition not met in time"
         await asyncio.sleep(0.1)
 
@@ -117,12 +119,12 @@ async def test_status_env_kill_scale_traces_and_down_from_another_terminal(up: U
     assert killed.returncode == 0 and killed.stdout.startswith("SIGKILL users-1"), killed.stderr
 
     def restarted() -> bool:
-        row = _status(up)["replicas"][1]  # type: ignore[index]
+        row = _status(up)["replicas"][1]
         return bool(row["restarts"] == 1 and row["state"] == "SERVING")
 
     await _until(restarted)
     assert up.run("scale", "4").returncode == 0
-    await _until(lambda: len(_status(up)["records"]) == 4)  # type: ignore[arg-type]
+    await _until(lambda: len(_status(up)["records"]) == 4)
 
     await _until(lambda: "CreateUser" in up.run("traces").stdout)
     listing = up.run("traces").stdout
@@ -145,7 +147,7 @@ async def test_a_second_up_in_the_same_state_dir_is_refused(up: Up) -> None:
 
 
 async def test_supervisor_killed_with_sigkill_leaves_no_process_behind(up: Up) -> None:
-    pids = [r["pid"] for r in _status(up)["replicas"]]  # type: ignore[attr-defined]
+    pids = [r["pid"] for r in _status(up)["replicas"]]
     assert all(isinstance(pid, int) and pid_alive(pid) for pid in pids)
     up.process.kill()
     await up.process.wait()

@@ -91,11 +91,11 @@ def _serving_endpoints(client: UserClient) -> int:
     return sum(e.state == "SERVING" for e in client.stats().endpoints)
 
 
-async def _first_call(client: object, address: str) -> float:
+async def _first_call(client: UserClient, address: str) -> float:
     """Seconds until the client's stats show a call served by ``address`` (from now)."""
 
     def served() -> bool:
-        stats = client.stats()  # type: ignore[attr-defined]
+        stats = client.stats()
         return any(e.address == address and e.total_calls > 0 for e in stats.endpoints)
 
     return await eventually(served, 10.0, f"traffic to {address}")

@@ -7,6 +7,7 @@ import math
 import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -96,9 +97,9 @@ def test_every_mark_kind_is_accepted(kind: str) -> None:
         (lambda: Sample(1.0, {}, None, -1), "failures"),
     ],
 )
-def test_bad_values_are_rejected(make: object, message: str) -> None:
+def test_bad_values_are_rejected(make: Callable[[], object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        make()  # type: ignore[operator]
+        make()
 
 
 def test_a_sample_keeps_its_own_copy_of_the_rates() -> None:
@@ -134,9 +135,11 @@ def test_render_a_realistic_run(tmp_path: Path) -> None:
     ],
     ids=["empty", "one-sample", "many-replicas", "no-calls", "marks-outside", "marks-only"],
 )
-def test_render_writes_a_png_whatever_the_data(tmp_path: Path, fill: object) -> None:
+def test_render_writes_a_png_whatever_the_data(
+    tmp_path: Path, fill: Callable[[Timeline], object]
+) -> None:
     timeline = Timeline()
-    fill(timeline)  # type: ignore[operator]
+    fill(timeline)
     path = timeline.render_png(tmp_path / "t.png")
     assert png_size(path) == (1100, 700)
 

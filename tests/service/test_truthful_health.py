@@ -14,7 +14,7 @@ import secrets
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import grpc
@@ -53,9 +53,9 @@ class _Watch:
         self._call.cancel()
 
 
-async def _code_of(call: object) -> grpc.StatusCode:
+async def _code_of(call: Awaitable[object]) -> grpc.StatusCode:
     try:
-        await call  # type: ignore[misc]
+        await call
     except grpc.aio.AioRpcError as err:
         return err.code()
     return grpc.StatusCode.OK
