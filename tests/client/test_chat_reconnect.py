@@ -125,7 +125,7 @@ async def run_fault(
                 await talk.cancel()
             took = talk.recovered_after(fault_at, f"replica-{victim.host}")
             print(f"\n{name}: time to recover {took:.3f} s, events {events}")
-            assert session.endpoint is None or session.endpoint.address != victim.address
+            assert session.endpoint is None or str(session.endpoint.address) != victim.address
         assert client.stats().retries == len(events)
     assert talk.texts() == texts  # every message answered once, in order
     return talk, events, session
