@@ -3,7 +3,8 @@
 # kubectl and skaffold (see README.md "Deploy to kind"):
 #
 #   1. create a kind cluster from deploy/kind/cluster.yaml (a name of its own);
-#   2. `skaffold run` (no profile: the load generator on, chaos off);
+#   2. `skaffold run` (no profile: the load generator on, chaos off; or the
+#      profile MESHDEMO_E2E_PROFILE names, e.g. mtls to run it all over mutual TLS);
 #   3. wait until every Deployment and StatefulSet is ready;
 #   4. run a bounded load in the load generator pod while one users pod is
 #      deleted gracefully (its own grace period: the drain path) and then one
@@ -18,6 +19,9 @@
 #   MESHDEMO_E2E_CLUSTER       cluster name (default: meshdemo-e2e-<pid>)
 #   MESHDEMO_E2E_LOAD_SECONDS  length of the load run (default: 90; the kills need ~60)
 #   MESHDEMO_E2E_UI_PORT       host port of the Jaeger UI mapping (default: 30686)
+#   MESHDEMO_E2E_PROFILE       a skaffold profile of skaffold.yaml (default: none); with tls
+#                              or mtls the load generator's calls are verified TLS, so the
+#                              zero-failures check covers the handshakes too
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -26,6 +30,7 @@ CONTEXT="kind-${CLUSTER}"
 NAMESPACE="meshdemo"
 LOAD_SECONDS="${MESHDEMO_E2E_LOAD_SECONDS:-90}"
 UI_HOST_PORT="${MESHDEMO_E2E_UI_PORT:-30686}"
+PROFILE="${MESHDEMO_E2E_PROFILE:-}"
 # The NodePort the kind config maps (deploy/kind/cluster.yaml, containerPort).
 UI_NODE_PORT=30686
 USERS_SELECTOR="app.kubernetes.io/instance=meshdemo,app.kubernetes.io/component=users"
@@ -120,8 +125,12 @@ create_cluster() {
 }
 
 deploy() {
-  log "skaffold run: build the image, load it into kind, install the chart"
-  (cd "${ROOT}" && skaffold run --kube-context "${CONTEXT}" --status-check=true)
+  local profile_args=()
+  if [[ -n "${PROFILE}" ]]; then
+    profile_args=(--profile "${PROFILE}")
+  fi
+  log "skaffold run ${profile_args[*]}: build the image, load it into kind, install the chart"
+  (cd "${ROOT}" && skaffold run --kube-context "${CONTEXT}" --status-check=true "${profile_args[@]}")
 }
 
 wait_ready() {

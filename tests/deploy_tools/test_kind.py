@@ -169,7 +169,13 @@ def test_the_e2e_script_is_strict_bounded_and_cleans_up() -> None:
     for tool in ("docker", "kind", "helm", "kubectl", "skaffold"):
         assert f"need {tool} " in text, tool
     assert 'skaffold run --kube-context "${CONTEXT}"' in text
-    assert "-p chaos" not in text and "--profile" not in text, "chaos stays off"
+    assert "-p chaos" not in text and "chaos" not in re.findall(r"--profile \S+", text), (
+        "chaos stays off"
+    )
+    # The one profile is the caller's (MESHDEMO_E2E_PROFILE, e.g. mtls), and only when set.
+    assert re.findall(r"--profile \S+", text) == ['--profile "${PROFILE}")']
+    assert 'PROFILE="${MESHDEMO_E2E_PROFILE:-}"' in text
+    assert 'if [[ -n "${PROFILE}" ]]; then' in text
     assert "exec deploy/meshdemo-loadgen -c loadgen" in text
     assert re.search(r"load --json --no-live --duration", text)
     assert "--grace-period=0 --force" in text, "a forced kill after the graceful one"
