@@ -491,16 +491,15 @@ class UserClient:
             result = await invoke(lease, spec.timeout)
         except grpc.RpcError as err:
             cut = _cut_by_attempt(spec, started, deadline)
-            if cut and timed:
-                # A replica that let an attempt time out is at least that slow.
-                endpoint.latency.observe(self._clock() - started)
-            self._attempt_failed(endpoint, err, cut)
+            # A replica that let an attempt time out is at least that slow.
+            latency = self._clock() - started if cut and timed else None
+            self._attempt_failed(endpoint, err, cut, latency)
             raise AttemptFailed(err, endpoint) from err
         finally:
             ATTEMPT_PEER.reset(peer)
             await endpoint.release(lease)
         # A stream's duration is set by its reader, so it says nothing of the replica.
-        endpoint.record_success(self._clock() - started if timed else None)
+        endpoint.record_outcome(grpc.StatusCode.OK, self._clock() - started if timed else None)
         return result
 
     async def _pick(self, excluded: Collection[object], max_wait: float | None) -> Endpoint:
@@ -510,12 +509,14 @@ class UserClient:
         except NoEndpointError as exc:
             raise AttemptFailed(_unavailable(str(exc)), None) from exc
 
-    def _attempt_failed(self, endpoint: Endpoint, err: grpc.RpcError, cut: bool) -> None:
+    def _attempt_failed(
+        self, endpoint: Endpoint, err: grpc.RpcError, cut: bool, latency: float | None = None
+    ) -> None:
         code = _code(err)
         outlier = code == grpc.StatusCode.UNAVAILABLE or (
             code == grpc.StatusCode.DEADLINE_EXCEEDED and cut
         )
-        endpoint.record_failure(code, outlier=outlier)
+        endpoint.record_outcome(code, latency, outlier=outlier)
         self.endpoints.report_failure(endpoint, code)
 
     def _on_retry(self, retry_number: int, code: grpc.StatusCode, delay: float) -> None:
