@@ -51,6 +51,8 @@ __all__ = [
     "default_factory",
 ]
 
+_TRANSIENT_FAILURE = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
 #: Opens one channel: ``(grpc target, channel options, interceptors) -> channel``.
 ChannelFactory = Callable[[str, list[tuple[str, Any]], Sequence[Any]], grpc.aio.Channel]
 
@@ -199,6 +201,8 @@ class ChannelPool:
         self._interceptors = tuple(interceptors)
         self._clock = clock
         self._channels: list[_PooledChannel] = []
+        #: The first channel's grpc channel (read on every pick); None while none is open.
+        self._primary: grpc.aio.Channel | None = None
         self._opened = 0
         self.in_flight = 0
         self.total_calls = 0
@@ -221,10 +225,10 @@ class ChannelPool:
 
     def primary_failed(self) -> bool:
         """Whether the first channel is in TRANSIENT_FAILURE (its last connect failed)."""
-        if not self._channels:
+        primary = self._primary
+        if primary is None:
             return False
-        state = self._channels[0].channel.get_state(try_to_connect=False)
-        return state is grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        return primary.get_state(try_to_connect=False) is _TRANSIENT_FAILURE
 
     def primary_channel(self) -> grpc.aio.Channel:
         """The first channel (opened now if needed), which carries the health watch."""
@@ -292,7 +296,7 @@ class ChannelPool:
         if release is not None:
             self._give_back(release)
         if close or (self.draining and self.in_flight == 0):
-            to_close, self._channels = self._channels, []
+            to_close, self._channels, self._primary = self._channels, [], None
             return None, to_close
         if len(self._channels) <= self._config.min_channels:
             return None, []  # No extra channel that could be idle (invariant 3).
@@ -341,6 +345,8 @@ class ChannelPool:
         )
         pooled = _PooledChannel(channel, self._opened, now, self._owner)
         self._channels.append(pooled)
+        if self._primary is None:
+            self._primary = channel
         return pooled
 
     def _idle_extras(self, now: float) -> list[_PooledChannel]:

@@ -202,11 +202,11 @@ class PeakEwma:
     def observe(self, seconds: float) -> None:
         """Fold in one latency sample, in seconds."""
         now = self._clock()
-        current = self._decayed(now)
+        weight = math.exp(-max(0.0, now - self._stamp) / self._tau)  # one exp per sample
+        current = self._value * weight
         if seconds >= current:
             self._value = seconds
         else:
-            weight = math.exp(-max(0.0, now - self._stamp) / self._tau)
             self._value = current * weight + seconds * (1.0 - weight)
         self._stamp = now
 
