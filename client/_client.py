@@ -56,6 +56,7 @@ from client._pool import EndpointSet, NoEndpointError
 from client._resolver import Resolver, resolver_for
 from client._retry import Attempt, AttemptFailed, RetryBudget, RetryPolicy, call_with_retries
 from client._tasks import cancel_and_wait
+from meshdemo import contract
 from meshdemo.v1 import user_pb2
 
 __all__ = [
@@ -86,18 +87,15 @@ DEFAULT_ATTEMPT_TIMEOUTS: Mapping[str, float | None] = {
     "ListUsers": None,
     "BatchCreateUsers": None,
 }
-#: Most users one BatchCreateUsers call may carry (the service's limit too).
-MAX_BATCH = 1000
-#: Role names of the client API and their proto values.
-ROLES: Mapping[str, user_pb2.Role.ValueType] = {
-    "user": user_pb2.ROLE_USER,
-    "admin": user_pb2.ROLE_ADMIN,
-    "moderator": user_pb2.ROLE_MODERATOR,
-}
-# ListUsers page sizes as the service reads them: 0 means 100, more than 1000 means 1000.
-_DEFAULT_PAGE = 100
-_MAX_PAGE = 1000
-_SERVICE = "meshdemo.v1.UserService"
+#: Most users one BatchCreateUsers call may carry (the service's limit too, from the contract).
+MAX_BATCH = contract.MAX_BATCH
+#: Role names of the client API and their proto values (the contract's Role enum).
+ROLES: Mapping[str, user_pb2.Role.ValueType] = contract.ROLES
+# ListUsers page sizes as the service reads them: 0 means the default, more than the most
+# means the most.
+_DEFAULT_PAGE = contract.DEFAULT_PAGE_SIZE
+_MAX_PAGE = contract.MAX_PAGE_SIZE
+_SERVICE = contract.SERVICE_NAME
 _LIST_BUFFER = 16
 
 
