@@ -221,6 +221,19 @@ def test_failures_while_ejected_do_not_lengthen_the_ejection() -> None:
     assert endpoint.is_available()
 
 
+def test_record_outcome_feeds_the_latency_estimate_and_counts_only_failures() -> None:
+    clock = ManualClock()
+    endpoint = make_endpoint("127.0.0.2:1", clock)
+    assert endpoint.latency_estimate() == 0.0
+    endpoint.record_outcome(grpc.StatusCode.OK, 0.25)
+    assert endpoint.latency_estimate() == pytest.approx(0.25)
+    endpoint.record_outcome(grpc.StatusCode.DEADLINE_EXCEEDED, 0.5)  # a cut attempt: that slow
+    assert endpoint.latency_estimate() == pytest.approx(0.5)
+    endpoint.record_outcome(grpc.StatusCode.OK)  # no duration: the estimate is left alone
+    assert endpoint.latency_estimate() == pytest.approx(0.5)
+    assert (endpoint.failures, endpoint.stats().failures) == (1, 1)
+
+
 # --- health -----------------------------------------------------------------------------------
 
 
