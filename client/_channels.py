@@ -152,9 +152,7 @@ class _PooledChannel:
 
     __slots__ = ("channel", "idle_since", "in_flight", "lease", "number")
 
-    def __init__(
-        self, channel: grpc.aio.Channel, number: int, now: float, owner: Endpoint
-    ) -> None:
+    def __init__(self, channel: grpc.aio.Channel, number: int, now: float, owner: Endpoint) -> None:
         self.channel = channel
         self.number = number
         self.in_flight = 0

@@ -94,7 +94,8 @@ class OutlierEjection:
             outlier: False for a failure that says nothing about the replica
                 (an application error, a deadline the caller set): it ends the streak.
         """
-        if code is grpc.StatusCode.OK or not outlier or (code is not None and code not in OUTLIER_CODES):
+        answered = code is not None and code not in OUTLIER_CODES  # OK is not an outlier code
+        if answered or not outlier:
             self._streak = 0
             return
         if self.is_ejected():

@@ -77,7 +77,9 @@ def test_service_and_client_use_the_contract_constants_not_copies() -> None:
 
 
 def test_no_copy_of_a_contract_constant_is_left_in_service_or_client() -> None:
-    copies = re.compile(r'"/?meshdemo\.v1\.UserService/?"|^(MAX_BATCH|_MAX_PAGE|_DEFAULT_PAGE)\s*=\s*\d')
+    copies = re.compile(
+        r'"/?meshdemo\.v1\.UserService/?"|^(MAX_BATCH|_MAX_PAGE|_DEFAULT_PAGE)\s*=\s*\d'
+    )
     found = [
         f"{path.relative_to(ROOT)}:{number}"
         for package in ("service", "client")

@@ -1,4 +1,4 @@
-"""OutlierEjection on its own, on a fake clock: the streak, the growing ejection, lazy re-admission."""
+"""OutlierEjection on its own, on a fake clock: the streak, growing ejections, lazy re-admission."""
 
 from __future__ import annotations
 
