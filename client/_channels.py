@@ -37,6 +37,7 @@ import grpc
 
 from client._discovery_backoff import DiscoveryBackoff
 from client._resolver import Address
+from client._validate import check
 from meshdemo.v1 import user_pb2_grpc
 
 if TYPE_CHECKING:
@@ -70,11 +71,6 @@ class EndpointDrainingError(Exception):
         self.address = address
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
-
-
 @dataclass(frozen=True, slots=True)
 class PoolConfig:
     """Channels per endpoint, keepalive and health watching; validated on creation.
@@ -106,15 +102,15 @@ class PoolConfig:
     health_backoff_max: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(self.min_channels >= 1, "min_channels must be at least 1")
-        _check(self.max_channels >= self.min_channels, "max_channels must be >= min_channels")
-        _check(self.max_concurrent_per_channel >= 1, "max_concurrent_per_channel must be >= 1")
-        _check(self.idle_timeout > 0, "idle_timeout must be positive")
-        _check(self.keepalive_time >= 10.0, "keepalive_time must be at least 10 s (server minimum)")
-        _check(self.keepalive_timeout > 0, "keepalive_timeout must be positive")
-        _check(self.drain_grace >= 0, "drain_grace must be 0 or more")
-        _check(self.health_backoff_initial > 0, "health_backoff_initial must be positive")
-        _check(
+        check(self.min_channels >= 1, "min_channels must be at least 1")
+        check(self.max_channels >= self.min_channels, "max_channels must be >= min_channels")
+        check(self.max_concurrent_per_channel >= 1, "max_concurrent_per_channel must be >= 1")
+        check(self.idle_timeout > 0, "idle_timeout must be positive")
+        check(self.keepalive_time >= 10.0, "keepalive_time must be at least 10 s (server minimum)")
+        check(self.keepalive_timeout > 0, "keepalive_timeout must be positive")
+        check(self.drain_grace >= 0, "drain_grace must be 0 or more")
+        check(self.health_backoff_initial > 0, "health_backoff_initial must be positive")
+        check(
             self.health_backoff_max >= self.health_backoff_initial,
             "health_backoff_max must be >= health_backoff_initial",
         )

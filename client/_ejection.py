@@ -18,17 +18,14 @@ from dataclasses import dataclass
 
 import grpc
 
+from client._validate import check
+
 __all__ = ["OUTLIER_CODES", "EjectionConfig", "OutlierEjection"]
 
 log = logging.getLogger("meshdemo.client.endpoint")
 
 #: Codes that mean "this replica did not answer": they count towards ejection.
 OUTLIER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +44,9 @@ class EjectionConfig:
     max_ejection_time: float = 30.0
 
     def __post_init__(self) -> None:
-        _check(self.consecutive_failures >= 1, "consecutive_failures must be at least 1")
-        _check(self.base_ejection_time > 0, "base_ejection_time must be positive")
-        _check(
+        check(self.consecutive_failures >= 1, "consecutive_failures must be at least 1")
+        check(self.base_ejection_time > 0, "base_ejection_time must be positive")
+        check(
             self.max_ejection_time >= self.base_ejection_time,
             "max_ejection_time must be >= base_ejection_time",
         )
