@@ -90,7 +90,7 @@ class HealthWatch:
         if self._task is not None or self._stopped:
             return
         if not self._enabled:
-            self._set_health(EndpointState.READY)
+            self._health = EndpointState.READY  # reached when used; nothing to watch or log
             return
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"health-watch {self._name}"
