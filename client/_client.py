@@ -56,6 +56,7 @@ from client._pool import EndpointSet, NoEndpointError
 from client._resolver import Resolver, resolver_for
 from client._retry import Attempt, AttemptFailed, RetryBudget, RetryPolicy, call_with_retries
 from client._tasks import cancel_and_wait
+from meshdemo import contract
 from meshdemo.v1 import user_pb2
 
 __all__ = [
@@ -86,18 +87,15 @@ DEFAULT_ATTEMPT_TIMEOUTS: Mapping[str, float | None] = {
     "ListUsers": None,
     "BatchCreateUsers": None,
 }
-#: Most users one BatchCreateUsers call may carry (the service's limit too).
-MAX_BATCH = 1000
-#: Role names of the client API and their proto values.
-ROLES: Mapping[str, user_pb2.Role.ValueType] = {
-    "user": user_pb2.ROLE_USER,
-    "admin": user_pb2.ROLE_ADMIN,
-    "moderator": user_pb2.ROLE_MODERATOR,
-}
-# ListUsers page sizes as the service reads them: 0 means 100, more than 1000 means 1000.
-_DEFAULT_PAGE = 100
-_MAX_PAGE = 1000
-_SERVICE = "meshdemo.v1.UserService"
+#: Most users one BatchCreateUsers call may carry (the service's limit too, from the contract).
+MAX_BATCH = contract.MAX_BATCH
+#: Role names of the client API and their proto values (the contract's Role enum).
+ROLES: Mapping[str, user_pb2.Role.ValueType] = contract.ROLES
+# ListUsers page sizes as the service reads them: 0 means the default, more than the most
+# means the most.
+_DEFAULT_PAGE = contract.DEFAULT_PAGE_SIZE
+_MAX_PAGE = contract.MAX_PAGE_SIZE
+_SERVICE = contract.SERVICE_NAME
 _LIST_BUFFER = 16
 
 
@@ -491,16 +489,15 @@ class UserClient:
             result = await invoke(lease, spec.timeout)
         except grpc.RpcError as err:
             cut = _cut_by_attempt(spec, started, deadline)
-            if cut and timed:
-                # A replica that let an attempt time out is at least that slow.
-                endpoint.latency.observe(self._clock() - started)
-            self._attempt_failed(endpoint, err, cut)
+            # A replica that let an attempt time out is at least that slow.
+            latency = self._clock() - started if cut and timed else None
+            self._attempt_failed(endpoint, err, cut, latency)
             raise AttemptFailed(err, endpoint) from err
         finally:
             ATTEMPT_PEER.reset(peer)
             await endpoint.release(lease)
         # A stream's duration is set by its reader, so it says nothing of the replica.
-        endpoint.record_success(self._clock() - started if timed else None)
+        endpoint.record_outcome(grpc.StatusCode.OK, self._clock() - started if timed else None)
         return result
 
     async def _pick(self, excluded: Collection[object], max_wait: float | None) -> Endpoint:
@@ -510,12 +507,14 @@ class UserClient:
         except NoEndpointError as exc:
             raise AttemptFailed(_unavailable(str(exc)), None) from exc
 
-    def _attempt_failed(self, endpoint: Endpoint, err: grpc.RpcError, cut: bool) -> None:
+    def _attempt_failed(
+        self, endpoint: Endpoint, err: grpc.RpcError, cut: bool, latency: float | None = None
+    ) -> None:
         code = _code(err)
         outlier = code == grpc.StatusCode.UNAVAILABLE or (
             code == grpc.StatusCode.DEADLINE_EXCEEDED and cut
         )
-        endpoint.record_failure(code, outlier=outlier)
+        endpoint.record_outcome(code, latency, outlier=outlier)
         self.endpoints.report_failure(endpoint, code)
 
     def _on_retry(self, retry_number: int, code: grpc.StatusCode, delay: float) -> None:

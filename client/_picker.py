@@ -83,6 +83,9 @@ class Picker(Protocol):
 
 def preferred_group(endpoints: Sequence[C], exclude: Collection[object] = ()) -> list[C]:
     """The best non-empty preference group (see the module docstring), in input order."""
+    if not exclude:  # The common first attempt: groups 1 and 3 are empty.
+        available = [endpoint for endpoint in endpoints if endpoint.is_available()]
+        return available or list(endpoints)
     # Index: 0 available, 1 available+excluded, 2 unavailable, 3 unavailable+excluded.
     groups: tuple[list[C], list[C], list[C], list[C]] = ([], [], [], [])
     for endpoint in endpoints:
@@ -199,11 +202,11 @@ class PeakEwma:
     def observe(self, seconds: float) -> None:
         """Fold in one latency sample, in seconds."""
         now = self._clock()
-        current = self._decayed(now)
+        weight = math.exp(-max(0.0, now - self._stamp) / self._tau)  # one exp per sample
+        current = self._value * weight
         if seconds >= current:
             self._value = seconds
         else:
-            weight = math.exp(-max(0.0, now - self._stamp) / self._tau)
             self._value = current * weight + seconds * (1.0 - weight)
         self._stamp = now
 
@@ -216,9 +219,8 @@ class PeakEwma:
 class LatencyCandidate(Candidate, Protocol):
     """A candidate that also keeps a latency estimate (for :class:`PeakEwmaPicker`)."""
 
-    @property
-    def latency(self) -> PeakEwma:
-        """Recent latency of this endpoint's answers."""
+    def latency_estimate(self) -> float:
+        """Recent latency of this endpoint's answers, in seconds (0.0 when unknown)."""
         ...
 
 
@@ -228,7 +230,10 @@ UNKNOWN_LATENCY_PENALTY = 1.0
 
 
 def _ewma_cost(endpoint: Candidate) -> float:
-    latency = endpoint.latency.value() if isinstance(endpoint, LatencyCandidate) else 0.0
+    # getattr, not isinstance(LatencyCandidate): a runtime protocol check costs
+    # microseconds, twice per pick.
+    estimate = getattr(endpoint, "latency_estimate", None)
+    latency: float = estimate() if estimate is not None else 0.0
     if latency == 0.0 and endpoint.in_flight:
         latency = UNKNOWN_LATENCY_PENALTY
     return latency * (endpoint.in_flight + 1)

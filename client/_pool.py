@@ -93,6 +93,8 @@ class EndpointSet:
         self._sleep = sleep
         self._maintenance_interval = maintenance_interval
         self._active: dict[Address, Endpoint] = {}
+        #: ``_active``'s endpoints in address order, kept in step by ``_apply`` for the picker.
+        self._ordered: list[Endpoint] = []
         self._draining: set[Endpoint] = set()
         self._drain_tasks: set[asyncio.Task[None]] = set()
         self._resolved = asyncio.Event()
@@ -121,6 +123,7 @@ class EndpointSet:
             task.cancel()
         endpoints = [*self._active.values(), *self._draining]
         self._active.clear()
+        self._ordered = []
         self._draining.clear()
         for endpoint in endpoints:
             await endpoint.close()
@@ -166,6 +169,7 @@ class EndpointSet:
         added = [self._new_endpoint(a) for a in sorted(addresses) if a not in self._active]
         for endpoint in added:
             self._active[endpoint.address] = endpoint
+        self._ordered = [self._active[a] for a in sorted(self._active)]
         self._resolved.set()
         return added, removed
 
@@ -192,11 +196,11 @@ class EndpointSet:
     @property
     def endpoints(self) -> list[Endpoint]:
         """The active endpoints (draining ones left out), in address order."""
-        return [self._active[a] for a in sorted(self._active)]
+        return list(self._ordered)
 
     def pick(self, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
         """The picker's choice among active endpoints; None when there is none."""
-        return self._picker.pick(self.endpoints, exclude)
+        return self._picker.pick(self._ordered, exclude)
 
     async def wait_pick(
         self, exclude: Collection[Endpoint] = (), *, max_wait: float | None = None

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
+from meshdemo import contract
 from meshdemo.v1 import user_pb2
 from service.domain import NewUser, User
 
 __all__ = ["new_user_from_proto", "role_names", "user_to_proto"]
 
-_ROLE_PREFIX = "ROLE_"
-
 
 def role_names(values: list[int] | tuple[int, ...]) -> tuple[str, ...]:
     """Enum numbers to role names; unknown or unspecified numbers keep a name
     that validation refuses (``unspecified``, ``role_7``)."""
-    names = []
-    for value in values:
-        try:
-            name = user_pb2.Role.Name(user_pb2.Role.ValueType(value))
-        except ValueError:
-            names.append(f"role_{value}")
-            continue
-        names.append(name.removeprefix(_ROLE_PREFIX).lower())
-    return tuple(names)
+    return tuple(contract.role_name(value) for value in values)
 
 
 def _role_value(name: str) -> user_pb2.Role.ValueType:
-    return user_pb2.Role.Value(_ROLE_PREFIX + name.upper())
+    return contract.ROLES[name]
 
 
 def new_user_from_proto(request: user_pb2.CreateUserRequest) -> NewUser:

@@ -22,6 +22,7 @@ from typing import Any
 import jwt
 from google.rpc import error_details_pb2
 
+from meshdemo.contract import SERVICE_NAME
 from service.errors import PermissionDenied, Unauthenticated
 
 __all__ = [
@@ -57,7 +58,7 @@ _TIME_CLAIMS = ("exp", "iat", "nbf")
 #: and JSON decoding again (that costs more than the rest of the chain).
 DEFAULT_CACHE_SIZE = 1024
 
-_SERVICE = "/meshdemo.v1.UserService/"
+_SERVICE = f"/{SERVICE_NAME}/"
 _WRITES = frozenset({_SERVICE + "CreateUser", _SERVICE + "BatchCreateUsers"})
 _EXEMPT_PREFIXES = (
     "/grpc.health.v1.Health/",

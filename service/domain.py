@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from meshdemo import contract
 from service.errors import FieldViolation, InvalidArgument
 
 __all__ = [
@@ -47,21 +48,22 @@ MAX_NAME = 100
 MAX_AGE = 150
 MAX_REQUEST_ID = 128
 MAX_EMAIL = 254
-MAX_BATCH = 1000
+#: Read from the contract (limits.proto), as are the page sizes and the roles.
+MAX_BATCH = contract.MAX_BATCH
 MAX_CHAT_TEXT = 4096
 #: Ids are 26 characters (see :func:`new_user_id`); the bound leaves room for
 #: ids of other origins while keeping every id cheap to log and to quote.
 MAX_ID = 64
 #: Tokens we issue are about 40 characters; anything longer is not ours.
 MAX_PAGE_TOKEN = 512
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = contract.DEFAULT_PAGE_SIZE
+MAX_PAGE_SIZE = contract.MAX_PAGE_SIZE
 #: PostgreSQL text cannot hold NUL, so no stored or looked-up string may carry
 #: it, whatever the store: the contract does not depend on the backend.
 _NUL = "\x00"
 _NO_NUL = "must not contain the NUL character"
 #: The closed set of roles, by their names in the contract without the prefix.
-ROLES = frozenset({"user", "admin", "moderator"})
+ROLES = frozenset(contract.ROLES)
 
 # A pragmatic address check: one @, a local part without spaces, a domain of
 # dot-separated labels with a final label of letters. Deliberately narrower

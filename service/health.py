@@ -32,11 +32,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from meshdemo.contract import SERVICE_NAME
 from service.store import Store, StoreUnavailable
 
 __all__ = ["SERVICE_NAME", "HealthReporter", "HealthServicer"]
 
-SERVICE_NAME = "meshdemo.v1.UserService"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN

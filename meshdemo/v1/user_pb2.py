@@ -23,41 +23,46 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from meshdemo.v1 import limits_pb2 as meshdemo_dot_v1_dot_limits__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16meshdemo/v1/user.proto\x12\x0bmeshdemo.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x0b\n\x03\x61ge\x18\x04 \x01(\x05\x12 \n\x05roles\x18\x05 \x03(\x0e\x32\x11.meshdemo.v1.Role\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x0b\x43hatMessage\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1c\n\x0eGetUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\"2\n\x0fGetUserResponse\x12\x1f\n\x04user\x18\x01 \x01(\x0b\x32\x11.meshdemo.v1.User\"s\n\x11\x43reateUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0b\n\x03\x61ge\x18\x03 \x01(\x05\x12 \n\x05roles\x18\x04 \x03(\x0e\x32\x11.meshdemo.v1.Role\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"5\n\x12\x43reateUserResponse\x12\x1f\n\x04user\x18\x01 \x01(\x0b\x32\x11.meshdemo.v1.User\"9\n\x10ListUsersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"M\n\x11ListUsersResponse\x12\x1f\n\x04user\x18\x01 \x01(\x0b\x32\x11.meshdemo.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x17\x42\x61tchCreateUsersRequest\x12,\n\x04user\x18\x01 \x01(\x0b\x32\x1e.meshdemo.v1.CreateUserRequest\"<\n\x18\x42\x61tchCreateUsersResponse\x12 \n\x05users\x18\x01 \x03(\x0b\x32\x11.meshdemo.v1.User\"8\n\x0b\x43hatRequest\x12)\n\x07message\x18\x01 \x01(\x0b\x32\x18.meshdemo.v1.ChatMessage\"J\n\x0c\x43hatResponse\x12)\n\x07message\x18\x01 \x01(\x0b\x32\x18.meshdemo.v1.ChatMessage\x12\x0f\n\x07replica\x18\x02 \x01(\t*O\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x12\x12\n\x0eROLE_MODERATOR\x10\x03\x32\x94\x03\n\x0bUserService\x12\x44\n\x07GetUser\x12\x1b.meshdemo.v1.GetUserRequest\x1a\x1c.meshdemo.v1.GetUserResponse\x12M\n\nCreateUser\x12\x1e.meshdemo.v1.CreateUserRequest\x1a\x1f.meshdemo.v1.CreateUserResponse\x12L\n\tListUsers\x12\x1d.meshdemo.v1.ListUsersRequest\x1a\x1e.meshdemo.v1.ListUsersResponse0\x01\x12\x61\n\x10\x42\x61tchCreateUsers\x12$.meshdemo.v1.BatchCreateUsersRequest\x1a%.meshdemo.v1.BatchCreateUsersResponse(\x01\x12?\n\x04\x43hat\x12\x18.meshdemo.v1.ChatRequest\x1a\x19.meshdemo.v1.ChatResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16meshdemo/v1/user.proto\x12\x0bmeshdemo.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18meshdemo/v1/limits.proto\"\x8e\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x0b\n\x03\x61ge\x18\x04 \x01(\x05\x12 \n\x05roles\x18\x05 \x03(\x0e\x32\x11.meshdemo.v1.Role\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x0b\x43hatMessage\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x1c\n\x0eGetUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\"2\n\x0fGetUserResponse\x12\x1f\n\x04user\x18\x01 \x01(\x0b\x32\x11.meshdemo.v1.User\"s\n\x11\x43reateUserRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0b\n\x03\x61ge\x18\x03 \x01(\x05\x12 \n\x05roles\x18\x04 \x03(\x0e\x32\x11.meshdemo.v1.Role\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"5\n\x12\x43reateUserResponse\x12\x1f\n\x04user\x18\x01 \x01(\x0b\x32\x11.meshdemo.v1.User\"D\n\x10ListUsersRequest\x12\x1c\n\tpage_size\x18\x01 \x01(\x05\x42\t\x88\xb5\x18\x64\x90\xb5\x18\xe8\x07\x12\x12\n\npage_token\x18\x02 \x01(\t\"M\n\x11ListUsersResponse\x12\x1f\n\x04user\x18\x01 \x01(\x0b\x32\x11.meshdemo.v1.User\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"G\n\x17\x42\x61tchCreateUsersRequest\x12,\n\x04user\x18\x01 \x01(\x0b\x32\x1e.meshdemo.v1.CreateUserRequest\"<\n\x18\x42\x61tchCreateUsersResponse\x12 \n\x05users\x18\x01 \x03(\x0b\x32\x11.meshdemo.v1.User\"8\n\x0b\x43hatRequest\x12)\n\x07message\x18\x01 \x01(\x0b\x32\x18.meshdemo.v1.ChatMessage\"J\n\x0c\x43hatResponse\x12)\n\x07message\x18\x01 \x01(\x0b\x32\x18.meshdemo.v1.ChatMessage\x12\x0f\n\x07replica\x18\x02 \x01(\t*O\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x12\x12\n\x0eROLE_MODERATOR\x10\x03\x32\x9b\x03\n\x0bUserService\x12\x44\n\x07GetUser\x12\x1b.meshdemo.v1.GetUserRequest\x1a\x1c.meshdemo.v1.GetUserResponse\x12M\n\nCreateUser\x12\x1e.meshdemo.v1.CreateUserRequest\x1a\x1f.meshdemo.v1.CreateUserResponse\x12L\n\tListUsers\x12\x1d.meshdemo.v1.ListUsersRequest\x1a\x1e.meshdemo.v1.ListUsersResponse0\x01\x12h\n\x10\x42\x61tchCreateUsers\x12$.meshdemo.v1.BatchCreateUsersRequest\x1a%.meshdemo.v1.BatchCreateUsersResponse\"\x05\xa8\xbb\x18\xe8\x07(\x01\x12?\n\x04\x43hat\x12\x18.meshdemo.v1.ChatRequest\x1a\x19.meshdemo.v1.ChatResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshdemo.v1.user_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=971
-  _globals['_ROLE']._serialized_end=1050
-  _globals['_USER']._serialized_start=73
-  _globals['_USER']._serialized_end=215
-  _globals['_CHATMESSAGE']._serialized_start=217
-  _globals['_CHATMESSAGE']._serialized_end=308
-  _globals['_GETUSERREQUEST']._serialized_start=310
-  _globals['_GETUSERREQUEST']._serialized_end=338
-  _globals['_GETUSERRESPONSE']._serialized_start=340
-  _globals['_GETUSERRESPONSE']._serialized_end=390
-  _globals['_CREATEUSERREQUEST']._serialized_start=392
-  _globals['_CREATEUSERREQUEST']._serialized_end=507
-  _globals['_CREATEUSERRESPONSE']._serialized_start=509
-  _globals['_CREATEUSERRESPONSE']._serialized_end=562
-  _globals['_LISTUSERSREQUEST']._serialized_start=564
-  _globals['_LISTUSERSREQUEST']._serialized_end=621
-  _globals['_LISTUSERSRESPONSE']._serialized_start=623
-  _globals['_LISTUSERSRESPONSE']._serialized_end=700
-  _globals['_BATCHCREATEUSERSREQUEST']._serialized_start=702
-  _globals['_BATCHCREATEUSERSREQUEST']._serialized_end=773
-  _globals['_BATCHCREATEUSERSRESPONSE']._serialized_start=775
-  _globals['_BATCHCREATEUSERSRESPONSE']._serialized_end=835
-  _globals['_CHATREQUEST']._serialized_start=837
-  _globals['_CHATREQUEST']._serialized_end=893
-  _globals['_CHATRESPONSE']._serialized_start=895
-  _globals['_CHATRESPONSE']._serialized_end=969
-  _globals['_USERSERVICE']._serialized_start=1053
-  _globals['_USERSERVICE']._serialized_end=1457
+  _globals['_LISTUSERSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTUSERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\210\265\030d\220\265\030\350\007'
+  _globals['_USERSERVICE'].methods_by_name['BatchCreateUsers']._loaded_options = None
+  _globals['_USERSERVICE'].methods_by_name['BatchCreateUsers']._serialized_options = b'\250\273\030\350\007'
+  _globals['_ROLE']._serialized_start=1008
+  _globals['_ROLE']._serialized_end=1087
+  _globals['_USER']._serialized_start=99
+  _globals['_USER']._serialized_end=241
+  _globals['_CHATMESSAGE']._serialized_start=243
+  _globals['_CHATMESSAGE']._serialized_end=334
+  _globals['_GETUSERREQUEST']._serialized_start=336
+  _globals['_GETUSERREQUEST']._serialized_end=364
+  _globals['_GETUSERRESPONSE']._serialized_start=366
+  _globals['_GETUSERRESPONSE']._serialized_end=416
+  _globals['_CREATEUSERREQUEST']._serialized_start=418
+  _globals['_CREATEUSERREQUEST']._serialized_end=533
+  _globals['_CREATEUSERRESPONSE']._serialized_start=535
+  _globals['_CREATEUSERRESPONSE']._serialized_end=588
+  _globals['_LISTUSERSREQUEST']._serialized_start=590
+  _globals['_LISTUSERSREQUEST']._serialized_end=658
+  _globals['_LISTUSERSRESPONSE']._serialized_start=660
+  _globals['_LISTUSERSRESPONSE']._serialized_end=737
+  _globals['_BATCHCREATEUSERSREQUEST']._serialized_start=739
+  _globals['_BATCHCREATEUSERSREQUEST']._serialized_end=810
+  _globals['_BATCHCREATEUSERSRESPONSE']._serialized_start=812
+  _globals['_BATCHCREATEUSERSRESPONSE']._serialized_end=872
+  _globals['_CHATREQUEST']._serialized_start=874
+  _globals['_CHATREQUEST']._serialized_end=930
+  _globals['_CHATRESPONSE']._serialized_start=932
+  _globals['_CHATRESPONSE']._serialized_end=1006
+  _globals['_USERSERVICE']._serialized_start=1090
+  _globals['_USERSERVICE']._serialized_end=1501
 # @@protoc_insertion_point(module_scope)

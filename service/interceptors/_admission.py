@@ -41,13 +41,14 @@ from typing import Any
 
 import grpc
 
+from meshdemo.contract import SERVICE_NAME
 from service.auth import current_principal
 from service.errors import ResourceExhausted, ServiceError
 from service.interceptors._base import CallHook, Context, HookInterceptor, MethodInfo
 
 __all__ = ["Admission", "AdmissionInterceptor", "AdmissionLimits", "CallKind", "IdleTimeout"]
 
-_SERVICE = "meshdemo.v1.UserService"
+_SERVICE = SERVICE_NAME
 
 
 class CallKind(enum.Enum):

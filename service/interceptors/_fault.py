@@ -15,9 +15,11 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from meshdemo.contract import SERVICE_NAME
+
 __all__ = ["FaultDelayInterceptor"]
 
-_SERVICE_PREFIX = "/meshdemo.v1.UserService/"
+_SERVICE_PREFIX = f"/{SERVICE_NAME}/"
 
 
 def _delayed(

@@ -300,7 +300,7 @@ async def test_calls_still_go_out_when_every_endpoint_is_ejected(client: UserCli
     user = await client.create_user("Jo", "jo@example.com", 30)
     for endpoint in client.endpoints.endpoints:
         for _ in range(3):
-            endpoint.record_failure(None)
+            endpoint.record_outcome(None)
         assert endpoint.state is EndpointState.EJECTED
     calls = sum(e.total_calls for e in client.endpoints.endpoints)
     assert await client.get_user(user.id) == user

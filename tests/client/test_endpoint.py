@@ -160,7 +160,7 @@ async def test_repr_shows_state_and_counts(server: InProcessServer) -> None:
     async with endpoint.lease():
         text = repr(endpoint)
     assert text == f"<Endpoint {server.address} READY channels=1 in_flight=1 calls=1 failures=0>"
-    endpoint.record_failure(grpc.StatusCode.NOT_FOUND)
+    endpoint.record_outcome(grpc.StatusCode.NOT_FOUND)
     assert repr(endpoint).endswith("channels=1 in_flight=0 calls=1 failures=1>")
     await endpoint.close()
 
@@ -172,9 +172,9 @@ def test_consecutive_failures_eject_with_a_growing_time() -> None:
     clock = ManualClock()
     endpoint = make_endpoint("127.0.0.2:1", clock)
     for _ in range(2):
-        endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+        endpoint.record_outcome(grpc.StatusCode.UNAVAILABLE)
     assert endpoint.is_available()
-    endpoint.record_failure(grpc.StatusCode.DEADLINE_EXCEEDED)
+    endpoint.record_outcome(grpc.StatusCode.DEADLINE_EXCEEDED)
     assert endpoint.state is EndpointState.EJECTED
     assert not endpoint.is_available()
     clock.advance(0.99)
@@ -182,7 +182,7 @@ def test_consecutive_failures_eject_with_a_growing_time() -> None:
     clock.advance(0.02)
     assert endpoint.is_available()  # Re-admitted after 1 s.
     for _ in range(3):
-        endpoint.record_failure(None)  # Connection failures count too.
+        endpoint.record_outcome(None)  # Connection failures count too.
     clock.advance(1.5)
     assert endpoint.is_ejected()  # The second ejection lasts 2 s.
     clock.advance(0.51)
@@ -194,18 +194,18 @@ def test_consecutive_failures_eject_with_a_growing_time() -> None:
 @pytest.mark.parametrize("ending", ["success", "answer", "not-outlier"])
 def test_success_and_answers_reset_the_failure_streak(ending: str) -> None:
     endpoint = make_endpoint("127.0.0.2:1")
-    endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
-    endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+    endpoint.record_outcome(grpc.StatusCode.UNAVAILABLE)
+    endpoint.record_outcome(grpc.StatusCode.UNAVAILABLE)
     if ending == "success":
-        endpoint.record_success()
+        endpoint.record_outcome(grpc.StatusCode.OK)
     elif ending == "answer":
-        endpoint.record_failure(grpc.StatusCode.NOT_FOUND)
+        endpoint.record_outcome(grpc.StatusCode.NOT_FOUND)
     else:
-        endpoint.record_failure(grpc.StatusCode.DEADLINE_EXCEEDED, outlier=False)
-    endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
-    endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+        endpoint.record_outcome(grpc.StatusCode.DEADLINE_EXCEEDED, outlier=False)
+    endpoint.record_outcome(grpc.StatusCode.UNAVAILABLE)
+    endpoint.record_outcome(grpc.StatusCode.UNAVAILABLE)
     assert endpoint.is_available()
-    endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+    endpoint.record_outcome(grpc.StatusCode.UNAVAILABLE)
     assert endpoint.is_ejected()  # The streak counted from the reset on.
 
 
@@ -213,12 +213,25 @@ def test_failures_while_ejected_do_not_lengthen_the_ejection() -> None:
     clock = ManualClock()
     endpoint = make_endpoint("127.0.0.2:1", clock)
     for _ in range(3):
-        endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+        endpoint.record_outcome(grpc.StatusCode.UNAVAILABLE)
     for _ in range(6):
-        endpoint.record_failure(grpc.StatusCode.UNAVAILABLE)
+        endpoint.record_outcome(grpc.StatusCode.UNAVAILABLE)
     assert endpoint.times_ejected == 1
     clock.advance(1.01)
     assert endpoint.is_available()
+
+
+def test_record_outcome_feeds_the_latency_estimate_and_counts_only_failures() -> None:
+    clock = ManualClock()
+    endpoint = make_endpoint("127.0.0.2:1", clock)
+    assert endpoint.latency_estimate() == 0.0
+    endpoint.record_outcome(grpc.StatusCode.OK, 0.25)
+    assert endpoint.latency_estimate() == pytest.approx(0.25)
+    endpoint.record_outcome(grpc.StatusCode.DEADLINE_EXCEEDED, 0.5)  # a cut attempt: that slow
+    assert endpoint.latency_estimate() == pytest.approx(0.5)
+    endpoint.record_outcome(grpc.StatusCode.OK)  # no duration: the estimate is left alone
+    assert endpoint.latency_estimate() == pytest.approx(0.5)
+    assert (endpoint.failures, endpoint.stats().failures) == (1, 1)
 
 
 # --- health -----------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from tests.client.helpers import address, eventually
 SERVING = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
-class ScriptedHealth(health_pb2_grpc.HealthServicer):
+class ScriptedHealth(health_pb2_grpc.HealthServicer):  # type: ignore[misc]  # grpc_health is untyped
     """Watch call n sends ``script[n]`` SERVING replies, then breaks with UNAVAILABLE.
 
     Past the script's end a Watch replies SERVING once and stays open.

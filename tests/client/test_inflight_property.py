@@ -34,7 +34,7 @@ async def run(script: list[tuple[bool, float]]) -> None:
         assert endpoint.in_flight == len(open_leases) >= 0
         assert endpoint.channel_count <= pool.max_channels
         assert endpoint.channel_count >= (1 if endpoint.total_calls else 0)
-        per_channel = [c.in_flight for c in endpoint._channels]
+        per_channel = endpoint._channels.channel_loads()
         assert all(n >= 0 for n in per_channel)
         assert sum(per_channel) == endpoint.in_flight
     for lease in open_leases:

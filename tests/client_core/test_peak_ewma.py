@@ -73,6 +73,9 @@ class Replica:
     def is_available(self) -> bool:
         return self.available
 
+    def latency_estimate(self) -> float:
+        return self.latency.value()
+
 
 def test_make_picker_knows_peak_ewma() -> None:
     assert isinstance(make_picker("peak_ewma"), PeakEwmaPicker)
