@@ -39,7 +39,10 @@ def test_generated_modules_import_as_a_package() -> None:
     # No sys.path edits: the proto path mirrors the package.
     from meshdemo.v1 import catalog_pb2, user_pb2_grpc
 
-    assert user_pb2_grpc.UserServiceStub
+    # Importing it at all proves it found its messages' module by the package path
+    # (a bare `import user_pb2` would have failed); no top-level copy was loaded.
+    assert user_pb2_grpc.UserServiceStub.__module__ == "meshdemo.v1.user_pb2_grpc"
+    assert "user_pb2" not in sys.modules
     assert catalog_pb2.Order.DESCRIPTOR.full_name == "meshdemo.v1.Order"
 
 
