@@ -56,7 +56,7 @@ MAX_COUNT = 1000
 MAX_DURATION = 86_400.0
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
-# Exit codes; the same numbers as client._cli.EXIT_CODES (a test holds them together).
+# Exit codes; the same numbers as client.cli.EXIT_CODES (a test holds them together).
 _EXIT_OK = 0
 _EXIT_FAILED = 1
 _EXIT_USAGE = 2

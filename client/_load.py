@@ -214,9 +214,14 @@ class Bounds:
     def text(self) -> str:
         """``in [1, 1000]``, ``positive``, ``at least 0``: for messages and --help."""
         if self.high is None:
-            return "positive" if self.low_open and self.low == 0 else f"at least {self.low:g}"
+            return "positive" if self.low_open and self.low == 0 else f"at least {_num(self.low)}"
         opening = "(" if self.low_open else "["
-        return f"in {opening}{self.low:g}, {self.high:g}]"
+        return f"in {opening}{_num(self.low)}, {_num(self.high)}]"
+
+
+def _num(value: float | None) -> str:
+    """1000000, not 1e+06: bounds are read by people."""
+    return str(int(value)) if value is not None and value == int(value) else str(value)
 
 
 def _setting(
@@ -391,6 +396,13 @@ class LoadConfig:
             if problem:
                 raise ValueError(f"{setting.name} {problem}")
         _check_mix(self.mix)
+
+    @property
+    def longest(self) -> float:
+        """Seconds the whole run may take: seeding (each batch within ``call_timeout``),
+        ``duration``, then the :attr:`grace` of the operations still running."""
+        seed_batches = -(-self.seed_users // _SEED_CHUNK)
+        return seed_batches * self.call_timeout + self.duration + self.grace
 
     @property
     def grace(self) -> float:

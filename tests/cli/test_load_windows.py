@@ -221,7 +221,9 @@ def test_stop_ends_the_run_early_with_a_partial_summary() -> None:
         loop = asyncio.get_running_loop()
         client = ScriptedClient(start=loop.time())
         loop.call_later(2.25, stop.set)
-        config = LoadConfig(duration=10.0, rps=100, concurrency=16, mix=(("get", 1),), seed=1, seed_users=0)
+        config = LoadConfig(
+            duration=10.0, rps=100, concurrency=16, mix=(("get", 1),), seed=1, seed_users=0
+        )
         return await run_load(client, config, snapshots.append, clock=loop.time, stop=stop)  # type: ignore[arg-type]
 
     summary = run_virtual(main)
