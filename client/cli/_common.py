@@ -161,7 +161,12 @@ class Deadline:
             self._scope.reschedule(None)
 
     def message(self) -> str:
-        return f"DEADLINE_EXCEEDED: {self.what}: no answer within {self.seconds:g} s (--timeout)"
+        """The one line printed when the deadline passes (after ``error: ``)."""
+        bound = "its" if self.seconds is None else f"its {self.seconds:g} s"
+        return (
+            f"DEADLINE_EXCEEDED: {self.what} ran past {bound} bound "
+            f"(set by --timeout; see `meshdemo {self.what} --help`)"
+        )
 
 
 @dataclass

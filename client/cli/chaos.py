@@ -1,7 +1,9 @@
 """``chaos``: kill pods one at a time (the plan and the API calls are in ``client._chaos``).
 
 Its --timeout is the deadline of each Kubernetes API call; the whole command
-ends within the plan's own bound (see :func:`budget`).
+ends within the plan's own bound (see :func:`budget`). The API calls run in
+threads that a deadline cannot interrupt, so the bound counts every wait they
+may make.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from client.cli._common import Io
 NAME = "chaos"
 #: API calls in one round (list the pods, then delete or evict one).
 _CALLS_PER_ROUND = 2
-#: Each call may take --timeout to connect and --timeout to answer.
-_WAITS_PER_CALL = 2
+#: Tries of one call: the Kubernetes client's urllib3 retries a GET or DELETE that
+#: timed out three times, and each try may take --timeout to connect, --timeout to answer.
+_WAITS_PER_CALL = (1 + 3) * 2
 
 
 def add_parser(commands: Any, parent: argparse.ArgumentParser) -> None:
