@@ -79,10 +79,8 @@ def test_the_flag_and_the_engine_refuse_the_same_values(
 
 def test_help_shows_each_bound_and_default_once() -> None:
     text = " ".join(_load_parser().format_help().split())
-    assert (
-        "--seed-users N create N users before the run so gets hit real ids; in [0, 100000] (default: 10)"
-        in text
-    )
+    seed_users = "create N users before the run so gets hit real ids; in [0, 100000] (default: 10)"
+    assert f"--seed-users N {seed_users}" in text
     assert "--duration SECONDS how long the load runs, in seconds; in (0, 86400] (required)" in text
     assert "(default: get=80,create=10,list=10)" in text
 
@@ -117,4 +115,4 @@ def test_each_command_module_names_itself() -> None:
         "get", "create", "list", "batch", "chat", "token", "stats", "load", "chaos",
     ]  # fmt: skip
     for name, module in COMMANDS.items():
-        assert module.NAME == name
+        assert name == module.NAME
