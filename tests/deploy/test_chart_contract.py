@@ -14,8 +14,8 @@ from typing import Any
 import opentelemetry.sdk.environment_variables as otel_env
 import pytest
 
-from client.cli import build_parser, epilog
 from client._resolver import resolver_for
+from client.cli import build_parser, epilog
 from service.config import ServiceConfig, load_config
 from tests.deploy.conftest import (
     SCENARIOS,
