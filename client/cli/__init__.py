@@ -17,7 +17,16 @@ codes, errors, IO, the client and its tracing, output.
 Connection options (``--target``, ``--token``, ...) are declared once, in
 ``_common.connection_options``: a new one (a TLS flag, say) is one
 ``add_argument`` there; every command that talks to the service gets it, its
---help lists it, and it may be written before the command as well.
+--help lists it, and it may be written before the command as well
+(``hoist_connection_options`` reads the same declaration). What the client is
+built with is read from the parsed options in one place too, ``_common._client``.
+
+``--timeout`` and the whole-command deadline: each command's ``budget`` is the
+most its run may take (one call: --timeout plus a set-up grace; ``stats``:
+--wait on top; ``load``: seeding, --duration and the drain; ``chaos``: its
+rounds). ``_common.Deadline`` enforces it around the client's whole life;
+``list --all`` renews it per page and ``chat`` runs it only while the server
+owes an answer. Past it: ``error: DEADLINE_EXCEEDED: ...`` and exit code 3.
 """
 
 from __future__ import annotations
