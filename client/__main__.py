@@ -1,10 +1,10 @@
-"""``python -m client``: the meshdemo command line (see ``client._cli``)."""
+"""``python -m client``: the meshdemo command line (see ``client.cli``)."""
 
 from __future__ import annotations
 
 import sys
 
-from client._cli import main
+from client.cli import main
 
 __all__ = ["main"]
 

@@ -56,7 +56,7 @@ MAX_COUNT = 1000
 MAX_DURATION = 86_400.0
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
-# Exit codes; the same numbers as client._cli.EXIT_CODES (a test holds them together).
+# Exit codes; the same numbers as client.cli.EXIT_CODES (a test holds them together).
 _EXIT_OK = 0
 _EXIT_FAILED = 1
 _EXIT_USAGE = 2
@@ -238,6 +238,8 @@ exit codes:
     0  every round ran (a PodDisruptionBudget refusal is an outcome, not an error)
     1  a call to the API failed, or no round found a Running pod
     2  usage error: bad option, a system namespace or an empty selector
+    3  the run went past its bound: --count rounds of API calls (each within
+       --timeout, retried by the Kubernetes client) and intervals, or --duration
     4  the API server said 403 Forbidden (RBAC)"""
 
 

@@ -37,6 +37,7 @@ cancelled (and not counted).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 import uuid
@@ -56,6 +57,7 @@ from meshdemo.v1 import user_pb2
 __all__ = [
     "DEFAULT_MIX",
     "OPERATIONS",
+    "Bounds",
     "ChatStream",
     "ClientInfo",
     "EndpointInfo",
@@ -66,6 +68,7 @@ __all__ = [
     "LoadSummary",
     "OperationRow",
     "error_code",
+    "flag_of",
     "parse_mix",
     "run_load",
 ]
@@ -189,14 +192,91 @@ def _check_mix(pairs: Sequence[tuple[str, int]]) -> None:
         raise ValueError(f"unknown operation(s) {unknown}; known: {list(OPERATIONS)}")
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """The values a numeric setting accepts: ``low`` to ``high``, each end optional.
+
+    ``low_open`` leaves ``low`` itself out: ``Bounds(0, low_open=True)`` is "positive".
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+
+    def problem(self, value: float) -> str:
+        """Why ``value`` is out of bounds, or '' when it is within them."""
+        too_low = self.low is not None and (
+            value <= self.low if self.low_open else value < self.low
+        )
+        too_high = self.high is not None and value > self.high
+        return f"must be {self.text()}, got {value}" if too_low or too_high else ""
+
+    def text(self) -> str:
+        """``in [1, 1000]``, ``positive``, ``at least 0``: for messages and --help."""
+        if self.high is None:
+            return "positive" if self.low_open and self.low == 0 else f"at least {_num(self.low)}"
+        opening = "(" if self.low_open else "["
+        return f"in {opening}{_num(self.low)}, {_num(self.high)}]"
+
+
+def _num(value: float | None) -> str:
+    """1000000, not 1e+06: bounds are read by people."""
+    return str(int(value)) if value is not None and value == int(value) else str(value)
+
+
+def _setting(
+    help: str,
+    default: Any = dataclasses.MISSING,
+    *,
+    bounds: Bounds | None = None,
+    parse: Callable[[str], Any] = str,
+    flag: str | None = None,
+    shared: bool = False,
+    metavar: str | None = None,
+    default_text: str | None = None,
+) -> Any:
+    """A :class:`LoadConfig` field with what its command-line flag needs, declared once.
+
+    Args:
+        help: What the setting means (--help adds the bounds and the default).
+        default: The engine's default, which is also the flag's; none makes it required.
+        bounds: The values accepted, checked on creation and by the flag's parser.
+        parse: Turns the flag's text into a value (``float``, ``int``, :func:`parse_mix`).
+        flag: The flag's name when it is not ``--`` + the field name with dashes.
+        shared: The flag is one of the CLI's connection options (declared there, not
+            by ``load``): ``--timeout``, ``--policy``.
+        metavar: The flag's value placeholder in --help.
+        default_text: How --help words the default when its value would not say it.
+    """
+    metadata = {
+        "help": help,
+        "bounds": bounds,
+        "parse": parse,
+        "flag": flag,
+        "shared": shared,
+        "metavar": metavar,
+        "default_text": default_text,
+    }
+    return field(default=default, metadata=metadata)
+
+
+def flag_of(setting: dataclasses.Field[Any]) -> str:
+    """The command-line flag of one :class:`LoadConfig` field."""
+    return setting.metadata["flag"] or "--" + setting.name.replace("_", "-")
+
+
+_POSITIVE = Bounds(0, low_open=True)
+_NON_NEGATIVE = Bounds(0)
+_SECONDS = "SECONDS"
 
 
 @dataclass(frozen=True, slots=True)
 class LoadConfig:
     """One load run; validated on creation.
+
+    Each field is declared with :func:`_setting`: its meaning, default, bounds and
+    command-line flag live there once; the ``load`` command's options are made
+    from them, so the CLI and the engine cannot disagree.
 
     Attributes:
         duration: Seconds of load (required; the run's hard bound with ``max_calls``).
@@ -204,7 +284,8 @@ class LoadConfig:
         concurrency: Workers, so at most this many operations in flight.
         max_calls: Most operations started, whatever the duration.
         mix: (operation, weight) pairs; see :data:`OPERATIONS`.
-        seed_users: Users created (in batches) before the run so ``get`` finds real ids.
+        seed_users: Users created (in batches) before the run so ``get`` finds real
+            ids (10 by default: without any, every ``get`` is NOT_FOUND).
         call_timeout: Seconds each operation may take.
         tick_interval: Seconds between ``on_tick`` snapshots.
         late_after: An open-loop operation starting this many seconds after it was
@@ -216,38 +297,112 @@ class LoadConfig:
         policy: The client's picker name, reported in the summary (not applied here).
         seed: Seed of the random source (operation choice, ids); None: ``run_load``
             draws one and reports it in the summary, so any run can be repeated.
+
+    Raises:
+        ValueError: A value out of its bounds, or a bad mix.
     """
 
-    duration: float
-    rps: float = 0.0
-    concurrency: int = 8
-    max_calls: int = 1_000_000
-    mix: tuple[tuple[str, int], ...] = DEFAULT_MIX
-    seed_users: int = 0
-    call_timeout: float = 5.0
-    tick_interval: float = 0.25
-    late_after: float = 0.010
-    drain_timeout: float | None = None
-    list_page_size: int = 10
-    batch_size: int = 5
-    chat_messages: int = 3
-    policy: str = ""
-    seed: int | None = None
+    duration: float = _setting(
+        "how long the load runs, in seconds",
+        bounds=Bounds(0, 86_400, low_open=True),
+        parse=float,
+        metavar=_SECONDS,
+    )
+    rps: float = _setting(
+        "target operations per second; 0 = as fast as the concurrency allows",
+        0.0,
+        bounds=Bounds(0, 1_000_000),
+        parse=float,
+    )
+    concurrency: int = _setting(
+        "operations in flight at most", 8, bounds=Bounds(1, 10_000), parse=int, metavar="N"
+    )
+    max_calls: int = _setting(
+        "stop after starting this many operations",
+        1_000_000,
+        bounds=Bounds(1, 100_000_000),
+        parse=int,
+        metavar="N",
+    )
+    mix: tuple[tuple[str, int], ...] = _setting(
+        f"operation weights among {', '.join(OPERATIONS)}",
+        DEFAULT_MIX,
+        parse=parse_mix,
+        default_text=",".join(f"{name}={weight}" for name, weight in DEFAULT_MIX),
+    )
+    seed_users: int = _setting(
+        "create N users before the run so gets hit real ids",
+        10,
+        bounds=Bounds(0, 100_000),
+        parse=int,
+        metavar="N",
+    )
+    call_timeout: float = _setting(
+        "seconds each operation may take",
+        5.0,
+        bounds=_POSITIVE,
+        parse=float,
+        flag="--timeout",
+        shared=True,
+    )
+    tick_interval: float = _setting(
+        "seconds between snapshots (live view refreshes, event checks); plain "
+        "figures come at most once a second",
+        0.25,
+        bounds=_POSITIVE,
+        parse=float,
+        flag="--refresh",
+        metavar=_SECONDS,
+    )
+    late_after: float = _setting(
+        "with --rps, an operation starting this many seconds after it was due counts as late",
+        0.010,
+        bounds=_NON_NEGATIVE,
+        parse=float,
+        metavar=_SECONDS,
+    )
+    drain_timeout: float | None = _setting(
+        "seconds operations still running at the end may take before they are cancelled",
+        None,
+        bounds=_NON_NEGATIVE,
+        parse=float,
+        metavar=_SECONDS,
+        default_text="--timeout + 1",
+    )
+    list_page_size: int = _setting(
+        "users per list operation", 10, bounds=Bounds(1, 1000), parse=int, metavar="N"
+    )
+    batch_size: int = _setting(
+        "users per batch operation", 5, bounds=Bounds(1, 1000), parse=int, metavar="N"
+    )
+    chat_messages: int = _setting(
+        "round trips per chat operation", 3, bounds=Bounds(1, 1000), parse=int, metavar="N"
+    )
+    policy: str = _setting(
+        "the client's picker, reported in the summary", "", flag="--policy", shared=True
+    )
+    seed: int | None = _setting(
+        "seed of the random operation choice, for repeatable runs",
+        None,
+        parse=int,
+        default_text="drawn at random and shown in the summary",
+    )
 
     def __post_init__(self) -> None:
-        _check(0 < self.duration <= 86_400, "duration must be in (0, 86400] seconds")
-        _check(0 <= self.rps <= 1_000_000, "rps must be in [0, 1000000]")
-        _check(1 <= self.concurrency <= 10_000, "concurrency must be in [1, 10000]")
-        _check(1 <= self.max_calls <= 100_000_000, "max_calls must be in [1, 100000000]")
+        for setting in dataclasses.fields(self):
+            value = getattr(self, setting.name)
+            bounds: Bounds | None = setting.metadata["bounds"]
+            problem = "" if bounds is None or value is None else bounds.problem(value)
+            if problem:
+                raise ValueError(f"{setting.name} {problem}")
         _check_mix(self.mix)
-        _check(0 <= self.seed_users <= 100_000, "seed_users must be in [0, 100000]")
-        _check(self.call_timeout > 0, "call_timeout must be positive")
-        _check(self.tick_interval > 0, "tick_interval must be positive")
-        _check(self.late_after >= 0, "late_after must not be negative")
-        _check(self.drain_timeout is None or self.drain_timeout >= 0, "drain_timeout < 0")
-        _check(1 <= self.list_page_size <= 1000, "list_page_size must be in [1, 1000]")
-        _check(1 <= self.batch_size <= 1000, "batch_size must be in [1, 1000]")
-        _check(1 <= self.chat_messages <= 1000, "chat_messages must be in [1, 1000]")
+
+    @property
+    def longest(self) -> float:
+        """Seconds the whole run may take: seeding (each batch within ``call_timeout``),
+        ``duration``, then the :attr:`grace` of the operations still running."""
+        seed_batches = -(-self.seed_users // _SEED_CHUNK)
+        return seed_batches * self.call_timeout + self.duration + self.grace
 
     @property
     def grace(self) -> float:

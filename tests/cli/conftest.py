@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from client._cli import main_async
+from client.cli import main_async
 from service.testing import InProcessServer, admin_token, serve
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from client._cli import (
+from client.cli import (
     EXIT_CLOSED_PIPE,
     EXIT_OK,
     EXIT_USAGE,

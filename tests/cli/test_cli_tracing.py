@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from client._cli import EXIT_OK, EXIT_RPC
+from client.cli import EXIT_OK, EXIT_RPC
 from mesh._receiver import TraceReceiver
 from mesh._spans import SpanStore, Trace, group_traces, read_spans
 from service.testing import InProcessServer, admin_token, serve

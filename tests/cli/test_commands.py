@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from client import mint_token
-from client._cli import EXIT_AUTH, EXIT_OK, EXIT_RPC, EXIT_UNAVAILABLE, EXIT_USAGE
+from client.cli import EXIT_AUTH, EXIT_OK, EXIT_RPC, EXIT_UNAVAILABLE, EXIT_USAGE
 from service.testing import reader_token, serve
 from tests.cli.conftest import Cli, Mesh, lines
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from client._cli import EXIT_CODES, EXIT_OK, EXIT_USAGE, build_parser, main_async
+from client.cli import EXIT_CODES, EXIT_OK, EXIT_USAGE, build_parser, main_async
 from service.auth import TokenVerifier
 from service.errors import Unauthenticated
 from tests.cli.conftest import Cli

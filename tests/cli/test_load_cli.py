@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from client._cli import EXIT_INTERRUPTED, EXIT_OK
+from client.cli import EXIT_INTERRUPTED, EXIT_OK
 from service.testing import admin_token
 from tests.cli.conftest import Cli, Mesh, lines
 

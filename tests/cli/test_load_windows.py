@@ -107,6 +107,7 @@ def _run(**overrides: Any) -> tuple[ScriptedClient, list[LoadSnapshot], LoadSumm
             "tick_interval": 0.5,
             "mix": (("get", 1),),
             "seed": 7,
+            "seed_users": 0,
             **overrides,
         }
     )
@@ -220,7 +221,9 @@ def test_stop_ends_the_run_early_with_a_partial_summary() -> None:
         loop = asyncio.get_running_loop()
         client = ScriptedClient(start=loop.time())
         loop.call_later(2.25, stop.set)
-        config = LoadConfig(duration=10.0, rps=100, concurrency=16, mix=(("get", 1),), seed=1)
+        config = LoadConfig(
+            duration=10.0, rps=100, concurrency=16, mix=(("get", 1),), seed=1, seed_users=0
+        )
         return await run_load(client, config, snapshots.append, clock=loop.time, stop=stop)  # type: ignore[arg-type]
 
     summary = run_virtual(main)
@@ -236,7 +239,7 @@ def test_a_stop_after_the_end_does_not_mark_the_run_interrupted() -> None:
     async def main() -> LoadSummary:
         loop = asyncio.get_running_loop()
         client = ScriptedClient(start=loop.time())
-        config = LoadConfig(duration=0.5, rps=100, mix=(("get", 1),), seed=1)
+        config = LoadConfig(duration=0.5, rps=100, mix=(("get", 1),), seed=1, seed_users=0)
         return await run_load(client, config, clock=loop.time, stop=asyncio.Event())  # type: ignore[arg-type]
 
     summary = run_virtual(main)

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from client._cli import EXIT_OK, EXIT_RPC
+from client.cli import EXIT_OK, EXIT_RPC
 from service.testing import admin_token
 from tests.cli.conftest import Mesh, Result
 

@@ -29,10 +29,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from kubernetes.client import ApiClient, Configuration
 
-from client import _cli
+from client import cli as _cli
 from client._chaos import MAX_COUNT, ChaosPlan, Mode, Round, exit_code
 from client._chaos_k8s import PodApi, run_chaos
-from client._cli import main_async
+from client.cli import main_async
 from tests.fake_http import JsonHandler, LoopbackHttpServer
 
 NS = "meshdemo"
@@ -468,7 +468,7 @@ async def test_no_configuration_at_all_is_reported(
 
 def test_the_cli_does_not_import_kubernetes_until_chaos_runs() -> None:
     """Every other command would pay the ``kubernetes`` import (most of a second)."""
-    code = "import sys, client._cli; print('kubernetes' in sys.modules)"
+    code = "import sys, client.cli; print('kubernetes' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )

@@ -25,7 +25,7 @@ from client import (
     UnavailableError,
     UserClient,
 )
-from client._cli import main_async
+from client.cli import main_async
 from service.testing import ReplicaProcess, reader_token
 from tests.client.helpers import eventually
 

@@ -23,7 +23,7 @@ from client import (
     UnavailableError,
     UserClient,
 )
-from client._cli import build_parser
+from client.cli import build_parser
 from client.testing import DnsServer
 from service.testing import admin_token, serve
 from tests.client.helpers import ManualResolver

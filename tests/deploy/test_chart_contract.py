@@ -14,8 +14,8 @@ from typing import Any
 import opentelemetry.sdk.environment_variables as otel_env
 import pytest
 
-from client._cli import _epilog, build_parser
 from client._resolver import resolver_for
+from client.cli import build_parser, epilog
 from service.config import ServiceConfig, load_config
 from tests.deploy.conftest import (
     SCENARIOS,
@@ -28,7 +28,7 @@ from tests.deploy.conftest import (
 )
 
 SERVICE_VARIABLES = frozenset(f.metadata["env"] for f in dataclasses.fields(ServiceConfig))
-CLIENT_VARIABLES = frozenset(re.findall(r"\b(MESH_[A-Z_]+)\b", _epilog()))
+CLIENT_VARIABLES = frozenset(re.findall(r"\b(MESH_[A-Z_]+)\b", epilog()))
 #: The client's TLS variables (issue 9) the chart sets in its client pods. The client learns
 #: them in parallel with the chart; until its help names them they are allowed here and
 #: test_the_client_reads_the_tls_variables_the_chart_sets is an expected failure.
