@@ -70,6 +70,7 @@ from client._resolver import (
 )
 from client._retry import RetryBudget, RetryPolicy
 from client._token import mint_token
+from client._tls import ChannelSecurity, TlsConfig, TlsCredentials, server_name_for
 
 __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     # The client
@@ -89,6 +90,11 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     "RetryPolicy",
     "RetryBudget",
     "TokenProvider",
+    # TLS
+    "TlsConfig",
+    "TlsCredentials",
+    "ChannelSecurity",
+    "server_name_for",
     # Discovery
     "Address",
     "Resolver",

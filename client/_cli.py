@@ -25,6 +25,7 @@ import grpc
 from opentelemetry.sdk.trace import TracerProvider
 from rich.console import Console
 
+from client._certs import add_certs_parser, run_certs
 from client._chaos import add_chaos_command as _add_chaos
 from client._chaos import run_chaos_command
 from client._client import MAX_BATCH, ROLES, NewUserSpec, UserClient
@@ -34,6 +35,7 @@ from client._load import DEFAULT_MIX, LoadConfig, LoadSnapshot, LoadSummary, par
 from client._picker import PICKERS
 from client._resolver import TARGET_FORMS, TargetError
 from client._token import mint_token
+from client._tls import add_tls_arguments, tls_from_args
 from meshdemo.telemetry import configure_tracing, export_enabled, shutdown_tracing
 from meshdemo.v1 import user_pb2
 
@@ -201,6 +203,7 @@ def _connection_options(env: Mapping[str, str]) -> argparse.ArgumentParser:
         action="store_true",
         help="machine-readable output: one JSON object per user or line (default: off)",
     )
+    add_tls_arguments(parent, env)
     return parent
 
 
@@ -464,6 +467,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     _add_stats(commands, parent)
     _add_load(commands, parent)
     _add_chaos(commands)
+    add_certs_parser(commands)
     return parser
 
 
@@ -544,9 +548,12 @@ def _client(
             policy=args.policy,
             tracer_provider=tracer_provider,
             tracing=tracer_provider is not None,
+            tls=tls_from_args(args),
         )
     except TargetError as exc:
         raise UsageError(f"bad --target: {exc}") from exc
+    except ValueError as exc:  # TLS files
+        raise UsageError(f"TLS: {exc}") from exc
 
 
 async def _cmd_get(args: argparse.Namespace, client: UserClient, io: _Io) -> int:
@@ -970,6 +977,8 @@ async def _run(args: argparse.Namespace, io: _Io) -> int:
         return _cmd_token(args, io)
     if args.command == "chaos":
         return await run_chaos_command(args, io.out, io.err)
+    if args.command == "certs":
+        return run_certs(args, io.stdout, io.stderr)
     if args.command == "batch":
         # Read and check the whole file before any connection is made.
         args.specs = _read_batch_file(args.file, io)

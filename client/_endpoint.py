@@ -44,6 +44,7 @@ from client._discovery_backoff import DiscoveryBackoff
 from client._picker import PeakEwma
 from client._resolver import Address
 from client._tasks import cancel_and_wait
+from client._tls import ChannelSecurity
 from meshdemo.v1 import user_pb2_grpc
 
 __all__ = [
@@ -261,7 +262,9 @@ class Endpoint:
         rng: Random source of the health watch's backoff jitter.
         channel_factory: Opens a channel to a grpc target; the default opens a
             secure channel with ``credentials``, else an insecure one.
-        credentials: Channel credentials (TLS) for every channel; None for plain text.
+        credentials: Channel credentials (TLS) for every channel, or a
+            :class:`client.ChannelSecurity` asked anew for each channel
+            (files re-read on change, the name to verify); None for plain text.
 
     Raises:
         ValueError: Both ``channel_factory`` and ``credentials`` given (the
@@ -279,7 +282,7 @@ class Endpoint:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         channel_factory: ChannelFactory | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
+        credentials: grpc.ChannelCredentials | ChannelSecurity | None = None,
     ) -> None:
         if channel_factory is not None and credentials is not None:
             raise ValueError("give channel_factory or credentials, not both")
@@ -620,7 +623,9 @@ class Endpoint:
             await cancel_and_wait(task)
 
 
-def _default_factory(credentials: grpc.ChannelCredentials | None) -> ChannelFactory:
+def _default_factory(
+    credentials: grpc.ChannelCredentials | ChannelSecurity | None,
+) -> ChannelFactory:
     """Opens secure channels with ``credentials``, or insecure ones without."""
 
     def open_channel(
@@ -628,6 +633,14 @@ def _default_factory(credentials: grpc.ChannelCredentials | None) -> ChannelFact
     ) -> grpc.aio.Channel:
         if credentials is None:
             return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        if isinstance(credentials, ChannelSecurity):
+            # Asked per channel: a new channel picks up rotated files.
+            return grpc.aio.secure_channel(
+                target,
+                credentials.channel_credentials(),
+                options=[*options, *credentials.channel_options()],
+                interceptors=interceptors,
+            )
         return grpc.aio.secure_channel(
             target, credentials, options=options, interceptors=interceptors
         )
