@@ -69,8 +69,8 @@ from client._resolver import (
     resolver_for,
 )
 from client._retry import RetryBudget, RetryPolicy
-from client._token import mint_token
 from client._tls import ChannelSecurity, TlsConfig, TlsCredentials, server_name_for
+from client._token import mint_token
 
 __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     # The client

@@ -133,9 +133,7 @@ def _builder(subject: str, issuer: x509.Name, key: _Key, days: int) -> x509.Cert
         # An hour back: clocks of containers and laptops differ a little.
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
 
 
@@ -283,22 +281,27 @@ def add_certs_parser(commands: Any) -> argparse.ArgumentParser:
         f"{LOCAL_MESH_NAME}, localhost, 127.0.0.1 to 127.0.0.N (--loopback) and ::1. "
         "Clients verify the name they dialled (dns:/// and k8s:/// targets: the target's "
         "host name; static:/// targets: each address, so IPs need IP names) or "
-        "--tls-server-name.",
+        "--tls-server-name. exit codes: 0 written, 1 files exist (without --force) or cannot "
+        "be written, 2 bad options.",
     )
-    parser.add_argument("--out", required=True, help="directory to write into (created if missing)")
+    parser.add_argument(
+        "--out", required=True, help="directory to write into, created if missing (required)"
+    )
     parser.add_argument(
         "--dns",
         action="append",
         default=[],
         metavar="NAME",
-        help="a DNS name of the server certificate (repeatable; replaces the defaults)",
+        help="a DNS name of the server certificate (repeatable; replaces the default "
+        "names listed below)",
     )
     parser.add_argument(
         "--ip",
         action="append",
         default=[],
         metavar="ADDR",
-        help="an IP address of the server certificate (repeatable; added to 127.0.0.1..N)",
+        help="an IP address of the server certificate (repeatable; added to --loopback's; "
+        "default: none more)",
     )
     parser.add_argument(
         "--loopback",
@@ -307,17 +310,32 @@ def add_certs_parser(commands: Any) -> argparse.ArgumentParser:
         metavar="N",
         help="name 127.0.0.1 to 127.0.0.N and ::1 (0 for none; default: %(default)s)",
     )
-    parser.add_argument("--release", default=DEFAULT_RELEASE, help="the chart's release name for "
-                        "the default names (default: %(default)s)")
-    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE,
-                        help="the namespace for the default names (default: %(default)s)")
-    parser.add_argument("--cluster-domain", default=DEFAULT_CLUSTER_DOMAIN,
-                        help="the cluster domain for the default names (default: %(default)s)")
-    parser.add_argument("--client-name", default="meshdemo-client",
-                        help="common name of the client certificate (default: %(default)s)")
-    parser.add_argument("--days", type=int, default=365,
-                        help="validity in days (default: %(default)s)")
-    parser.add_argument("--force", action="store_true", help="replace files that exist")
+    parser.add_argument(
+        "--release",
+        default=DEFAULT_RELEASE,
+        help="the chart's release name for the default names (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=DEFAULT_NAMESPACE,
+        help="the namespace for the default names (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cluster-domain",
+        default=DEFAULT_CLUSTER_DOMAIN,
+        help="the cluster domain for the default names (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--client-name",
+        default="meshdemo-client",
+        help="common name of the client certificate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--days", type=int, default=365, help="validity in days (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="replace files that exist (default: refuse and exit 1)"
+    )
     return parser
 
 

@@ -34,8 +34,8 @@ from client._live import LiveView, PlainProgress, render_summary
 from client._load import DEFAULT_MIX, LoadConfig, LoadSnapshot, LoadSummary, parse_mix, run_load
 from client._picker import PICKERS
 from client._resolver import TARGET_FORMS, TargetError
-from client._token import mint_token
 from client._tls import add_tls_arguments, tls_from_args
+from client._token import mint_token
 from meshdemo.telemetry import configure_tracing, export_enabled, shutdown_tracing
 from meshdemo.v1 import user_pb2
 

@@ -54,9 +54,9 @@ from client._interceptors import (
 from client._picker import Picker
 from client._pool import EndpointSet, NoEndpointError
 from client._resolver import Resolver, resolver_for
-from client._tls import TlsConfig, channel_security
 from client._retry import Attempt, AttemptFailed, RetryBudget, RetryPolicy, call_with_retries
 from client._tasks import cancel_and_wait
+from client._tls import TlsConfig, channel_security
 from meshdemo.v1 import user_pb2
 
 __all__ = [

@@ -209,7 +209,7 @@ def _add_commands(commands: Any, parent: argparse.ArgumentParser) -> None:
     commands.add_parser(
         "env",
         parents=[parent],
-        help='print `export MESH_TARGET=... MESH_TOKEN=...` (and MESH_TLS_* under --tls '
+        help="print `export MESH_TARGET=... MESH_TOKEN=...` (and MESH_TLS_* under --tls "
         'or --mtls): eval "$(python -m mesh env)"',
     )
     down = commands.add_parser("down", parents=[parent], help="drain and stop the running mesh")

@@ -411,7 +411,9 @@ async def _start(
     return replica
 
 
-async def _start_health_port(health: HealthReporter, config: ServiceConfig, teardown: Teardown) -> int:
+async def _start_health_port(
+    health: HealthReporter, config: ServiceConfig, teardown: Teardown
+) -> int:
     """A plain-text server with the health service only, for probes that cannot speak TLS."""
     from grpc_health.v1 import health_pb2_grpc
 

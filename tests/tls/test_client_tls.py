@@ -1,4 +1,4 @@
-"""The client library over TLS: UserClient's tls=, the name it verifies, rotation for new channels."""
+"""The client library over TLS: tls= of UserClient, the name verified, rotation for new channels."""
 
 from __future__ import annotations
 
@@ -180,7 +180,9 @@ def test_flags_default_from_the_environment_and_win_over_it() -> None:
     add_tls_arguments(parser, env)
     assert tls_from_args(parser.parse_args([])) == tls_from_env(env)
     args = parser.parse_args(["--tls-ca", "/flag/ca.crt", "--tls-server-name", "users.flag"])
-    assert tls_from_args(args) == TlsConfig("/flag/ca.crt", "/env/c.crt", "/env/c.key", "users.flag")
+    assert tls_from_args(args) == TlsConfig(
+        "/flag/ca.crt", "/env/c.crt", "/env/c.key", "users.flag"
+    )
     empty = argparse.ArgumentParser()
     add_tls_arguments(empty, {})
     assert tls_from_args(empty.parse_args([])) is None

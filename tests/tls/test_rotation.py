@@ -106,9 +106,7 @@ def _files(directory: Path, clock: _Clock, ca: bool = False) -> CertificateFiles
     )
 
 
-def test_the_files_are_looked_at_at_most_once_per_interval(
-    tmp_path: Path, certs_b: Path
-) -> None:
+def test_the_files_are_looked_at_at_most_once_per_interval(tmp_path: Path, certs_b: Path) -> None:
     live, clock = issue(tmp_path / "live"), _Clock()
     files = _files(live, clock)
     assert files.fetch() is None  # nothing changed

@@ -26,7 +26,11 @@ ERROR_LINE = re.compile(r"^error: [^\n;]+(; [^\n]+)$")
         ("server.key", None, "No such file"),
         ("ca.crt", None, "No such file"),
         ("server.crt", b"garbage", "not a PEM certificate"),
-        ("server.key", b"-----BEGIN PRIVATE KEY-----\nAAAA\n", "not an unencrypted PEM private key"),
+        (
+            "server.key",
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n",
+            "not an unencrypted PEM private key",
+        ),
         ("ca.crt", b"", "empty"),
     ],
 )
