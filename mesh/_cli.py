@@ -128,15 +128,16 @@ def _add_tls_options(cmd: argparse.ArgumentParser) -> None:
         const="on",
         default="off",
         help="replicas serve TLS with a development CA issued into STATE_DIR/tls at start; "
-        "`mesh env` prints MESH_TLS_CA_FILE for the client (default: plain text)",
+        "the client verifies them against it (`mesh env` prints MESH_TLS_CA_FILE) "
+        "(default: plain text)",
     )
     group.add_argument(
         "--mtls",
         dest="tls",
         action="store_const",
         const="mutual",
-        help="as --tls, and replicas require client certificates from that CA (mutual TLS); "
-        "`mesh env` prints MESH_TLS_CLIENT_CERT_FILE and MESH_TLS_CLIENT_KEY_FILE too",
+        help="as --tls, and replicas require client certificates from that CA (mutual TLS; "
+        "`mesh env` prints MESH_TLS_CLIENT_CERT_FILE and MESH_TLS_CLIENT_KEY_FILE too)",
     )
 
 
@@ -177,6 +178,7 @@ def _add_demo(commands: Any, parent: argparse.ArgumentParser) -> None:
         action="store_true",
         help="plain lines instead of the live view (default: live view on a terminal)",
     )
+    _add_tls_options(cmd)
 
 
 def _add_commands(commands: Any, parent: argparse.ArgumentParser) -> None:

@@ -118,3 +118,13 @@ async def test_mesh_up_mtls_then_the_client_cli_through_mesh_env(tmp_path: Path)
         )  # fmt: skip
         assert created.returncode == 0, created.stderr
     assert (state / "tls" / "server.key").stat().st_mode & 0o077 == 0
+
+
+async def test_the_demo_over_mutual_tls_fails_no_call(tmp_path: Path) -> None:
+    state = tmp_path / "demo"
+    result = await asyncio.to_thread(
+        _run, "mesh", "demo", "--duration", "8", "--mtls", "--state-dir", str(state)
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "SIGKILL" in result.stdout and "0 failed calls" in result.stdout
+    assert (state / "tls" / "ca.crt").exists()
