@@ -164,6 +164,8 @@ def _epilog() -> str:
         "  MESH_TARGET       default --target\n"
         "  MESH_TOKEN        default --token\n"
         "  MESH_AUTH_SECRET  default --secret of `token`\n"
+        "  MESH_TLS_CA_FILE, MESH_TLS_CLIENT_CERT_FILE, MESH_TLS_CLIENT_KEY_FILE,\n"
+        "  MESH_TLS_SERVER_NAME  default --tls-ca, --tls-cert, --tls-key, --tls-server-name\n"
         "  OTEL_EXPORTER_OTLP_ENDPOINT  export spans of every call over OTLP/gRPC\n"
         "                    (service name meshdemo-client; other OTEL_* variables apply)\n\n"
         f"exit codes:\n{codes}"
