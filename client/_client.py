@@ -262,8 +262,9 @@ class UserClient:
         connect_timeout: Seconds a Chat waits for the first resolution.
         tls: TLS settings (:class:`client.TlsConfig`): verify the server
             against a CA and the dialled name, optionally present a client
-            certificate; files are re-read for new channels when they change.
-        credentials: Ready-made channel credentials instead of ``tls``.
+            certificate; files are re-read for new channels when they change
+            (a file that cannot be read at construction raises ValueError).
+        credentials: Ready-made channel credentials instead of ``tls`` (not both).
     """
 
     def __init__(

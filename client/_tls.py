@@ -157,11 +157,9 @@ class TlsCredentials:
             f"server_name={self.server_name!r}, reloads={self.reloads})"
         )
 
-    def _paths(self) -> tuple[str, ...]:
-        return tuple(p for p in (self.config.ca_file, self.config.cert_file, self.config.key_file))
-
     def _current_stamps(self) -> tuple[_Stamp, ...]:
-        return tuple(_stamp(p) if p else None for p in self._paths())
+        paths = (self.config.ca_file, self.config.cert_file, self.config.key_file)
+        return tuple(_stamp(p) if p else None for p in paths)
 
     def _load(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(

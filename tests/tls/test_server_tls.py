@@ -109,6 +109,9 @@ async def test_the_health_port_answers_in_plain_text_while_the_main_port_is_tls(
         # It shares the replica's health: graceful shutdown shows there too.
         await server.health.enter_graceful_shutdown()
         assert await check(plain, None) != SERVING
+    # Shutdown stopped the health port too.
+    with pytest.raises(grpc.aio.AioRpcError):
+        await check(plain, None, timeout=1.0)
 
 
 async def test_the_health_port_is_off_by_default(certs_a: Path) -> None:
