@@ -11,8 +11,11 @@ each address itself, so IP addresses need IP names in the certificate.
 Rotation: grpcio cannot change the credentials of an open channel. The
 files are looked at (inode, size, modification time, at most once per
 ``check_interval``) whenever a channel is opened, and re-read when they
-changed, so *new* channels use the new files; open channels keep theirs
-until they close (the server's connection age bounds that).
+changed, so *new* channels use the new files. An open channel keeps its
+credentials for its whole life, also when it reconnects (after the server's
+connection age, say): a renewed server certificate from the same CA needs
+nothing from clients, but to change the CA give clients a bundle of old and
+new CA and restart them first, then switch the servers, then drop the old CA.
 """
 
 from __future__ import annotations
