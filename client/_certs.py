@@ -212,10 +212,11 @@ def _pem_cert(cert: x509.Certificate) -> bytes:
 
 def _write(path: Path, data: bytes, mode: int) -> None:
     # Created with its final mode, so a key is never readable by others, not even briefly.
+    # An existing file (--force) gets the mode before the new bytes go in.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.fchmod(fd, mode)
     with os.fdopen(fd, "wb") as file:
         file.write(data)
-    os.chmod(path, mode)
 
 
 def write_certificates(

@@ -124,3 +124,10 @@ def test_help_lists_the_tls_flags_and_their_variables() -> None:
         ("--tls-server-name", "MESH_TLS_SERVER_NAME"),
     ]:
         assert flag in text and variable in text
+
+
+async def test_force_tightens_a_key_left_readable(tmp_path: Path) -> None:
+    assert (await _cli("certs", "--out", str(tmp_path)))[0] == 0
+    (tmp_path / "server.key").chmod(0o644)
+    assert (await _cli("certs", "--out", str(tmp_path), "--force"))[0] == 0
+    assert stat.S_IMODE((tmp_path / "server.key").stat().st_mode) == 0o600
