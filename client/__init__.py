@@ -69,6 +69,7 @@ from client._resolver import (
     resolver_for,
 )
 from client._retry import RetryBudget, RetryPolicy
+from client._tls import ChannelSecurity, TlsConfig, TlsCredentials, server_name_for
 from client._token import mint_token
 
 __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
@@ -91,6 +92,11 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     "RetryPolicy",
     "RetryBudget",
     "TokenProvider",
+    # TLS
+    "TlsConfig",
+    "TlsCredentials",
+    "ChannelSecurity",
+    "server_name_for",
     # Discovery
     "Address",
     "Resolver",

@@ -37,6 +37,7 @@ import grpc
 
 from client._discovery_backoff import DiscoveryBackoff
 from client._resolver import Address
+from client._tls import ChannelSecurity
 from client._validate import check
 from meshdemo.v1 import user_pb2_grpc
 
@@ -359,7 +360,9 @@ class ChannelPool:
         )
 
 
-def default_factory(credentials: grpc.ChannelCredentials | None) -> ChannelFactory:
+def default_factory(
+    credentials: grpc.ChannelCredentials | ChannelSecurity | None,
+) -> ChannelFactory:
     """Opens secure channels with ``credentials``, or insecure ones without."""
 
     def open_channel(
@@ -367,6 +370,14 @@ def default_factory(credentials: grpc.ChannelCredentials | None) -> ChannelFacto
     ) -> grpc.aio.Channel:
         if credentials is None:
             return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        if isinstance(credentials, ChannelSecurity):
+            # Asked per channel: a new channel picks up rotated files.
+            return grpc.aio.secure_channel(
+                target,
+                credentials.channel_credentials(),
+                options=[*options, *credentials.channel_options()],
+                interceptors=interceptors,
+            )
         return grpc.aio.secure_channel(
             target, credentials, options=options, interceptors=interceptors
         )

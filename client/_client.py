@@ -56,6 +56,7 @@ from client._pool import EndpointSet, NoEndpointError
 from client._resolver import Resolver, resolver_for
 from client._retry import Attempt, AttemptFailed, RetryBudget, RetryPolicy, call_with_retries
 from client._tasks import cancel_and_wait
+from client._tls import TlsConfig, channel_security
 from meshdemo import contract
 from meshdemo.v1 import user_pb2
 
@@ -257,6 +258,11 @@ class UserClient:
             With no SDK every span is a no-op, and OpenTelemetry's per-attempt
             interceptor still cost about half again the CPU of a plain call.
         connect_timeout: Seconds a Chat waits for the first resolution.
+        tls: TLS settings (:class:`client.TlsConfig`): verify the server
+            against a CA and the dialled name, optionally present a client
+            certificate; files are re-read for new channels when they change
+            (a file that cannot be read at construction raises ValueError).
+        credentials: Ready-made channel credentials instead of ``tls`` (not both).
     """
 
     def __init__(
@@ -278,6 +284,8 @@ class UserClient:
         rng: random.Random | None = None,
         tracing: bool | None = None,
         connect_timeout: float = 5.0,
+        tls: TlsConfig | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.target = target
         self._retry = retry or RetryPolicy()
@@ -309,6 +317,7 @@ class UserClient:
             clock=clock,
             rng=self._rng,
             target=target,
+            credentials=channel_security(target, tls=tls, credentials=credentials),
         )
         self._calls = 0
         self._retries = 0

@@ -41,6 +41,7 @@ from client._health_watch import HEALTH_SERVICE_NAME, HealthWatch
 from client._picker import PeakEwma
 from client._resolver import Address
 from client._state import EndpointState
+from client._tls import ChannelSecurity
 
 __all__ = [
     "HEALTH_SERVICE_NAME",
@@ -86,7 +87,9 @@ class Endpoint:
         rng: Random source of the health watch's backoff jitter.
         channel_factory: Opens a channel to a grpc target; the default opens a
             secure channel with ``credentials``, else an insecure one.
-        credentials: Channel credentials (TLS) for every channel; None for plain text.
+        credentials: Channel credentials (TLS) for every channel, or a
+            :class:`client.ChannelSecurity` asked anew for each channel
+            (files re-read on change, the name to verify); None for plain text.
 
     Raises:
         ValueError: Both ``channel_factory`` and ``credentials`` given (the
@@ -104,7 +107,7 @@ class Endpoint:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         channel_factory: ChannelFactory | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
+        credentials: grpc.ChannelCredentials | ChannelSecurity | None = None,
     ) -> None:
         if channel_factory is not None and credentials is not None:
             raise ValueError("give channel_factory or credentials, not both")

@@ -26,6 +26,7 @@ from client._endpoint import EjectionConfig, Endpoint, EndpointStats, PoolConfig
 from client._picker import Picker, make_picker
 from client._resolver import Address, Resolver
 from client._tasks import cancel_and_wait
+from client._tls import ChannelSecurity
 
 __all__ = ["EndpointSet", "NoEndpointError"]
 
@@ -62,8 +63,9 @@ class EndpointSet:
             (channels are still pruned on every lease).
         target: How messages name the target; ``str(resolver)`` when None (the
             built-in DNS and static resolvers print their canonical target).
-        credentials: Channel credentials of every channel (TLS); None dials in
-            plain text.
+        credentials: Channel credentials of every channel (TLS), or a
+            :class:`client.ChannelSecurity` asked for each new channel;
+            None dials in plain text.
     """
 
     def __init__(
@@ -79,7 +81,7 @@ class EndpointSet:
         rng: random.Random | None = None,
         maintenance_interval: float | None = 5.0,
         target: str | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
+        credentials: grpc.ChannelCredentials | ChannelSecurity | None = None,
     ) -> None:
         self._resolver = resolver
         self._target = str(resolver) if target is None else target

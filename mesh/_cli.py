@@ -116,6 +116,29 @@ def _add_up(commands: Any, parent: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="MESH_DRAIN_DELAY of the replicas: NOT_SERVING to stop on SIGTERM (default: 2)",
     )
+    _add_tls_options(cmd)
+
+
+def _add_tls_options(cmd: argparse.ArgumentParser) -> None:
+    group = cmd.add_mutually_exclusive_group()
+    group.add_argument(
+        "--tls",
+        dest="tls",
+        action="store_const",
+        const="on",
+        default="off",
+        help="replicas serve TLS with a development CA issued into STATE_DIR/tls at start; "
+        "the client verifies them against it (`mesh env` prints MESH_TLS_CA_FILE) "
+        "(default: plain text)",
+    )
+    group.add_argument(
+        "--mtls",
+        dest="tls",
+        action="store_const",
+        const="mutual",
+        help="as --tls, and replicas require client certificates from that CA (mutual TLS; "
+        "`mesh env` prints MESH_TLS_CLIENT_CERT_FILE and MESH_TLS_CLIENT_KEY_FILE too)",
+    )
 
 
 def _add_demo(commands: Any, parent: argparse.ArgumentParser) -> None:
@@ -155,6 +178,7 @@ def _add_demo(commands: Any, parent: argparse.ArgumentParser) -> None:
         action="store_true",
         help="plain lines instead of the live view (default: live view on a terminal)",
     )
+    _add_tls_options(cmd)
 
 
 def _add_commands(commands: Any, parent: argparse.ArgumentParser) -> None:
@@ -187,7 +211,8 @@ def _add_commands(commands: Any, parent: argparse.ArgumentParser) -> None:
     commands.add_parser(
         "env",
         parents=[parent],
-        help='print `export MESH_TARGET=... MESH_TOKEN=...`: eval "$(python -m mesh env)"',
+        help="print `export MESH_TARGET=... MESH_TOKEN=...` (and MESH_TLS_* under --tls "
+        'or --mtls): eval "$(python -m mesh env)"',
     )
     down = commands.add_parser("down", parents=[parent], help="drain and stop the running mesh")
     down.add_argument(
@@ -256,6 +281,7 @@ def format_status(status: Mapping[str, Any]) -> str:
         f"target  {status['target']}",
         f"DNS     {status['name']} -> {records}  (TTL {status['ttl']} s, server {status['dns']})",
         f"store   {status['store']}",
+        f"tls     {_tls_line(status)}",
         f"traces  {status['otlp']}"
         + (f" (forwarded to {status['forward_to']})" if status.get("forward_to") else ""),
         "",
@@ -268,6 +294,14 @@ def format_status(status: Mapping[str, Any]) -> str:
             f"{replica['state']:<12} {replica['restarts']:>8}"
         )
     return "\n".join(lines)
+
+
+def _tls_line(status: Mapping[str, Any]) -> str:
+    mode = status.get("tls", "off")
+    ca = status.get("tls_client_env", {}).get("MESH_TLS_CA_FILE")
+    return {"on": f"on (CA {ca})", "mutual": f"mutual (CA {ca}; clients need a certificate)"}.get(
+        mode, "off (plain text)"
+    )
 
 
 async def _cmd_kill(args: argparse.Namespace, state: StateDir, out: TextIO) -> int:
@@ -291,6 +325,7 @@ async def _cmd_env(args: argparse.Namespace, state: StateDir, out: TextIO) -> in
         "MESH_TARGET": status["target"],
         "MESH_TOKEN": token,
         "OTEL_EXPORTER_OTLP_ENDPOINT": status["otlp"],
+        **status.get("tls_client_env", {}),
     }
     print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in exports.items()), file=out)
     return EXIT_OK
@@ -350,6 +385,7 @@ def _mesh_config(args: argparse.Namespace, root: Path) -> MeshConfig:
             dns_port=args.dns_port,
             drain_delay=args.drain_delay,
             forward_to=user_otlp_endpoint(),
+            tls=args.tls,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

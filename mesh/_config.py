@@ -8,12 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["DEFAULT_NAME", "MAX_REPLICAS", "MeshConfig", "user_otlp_endpoint"]
+__all__ = ["DEFAULT_NAME", "MAX_REPLICAS", "TLS_MODES", "MeshConfig", "user_otlp_endpoint"]
 
 #: The name DNS publishes, as the cluster's headless Service would be named.
 DEFAULT_NAME = "users.meshdemo.svc.cluster.local"
 #: Replicas take 127.0.0.2 onwards; this many fit comfortably in 127.0.0.0/24.
 MAX_REPLICAS = 50
+#: ``tls``: off (plain text), on (replicas serve TLS) or mutual (clients need certificates too).
+TLS_MODES = ("off", "on", "mutual")
 
 
 def user_otlp_endpoint(environ: Mapping[str, str] | None = None) -> str | None:
@@ -48,6 +50,10 @@ class MeshConfig:
         extra_env: Extra environment of every replica (``MESH_*`` settings).
         replica_env: Extra environment per replica name (a test's fault, say); wins.
         start_timeout: Seconds ``up`` waits for every replica to be SERVING.
+        tls: One of :data:`TLS_MODES`. With TLS the mesh issues a development
+            CA and certificates into ``tls_dir`` at start (``python -m client
+            certs``), replicas serve TLS with them and the supervisor watches
+            health over TLS (presenting the client certificate when mutual).
     """
 
     state_dir: Path
@@ -65,6 +71,7 @@ class MeshConfig:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     replica_env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     start_timeout: float = 30.0
+    tls: str = "off"
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -88,6 +95,8 @@ class MeshConfig:
         else:
             if not first.is_loopback:
                 problems.append("replicas bind loopback addresses only (127.0.0.0/8)")
+        if self.tls not in TLS_MODES:
+            problems.append(f"tls must be one of {', '.join(TLS_MODES)}")
         if self.dns_ttl < 0 or self.drain_delay < 0 or self.shutdown_grace < 0:
             problems.append("TTL, drain delay and shutdown grace must not be negative")
         return problems
@@ -100,6 +109,11 @@ class MeshConfig:
     def store_url(self) -> str:
         """The store every replica opens."""
         return self.store or f"sqlite:///{self.state_dir / 'users.db'}"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Where the mesh's certificates are (when ``tls`` is not off)."""
+        return self.state_dir / "tls"
 
     @property
     def stop_timeout(self) -> float:

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from client import LoadConfig, LoadSnapshot, LoadSummary, UserClient, mint_token, run_load
 from client._live import LiveView, PlainProgress, render_summary
+from client._tls import tls_from_env
 from mesh._config import MeshConfig, user_otlp_endpoint
 from mesh._recorder import DemoRecorder
 from mesh._state import STATE_DIR_VARIABLE, StateDir
@@ -105,6 +106,7 @@ async def run_demo_command(args: argparse.Namespace, state: StateDir, out: TextI
                 rps=args.rps,
                 seed=args.seed,
                 work_ms=args.work_ms,
+                tls=getattr(args, "tls", "off"),
             )
         except asyncio.CancelledError:
             console.print("interrupted: the mesh was stopped; nothing is left running")
@@ -145,8 +147,12 @@ async def run_demo(
     rps: float = 100.0,
     seed: int | None = None,
     work_ms: float = DEFAULT_WORK_MS,
+    tls: str = "off",
 ) -> DemoResult:
-    """Run the demo of ``plan`` in ``state``; its result (code 0 when no call failed)."""
+    """Run the demo of ``plan`` in ``state``; its result (code 0 when no call failed).
+
+    ``tls`` is the mesh's TLS mode (``MeshConfig.tls``); the load's client dials with it.
+    """
     _fresh(state)
     config = MeshConfig(
         state_dir=state.root,
@@ -155,6 +161,7 @@ async def run_demo(
         scrape_interval=0,  # the load generator's own view feeds the timeline
         forward_to=user_otlp_endpoint(),
         extra_env={"MESH_FAULT_DELAY": str(work_ms / 1000)} if work_ms > 0 else {},
+        tls=tls,
     )
     console.print(f"[bold]1. mesh up[/]: {plan.replicas} replicas of the user service, DNS, traces")
     async with Mesh(config) as mesh:
@@ -219,7 +226,10 @@ async def _load(
         + "; ".join(f"{s.kind} {s.replica} at {s.at:g} s".replace("  ", " ") for s in plan.steps)
     )
     try:
-        async with UserClient(mesh.target, token=token, tracer_provider=provider) as client:
+        tls = tls_from_env(mesh.tls_client_env())
+        async with UserClient(
+            mesh.target, token=token, tracer_provider=provider, tls=tls
+        ) as client:
             view = LiveView(console, label=label) if live else None
             show = (
                 view.update

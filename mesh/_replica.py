@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from client._tls import ChannelSecurity
 from mesh._process import Child, LogSink, spawn
 from service.health import SERVICE_NAME
 
@@ -93,6 +94,8 @@ class Replica:
         on_change: Called (no arguments) whenever state, readiness or pid changes.
         backoff: Restart delays.
         clock: Monotonic seconds.
+        security: How the health watch dials a replica serving TLS (the mesh's
+            CA, and its client certificate under mutual TLS); None for plain text.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class Replica:
         on_change: Callable[[], None],
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
+        security: ChannelSecurity | None = None,
     ) -> None:
         self.name = name
         self.host = host
@@ -119,6 +123,7 @@ class Replica:
         self._on_change = on_change
         self._backoff = backoff or Backoff()
         self._clock = clock
+        self._security = security
         self._child: Child | None = None
         self._serving = False
         self._stopping = False
@@ -286,7 +291,7 @@ class Replica:
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 500),
         ]
-        async with grpc.aio.insecure_channel(self.address, options=options) as channel:
+        async with self._channel(options) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while child.alive:
                 try:
@@ -296,6 +301,16 @@ class Replica:
                 except grpc.aio.AioRpcError:
                     self._health(False)
                 await asyncio.sleep(0.1)
+
+    def _channel(self, options: list[tuple[str, Any]]) -> grpc.aio.Channel:
+        """A channel to the replica: TLS verifies its IP address (the mesh issues IP names)."""
+        if self._security is None:
+            return grpc.aio.insecure_channel(self.address, options=options)
+        return grpc.aio.secure_channel(
+            self.address,
+            self._security.channel_credentials(),
+            options=[*options, *self._security.channel_options()],
+        )
 
     def _health(self, serving: bool) -> None:
         self._serving = serving

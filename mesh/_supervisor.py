@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client._tls import TlsConfig, TlsCredentials
 from mesh._config import MAX_REPLICAS, MeshConfig
 from mesh._control import ControlServer
 from mesh._process import LogSink, parent_death_supported
@@ -96,6 +97,7 @@ class Mesh:
         self._secret = ""
         self._stopping: set[str] = set()
         self._closed = False
+        self._security: TlsCredentials | None = None
 
     # --- what others read -------------------------------------------------------------------
 
@@ -162,6 +164,8 @@ class Mesh:
             "forward_to": self.config.forward_to,
             "supervisor_pid": os.getpid(),
             "state_dir": str(self.state.root),
+            "tls": self.config.tls,
+            "tls_client_env": self.tls_client_env(),
             "uptime_s": round(self.elapsed(), 1),
             "replicas": [replica.describe() for replica in self._replicas.values()],
         }
@@ -190,6 +194,7 @@ class Mesh:
                 "stop it with `python -m mesh down` or pick another --state-dir"
             )
         self._secret = self.state.secret()
+        self._issue_certificates()
         self._started = self._origin = self._clock()
         self._dns.start()
         try:
@@ -202,6 +207,53 @@ class Mesh:
         except BaseException:
             await self.close()
             raise
+
+    def _issue_certificates(self) -> None:
+        """With TLS, a fresh development CA and certificates for every replica address."""
+        if self.config.tls == "off":
+            return
+        from client._certs import CertificateSet, write_certificates
+
+        spec = CertificateSet(
+            dns_names=[self.config.name, "localhost"],
+            ips=["127.0.0.1", *(self.config.host(i) for i in range(MAX_REPLICAS))],
+            client_name="mesh-client",
+        )
+        write_certificates(self.config.tls_dir, spec, force=True, ca_name="meshdemo local mesh CA")
+        self._security = TlsCredentials(self._client_tls())
+
+    def _client_tls(self) -> TlsConfig:
+        directory = self.config.tls_dir
+        mutual = self.config.tls == "mutual"
+        return TlsConfig(
+            ca_file=str(directory / "ca.crt"),
+            cert_file=str(directory / "client.crt") if mutual else "",
+            key_file=str(directory / "client.key") if mutual else "",
+        )
+
+    def tls_client_env(self) -> dict[str, str]:
+        """The client's ``MESH_TLS_*`` variables for this mesh; empty without TLS."""
+        if self.config.tls == "off":
+            return {}
+        tls = self._client_tls()
+        env = {"MESH_TLS_CA_FILE": tls.ca_file}
+        if tls.cert_file:
+            env["MESH_TLS_CLIENT_CERT_FILE"] = tls.cert_file
+            env["MESH_TLS_CLIENT_KEY_FILE"] = tls.key_file
+        return env
+
+    def _tls_env(self) -> dict[str, str]:
+        """The replicas' TLS settings."""
+        if self.config.tls == "off":
+            return {}
+        directory = self.config.tls_dir
+        env = {
+            "MESH_TLS_CERT_FILE": str(directory / "server.crt"),
+            "MESH_TLS_KEY_FILE": str(directory / "server.key"),
+        }
+        if self.config.tls == "mutual":
+            env["MESH_TLS_CLIENT_CA_FILE"] = str(directory / "ca.crt")
+        return env
 
     async def _start_replicas(self, count: int) -> None:
         if count == 0:
@@ -365,6 +417,7 @@ class Mesh:
             env=self._replica_env(name),
             log=LogSink(self.state.log_file(name)),
             on_change=self._changed,
+            security=self._security,
         )
         self._replicas[name] = replica
         replica.start()
@@ -386,6 +439,7 @@ class Mesh:
                 "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={name}",
                 "OTEL_BSP_SCHEDULE_DELAY": "500",
                 "PYTHONUNBUFFERED": "1",
+                **self._tls_env(),
             }
         )
         env.update(self.config.extra_env)

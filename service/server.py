@@ -5,7 +5,14 @@ Shutdown protocol (matches the chart's preStop and terminationGracePeriod):
 2. wait ``drain_delay`` so endpoint removal propagates (a second signal skips it);
 3. open health Watch streams end with OK (they would hold the grace otherwise);
    ``server.stop(shutdown_grace)``: no new RPCs, in-flight ones get the grace;
-4. stop metrics and health probes, close the store, flush spans; exit 0.
+4. stop the health-only port, metrics and health probes, close the store,
+   flush spans; exit 0.
+
+TLS (``service.tls``): with ``--tls-cert-file`` the gRPC port serves TLS
+from files re-read when they change; with ``--tls-client-ca-file`` every
+client must present a certificate from that CA. ``--health-port`` adds a
+plain-text port that serves only ``grpc.health.v1`` (kubelet's gRPC probe
+cannot speak TLS), sharing the one health servicer.
 
 Start-up pushes an undo step onto a :class:`Teardown` for everything it
 starts; a failed start and a shutdown both run those steps in reverse order,
@@ -50,6 +57,7 @@ from service.metrics import ServerMetrics, start_metrics_http_server
 from service.servicer import UserServicer
 from service.store import Store, StoreUnavailable, open_store
 from service.store._traced import TracedStore, db_system
+from service.tls import CertificateFiles, server_credentials
 from service.tracing import has_span_processors
 
 __all__ = [
@@ -158,6 +166,10 @@ class Replica:
     metrics_port: int | None = None
     #: The live counts of admitted UserService calls.
     admission: Admission | None = None
+    #: The plain-text port serving only grpc.health.v1; None when off.
+    health_port: int | None = None
+    #: The certificate files served (None: plain text).
+    tls: CertificateFiles | None = None
     _teardown: Teardown = field(default_factory=Teardown)
     _stopped: bool = False
 
@@ -361,6 +373,8 @@ async def _start(
     interceptors: Sequence[grpc.aio.ServerInterceptor] | None,  # type: ignore[type-arg]
 ) -> Replica:
     # Every started part pushes its undo at once, so a failure below undoes it.
+    # The TLS files are checked first: nothing is opened for a bad one.
+    tls = server_credentials(config)
     store = _traced(await _open_store(config, teardown), config, tracer_provider)
     metrics = ServerMetrics() if config.metrics_port >= 0 else None
     admission = AdmissionInterceptor(admission_limits(config))
@@ -376,7 +390,7 @@ async def _start(
     teardown.push("gRPC server", lambda: server.stop(None))
     health = HealthReporter(store, interval=config.health_interval)
     _add_services(server, store, health, config)
-    port = _bind(server, config)
+    port = _bind(server, config.host, config.port, tls[0] if tls else None)
     replica = Replica(
         config,
         server,
@@ -384,36 +398,73 @@ async def _start(
         store,
         f"{_bracket(config.host)}:{port}",
         admission=admission.admission,
+        tls=tls[1] if tls else None,
         _teardown=teardown,
     )
     if metrics is not None:
         replica.metrics_port = _start_metrics(metrics, config, teardown)
     await health.start()
     teardown.push("health probes", health.stop)
+    if config.health_port >= 0:
+        replica.health_port = await _start_health_port(health, config, teardown)
     await server.start()
     return replica
 
 
-def _bind(server: grpc.aio.Server, config: ServiceConfig) -> int:
-    address = f"{_bracket(config.host)}:{config.port}"
+async def _start_health_port(
+    health: HealthReporter, config: ServiceConfig, teardown: Teardown
+) -> int:
+    """A plain-text server with the health service only, for probes that cannot speak TLS."""
+    from grpc_health.v1 import health_pb2_grpc
+
+    # No interceptors: health never counts towards admission, auth or metrics.
+    server = grpc.aio.server(options=server_options(config))
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, server)
+    teardown.push("health port", lambda: server.stop(None))
+    port = _bind(
+        server,
+        config.host,
+        config.health_port,
+        None,
+        fix="choose a free --health-port / MESH_HEALTH_PORT (0 picks one, -1 turns it off)",
+    )
+    await server.start()
+    return port
+
+
+_PORT_FIX = (
+    "choose a free --port / MESH_PORT (0 picks one) and an address of this "
+    "machine for --host / MESH_HOST (0.0.0.0 or [::] for all)"
+)
+
+
+def _bind(
+    server: grpc.aio.Server,
+    host: str,
+    port: int,
+    credentials: grpc.ServerCredentials | None,
+    *,
+    fix: str = _PORT_FIX,
+) -> int:
+    address = f"{_bracket(host)}:{port}"
     # Probing first gives the reason (grpc's error says only "Failed to bind")
     # and spares stderr grpc's own multi-line log of the failure.
-    problem = _bind_problem(config.host, config.port)
+    problem = _bind_problem(host, port)
+    bound = 0
     if problem is None:
         try:
-            port = server.add_insecure_port(address)
+            if credentials is None:
+                bound = server.add_insecure_port(address)
+            else:
+                bound = server.add_secure_port(address, credentials)
         except RuntimeError:
-            port = 0
-        if port == 0:
+            bound = 0
+        if bound == 0:
             # Lost a race for the port, or a name that is not ours.
             problem = "the port is in use or the address is not on this machine"
     if problem is not None:
-        raise StartupError(
-            f"cannot listen on {address}: {problem}",
-            "choose a free --port / MESH_PORT (0 picks one) and an address of this "
-            "machine for --host / MESH_HOST (0.0.0.0 or [::] for all)",
-        )
-    return port
+        raise StartupError(f"cannot listen on {address}: {problem}", fix)
+    return bound
 
 
 def _bind_problem(host: str, port: int) -> str | None:
@@ -472,6 +523,8 @@ async def run(config: ServiceConfig, *, tracer_provider: TracerProvider | None =
         extra={
             "address": replica.address,
             "metrics_port": replica.metrics_port,
+            "health_port": replica.health_port,
+            "tls": "off" if replica.tls is None else ("mutual" if replica.tls.mutual else "on"),
             "replica": config.replica,
             "store": config.store.split("://", 1)[0],
         },

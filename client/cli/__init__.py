@@ -8,7 +8,7 @@ bounds the whole command too: past it, one ``error: DEADLINE_EXCEEDED: ...``
 line and exit code 3.
 
 Layout: one module per command (``get``, ``create``, ``list_users`` for ``list``, ``batch``,
-``chat``, ``token``, ``stats``, ``load``, ``chaos``), each with ``NAME``,
+``chat``, ``token``, ``stats``, ``load``, ``chaos``, ``certs``), each with ``NAME``,
 ``add_parser(commands, parent)``, ``budget(args)`` (the seconds the whole
 command may take, None for no bound) and ``run(args, io)``; a new command is a
 new module listed in :data:`COMMANDS`. ``_common`` holds what they share: exit
@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 from client._errors import MeshError
-from client.cli import batch, chaos, chat, create, get, list_users, load, stats, token
+from client.cli import batch, certs, chaos, chat, create, get, list_users, load, stats, token
 from client.cli._common import (
     DEFAULT_TARGET,
     EXIT_AUTH,
@@ -94,7 +94,7 @@ __all__ = [
 #: The commands, in the order --help lists them.
 COMMANDS: Mapping[str, Command] = {
     module.NAME: module
-    for module in (get, create, list_users, batch, chat, token, stats, load, chaos)
+    for module in (get, create, list_users, batch, chat, token, stats, load, chaos, certs)
 }
 
 

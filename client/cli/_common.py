@@ -23,6 +23,7 @@ from client._client import ROLES, UserClient
 from client._errors import InvalidArgumentError, MeshError
 from client._picker import PICKERS
 from client._resolver import TARGET_FORMS, TargetError
+from client._tls import add_tls_arguments, tls_from_args
 from meshdemo.telemetry import configure_tracing, export_enabled, shutdown_tracing
 from meshdemo.v1 import user_pb2
 
@@ -234,6 +235,8 @@ def epilog() -> str:
         "  MESH_TARGET       default --target\n"
         "  MESH_TOKEN        default --token\n"
         "  MESH_AUTH_SECRET  default --secret of `token`\n"
+        "  MESH_TLS_CA_FILE, MESH_TLS_CLIENT_CERT_FILE, MESH_TLS_CLIENT_KEY_FILE,\n"
+        "  MESH_TLS_SERVER_NAME  default --tls-ca, --tls-cert, --tls-key, --tls-server-name\n"
         "  OTEL_EXPORTER_OTLP_ENDPOINT  export spans of every call over OTLP/gRPC\n"
         "                    (service name meshdemo-client; other OTEL_* variables apply)\n\n"
         f"exit codes:\n{codes}"
@@ -276,6 +279,7 @@ def connection_options(parser: argparse.ArgumentParser, env: Mapping[str, str]) 
         action="store_true",
         help="machine-readable output: one JSON object per user or line (default: off)",
     )
+    add_tls_arguments(parser, env)
 
 
 def connection_parent(env: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -382,9 +386,12 @@ def _client(
             policy=args.policy,
             tracer_provider=tracer_provider,
             tracing=tracer_provider is not None,
+            tls=tls_from_args(args),
         )
     except TargetError as exc:
         raise UsageError(f"bad --target: {exc}") from exc
+    except ValueError as exc:  # TLS files
+        raise UsageError(f"TLS: {exc}") from exc
 
 
 #: Seconds the CLI waits at exit for its spans to reach the collector.

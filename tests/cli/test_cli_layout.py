@@ -112,7 +112,7 @@ def test_every_connection_option_can_come_before_the_command() -> None:
 
 def test_each_command_module_names_itself() -> None:
     assert list(COMMANDS) == [
-        "get", "create", "list", "batch", "chat", "token", "stats", "load", "chaos",
+        "get", "create", "list", "batch", "chat", "token", "stats", "load", "chaos", "certs",
     ]  # fmt: skip
     for name, module in COMMANDS.items():
         assert name == module.NAME

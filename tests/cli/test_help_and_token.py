@@ -16,7 +16,7 @@ from service.errors import Unauthenticated
 from tests.cli.conftest import Cli
 
 SECRET = "a-dev-secret-that-is-long-enough-for-hs256"
-COMMANDS = ("get", "create", "list", "batch", "chat", "token", "stats", "load", "chaos")
+COMMANDS = ("get", "create", "list", "batch", "chat", "token", "stats", "load", "chaos", "certs")
 
 
 def _subparsers() -> dict[str, argparse.ArgumentParser]:
@@ -60,8 +60,8 @@ async def test_help_describes_every_option_with_its_default(command: str) -> Non
     assert "exit codes" in text
 
 
-# token and chaos talk to no replica (chaos talks to the Kubernetes API).
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c not in ("token", "chaos")])
+# token, chaos and certs talk to no replica (chaos talks to the Kubernetes API).
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c not in ("token", "chaos", "certs")])
 async def test_connection_options_name_their_env_vars(command: str) -> None:
     text = " ".join((await _help(command)).split())
     for flag in ("--target", "--token", "--policy", "--timeout", "--json"):

@@ -13,6 +13,8 @@ EXPECTED = {
     "DEFAULT_ATTEMPT_TIMEOUTS", "MAX_BATCH", "ROLES", "mint_token",
     # Configuration
     "PoolConfig", "EjectionConfig", "RetryPolicy", "RetryBudget", "TokenProvider",
+    # TLS
+    "TlsConfig", "TlsCredentials", "ChannelSecurity", "server_name_for",
     # Discovery
     "Address", "Resolver", "StaticResolver", "DnsResolver", "KubernetesResolver", "TargetError",
     "resolver_for",
