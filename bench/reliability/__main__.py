@@ -21,7 +21,8 @@ from pathlib import Path
 
 import grpc
 
-from bench.reliability._scenarios import SCENARIOS, Outcome, Scenario
+from bench.reliability._registry import SCENARIOS, Scenario
+from bench.reliability._scenarios import Outcome
 
 __all__ = ["main", "render", "run"]
 
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=None,
                         help="rounds of every scenario (default: each scenario's own)")  # fmt: skip
     parser.add_argument("--out", default=str(DOC),
-                        help="markdown file whose table is replaced; - prints it (default %(default)s)")  # fmt: skip
+                        help="markdown file whose table is replaced; - prints it "
+                        "(default %(default)s)")  # fmt: skip
     return parser
 
 
@@ -52,26 +54,28 @@ def _failures(outcome: Outcome) -> str:
 
 def _recovery(outcome: Outcome) -> str:
     if not outcome.recovery_s:
-        return "–"
-    return f"{max(outcome.recovery_s):.1f} s (median {sorted(outcome.recovery_s)[len(outcome.recovery_s) // 2]:.1f})"
+        return "-"
+    times = sorted(outcome.recovery_s)
+    return f"{times[-1]:.1f} s (median {times[len(times) // 2]:.1f})"
 
 
 def render(outcomes: Sequence[Outcome | tuple[str, str]]) -> str:
     """The markdown table; a ``(scenario, error)`` pair is a scenario that raised."""
     lines = [
         "| Scenario | Load | Rounds | Calls | Failed calls (by code) | Slowest failure "
-        "| Lost writes | Duplicates | Acked during fault | Restarts | Recovery (max) |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|",
+        "| Lost writes | Duplicates | Acked during fault | Restarts | Recovery (max) | Notes |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for item in outcomes:
         if isinstance(item, tuple):
-            lines.append(f"| {item[0]} | – | – | – | **raised**: {item[1]} | – | – | – | – | – | – |")
+            lines.append(f"| {item[0]} | - | - | - | **{item[1]}** | - | - | - | - | - | - | - |")
             continue
         o = item
         lines.append(
             f"| {o.scenario} | {o.load} | {o.rounds} | {o.calls} | {_failures(o)} "
             f"| {o.slowest_failure_s:.2f} s | {o.lost} | {o.duplicates} "
-            f"| {o.acknowledged_during_fault} | {o.restarts} | {_recovery(o)} |"
+            f"| {o.acknowledged_during_fault} | {o.restarts} | {_recovery(o)} "
+            f"| {'; '.join(dict.fromkeys(o.notes)) or '-'} |"
         )
     return "\n".join(lines)
 

@@ -26,13 +26,13 @@ from mesh._config import MeshConfig
 from mesh._supervisor import Mesh
 
 __all__ = [
-    "SCENARIOS",
+    "RECOVERY_LIMIT_S",
     "Outcome",
-    "Scenario",
     "all_replicas_killed",
     "drill_client",
     "mesh_config",
     "postgres_outage",
+    "rolling_restart",
     "seed_users",
     "sigkill_under_load",
     "sqlite_removed",
@@ -63,6 +63,8 @@ class Outcome:
     #: Restarts of replica processes (a store fault must need none).
     restarts: int = 0
     problems: list[str] = field(default_factory=list)
+    #: Figures of the scenario that no column holds.
+    notes: list[str] = field(default_factory=list)
     #: (start, end) loop times of each round's fault, for acknowledged_during_fault.
     fault_windows: list[tuple[float, float]] = field(default_factory=list)
 
@@ -174,6 +176,24 @@ async def stalled_replica(state_dir: Path, *, rounds: int = 2) -> Outcome:
     return await _rounds(outcome, mesh_config(state_dir), rounds, fault, rps=50, duration=7)
 
 
+async def rolling_restart(state_dir: Path, *, rounds: int = 1) -> Outcome:
+    """Every replica restarted gracefully in turn (SIGTERM: NOT_SERVING, drain, stop)."""
+    outcome = Outcome("rolling graceful restart", "50 calls/s (20 % creates), 16 s per round")
+
+    async def fault(mesh: Mesh, client: UserClient, result: Outcome) -> None:
+        for replica in list(mesh.replicas):
+            restarts = replica.restarts
+            mesh.kill(replica.name, graceful=True)
+
+            def restarted(r: Any = replica, n: int = restarts) -> bool:
+                return bool(r.ready and r.restarts == n + 1)
+
+            back = await eventually(restarted, RECOVERY_LIMIT_S, f"{replica.name} back")
+            result.recovery_s.append(back)
+
+    return await _rounds(outcome, mesh_config(state_dir), rounds, fault, rps=50, duration=16)
+
+
 async def all_replicas_killed(state_dir: Path, *, rounds: int = 2) -> Outcome:
     """Every replica SIGKILLed at once; the same client recovers by itself."""
     outcome = Outcome("every replica SIGKILLed at once", "40 calls/s (20 % creates), 8 s per round")
@@ -268,21 +288,3 @@ async def sqlite_removed(state_dir: Path, *, rounds: int = 3, outage_s: float = 
         result.recovery_s.append(back)
 
     return await _rounds(outcome, config, rounds, fault, rps=40, duration=9)
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """A named scenario of the reliability table and its quick variant's rounds."""
-
-    name: str
-    run: Callable[..., Awaitable[Outcome]]
-    needs_postgres: bool = False
-
-
-SCENARIOS: tuple[Scenario, ...] = (
-    Scenario("sigkill", sigkill_under_load),
-    Scenario("stall", stalled_replica),
-    Scenario("all-killed", all_replicas_killed),
-    Scenario("postgres-outage", postgres_outage, needs_postgres=True),
-    Scenario("sqlite-removed", sqlite_removed),
-)

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import statistics
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.reliability._floods import Probe
 from client._retry import pushback_delay
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.config import ConfigError, load_config
@@ -35,11 +35,6 @@ pytestmark = pytest.mark.timeout(90)
 Md = tuple[tuple[str, str], ...]
 ADMIN: Md = (("authorization", f"Bearer {admin_token()}"),)
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-#: How much slower than its own baseline a probe may get during a flood.
-RATIO = 25.0
-#: Latencies below this count as this (a 0.2 ms baseline would make any jitter a failure).
-FLOOR_S = 0.005
-SAMPLES = 15
 
 
 def _as(sub: str) -> Md:
@@ -48,41 +43,6 @@ def _as(sub: str) -> Md:
 
 def _chat(text: str) -> user_pb2.ChatRequest:
     return user_pb2.ChatRequest(message=user_pb2.ChatMessage(text=text))
-
-
-class Probe:
-    """A health Check and another caller's GetUser, timed (the victims of a flood)."""
-
-    def __init__(self, channel: grpc.aio.Channel, user_id: str) -> None:
-        self._health = health_pb2_grpc.HealthStub(channel)
-        self._users = user_pb2_grpc.UserServiceStub(channel)
-        self._user_id = user_id
-
-    async def _timed(self, call: Callable[[], Awaitable[object]]) -> float:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await call()
-        return max(loop.time() - started, FLOOR_S)
-
-    async def check(self) -> None:
-        reply = await self._health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING
-
-    async def get(self) -> None:
-        request = user_pb2.GetUserRequest(id=self._user_id)
-        reply = await self._users.GetUser(request, metadata=_as("bystander"), timeout=5)
-        assert reply.user.id == self._user_id
-
-    async def median(self) -> tuple[float, float]:
-        """Median seconds of a health Check and of a GetUser, over a few sequential calls."""
-        checks = [await self._timed(self.check) for _ in range(SAMPLES)]
-        gets = [await self._timed(self.get) for _ in range(SAMPLES)]
-        return statistics.median(checks), statistics.median(gets)
-
-    async def assert_unharmed(self, baseline: tuple[float, float]) -> None:
-        during = await self.median()
-        for what, base, now in zip(("health Check", "GetUser"), baseline, during, strict=True):
-            assert now <= RATIO * base, f"{what}: {now * 1000:.1f} ms vs {base * 1000:.1f} ms"
 
 
 async def _user(stub: user_pb2_grpc.UserServiceStub) -> str:
