@@ -37,7 +37,7 @@ typecheck:
 unit:
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-## reliability: the fault scenarios behind docs/RELIABILITY.md, which it rewrites (about 4 minutes)
+## reliability: the fault scenarios behind docs/RELIABILITY.md, which it rewrites (about 3 minutes)
 reliability: install
 	$(PY) -m bench.reliability
 

@@ -4,7 +4,7 @@ Runs every fault scenario of :mod:`bench.reliability._scenarios` (the same
 code the fault tests run) on real local meshes, and writes the table of
 docs/RELIABILITY.md: the load, calls, failures by code, lost writes,
 duplicates, writes acknowledged during the fault and recovery time. The
-full run takes about four minutes. Exits 1 when a scenario lost or
+full run takes about three minutes. Exits 1 when a scenario lost or
 duplicated a write, acknowledged one during a fault, or raised.
 """
 

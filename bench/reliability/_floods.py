@@ -23,7 +23,15 @@ from bench.reliability._scenarios import Outcome
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.testing import admin_token, reader_token, serve
 
-__all__ = ["FLOOR_S", "RATIO", "SAMPLES", "Probe", "idle_stream_flood", "socket_flood"]
+__all__ = [
+    "FLOOR_S",
+    "RATIO",
+    "SAMPLES",
+    "Probe",
+    "closed_within",
+    "idle_stream_flood",
+    "socket_flood",
+]
 
 #: How much slower than its own baseline a probe may get during a flood.
 RATIO = 25.0
@@ -140,7 +148,7 @@ def _sockets(host: str, port: int, count: int) -> list[socket.socket]:
     return [socket.create_connection((host, port), timeout=5) for _ in range(count)]
 
 
-def _closed_within(sock: socket.socket, bound: float) -> bool:
+def closed_within(sock: socket.socket, bound: float) -> bool:
     """Whether the server closes ``sock`` within ``bound`` s (whatever it sends first is read)."""
     sock.settimeout(bound)
     try:
@@ -174,13 +182,11 @@ async def socket_flood(state_dir: Path, *, rounds: int = 3) -> Outcome:
             extra = await asyncio.to_thread(_sockets, host, int(port), 10)
             try:
                 shut = await asyncio.gather(
-                    *(asyncio.to_thread(_closed_within, s, 2.0) for s in extra)
+                    *(asyncio.to_thread(closed_within, s, 2.0) for s in extra)
                 )
                 outcome.notes.append(f"{sum(shut)} of 10 beyond the cap closed at accept")
                 ratios.append(await probe.assert_unharmed(baseline))
-                await asyncio.gather(
-                    *(asyncio.to_thread(_closed_within, s, 8.0) for s in squatters)
-                )
+                await asyncio.gather(*(asyncio.to_thread(closed_within, s, 8.0) for s in squatters))
                 outcome.recovery_s.append(loop.time() - opened)
             finally:
                 for sock in [*squatters, *extra]:

@@ -22,7 +22,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.reliability._floods import Probe
+from bench.reliability._floods import Probe, closed_within
 from client._retry import pushback_delay
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.config import ConfigError, load_config
@@ -156,19 +156,6 @@ def _address(server: InProcessServer) -> tuple[str, int]:
     return host, int(port)
 
 
-def _closed_within(sock: socket.socket, bound: float) -> bool:
-    """Whether the server closes ``sock`` within ``bound`` s (its SETTINGS/GOAWAY are read)."""
-    sock.settimeout(bound)
-    try:
-        while sock.recv(65536):
-            pass
-    except ConnectionResetError:
-        pass
-    except TimeoutError:
-        return False
-    return True
-
-
 def _open_sockets(address: tuple[str, int], count: int, payload: bytes) -> list[socket.socket]:
     socks = []
     for _ in range(count):
@@ -202,7 +189,7 @@ async def test_idle_connections_are_closed_after_their_bound(
         await victim.assert_unharmed(baseline)
         # Closed after the handshake (resp. idle) bound of 1 s; 8 s allows for GOAWAY's grace.
         closed = await asyncio.gather(
-            *(asyncio.to_thread(_closed_within, sock, 8 * bound + 4) for sock in socks)
+            *(asyncio.to_thread(closed_within, sock, 8 * bound + 4) for sock in socks)
         )
         assert all(closed)
     finally:
@@ -221,12 +208,12 @@ async def test_connections_beyond_the_cap_are_closed_at_once_and_the_cap_frees_i
     extra = await asyncio.to_thread(_open_sockets, address, 10, b"")
     try:
         refused = await asyncio.gather(
-            *(asyncio.to_thread(_closed_within, sock, 2.0) for sock in extra)
+            *(asyncio.to_thread(closed_within, sock, 2.0) for sock in extra)
         )
         assert all(refused)  # closed at accept, before the 1 s handshake bound
         await victim.assert_unharmed(baseline)  # an open connection keeps working
         # The squatters are closed after the handshake bound; then new clients get in.
-        await asyncio.gather(*(asyncio.to_thread(_closed_within, s, 6.0) for s in socks))
+        await asyncio.gather(*(asyncio.to_thread(closed_within, s, 6.0) for s in socks))
         async with grpc.aio.insecure_channel(flooded.address) as ch:
             again = health_pb2_grpc.HealthStub(ch)
             reply = await again.Check(health_pb2.HealthCheckRequest(), timeout=5)
