@@ -386,7 +386,11 @@ class DefaultDeadlineInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[ty
        (ListUsers), it is still open after ``stream_timeout`` (0: never).
 
     Request streams (Chat, reflection) pass unchanged: Chat has its idle
-    timeout. Calls with a client deadline are not bounded further.
+    timeout. Calls with a client deadline are not bounded further. The
+    stream bound is checked while the server produces the next response,
+    never while grpc writes one (cancelling grpc there would leave the
+    stream without a status), so a client that stops reading is bounded by
+    the per-caller stream cap and keepalive instead.
     """
 
     def __init__(self, call_timeout: float, stream_timeout: float) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.reliability.__main__ import BEGIN, END, main
+from bench.reliability.__main__ import BEGIN, END, _healthy, _write, main, render
+from bench.reliability._scenarios import Outcome
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -29,3 +30,24 @@ def test_a_bad_rounds_value_is_refused() -> None:
     with pytest.raises(SystemExit) as exited:
         main(["--rounds", "0", "--out", "-"])
     assert exited.value.code == 2
+
+
+def test_a_scenario_that_raised_is_a_row_and_fails_the_run() -> None:
+    table = render([("postgres-outage", "AssertionError: DNS empty: not within 8.0 s")])
+    assert "| postgres-outage |" in table
+    assert "**AssertionError: DNS empty: not within 8.0 s**" in table
+    assert not _healthy(("postgres-outage", "AssertionError: boom"))
+    assert _healthy(("postgres-outage", "skipped: no initdb found"))
+    assert not _healthy(Outcome("s", "l", lost=1))
+    assert _healthy(Outcome("s", "l"))
+
+
+def test_a_file_without_markers_gets_the_table_appended(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Notes\n")
+    _write(str(doc), "| table |")
+    text = doc.read_text()
+    assert text.startswith("# Notes\n")
+    assert f"{BEGIN}\n" in text and text.rstrip().endswith(END) and "| table |" in text
+    _write(str(tmp_path / "new.md"), "| fresh |")
+    assert "| fresh |" in (tmp_path / "new.md").read_text()

@@ -165,3 +165,13 @@ def test_a_connection_dropped_mid_frame_leaves_the_server_serving(
             data = frame(DATA, 0, 1, b"\x00\x00\x00\x00\x10" + b"\x0a\x0e\x12\x0c")
             sock.sendall(frame(HEADERS, END_HEADERS, 1, headers) + data[:-3])
     assert_still_serving(channel)
+
+
+def test_a_unary_call_without_a_request_message_ends_the_stream(
+    replica: ThreadedReplica, channel: grpc.Channel
+) -> None:
+    with _connect(replica.address) as sock:
+        headers = request_headers(replica.address, "/meshdemo.v1.UserService/GetUser")
+        sock.sendall(frame(HEADERS, END_HEADERS | END_STREAM, 1, headers))
+        assert _stream_ended(sock)
+    assert_still_serving(channel)
