@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 PYTHON ?= python3
 
-.PHONY: install demo test lint typecheck contract unit bench gen clean
+.PHONY: install demo test lint typecheck contract unit bench reliability gen clean
 
 install: .venv/.installed node_modules/.package-lock.json
 
@@ -36,6 +36,10 @@ typecheck:
 
 unit:
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+## reliability: the fault scenarios behind docs/RELIABILITY.md, which it rewrites (about 3 minutes)
+reliability: install
+	$(PY) -m bench.reliability
 
 ## gen: regenerate meshdemo/ from protos/
 gen: install

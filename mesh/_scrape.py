@@ -37,13 +37,14 @@ from dataclasses import dataclass
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh._timeline import Sample
+from meshdemo.contract import SERVICE_NAME
 
 __all__ = ["USER_SERVICE", "MetricsScraper", "histogram_quantile"]
 
 _log = logging.getLogger(__name__)
 
 #: The gRPC service whose calls are counted.
-USER_SERVICE = "meshdemo.v1.UserService"
+USER_SERVICE = SERVICE_NAME
 # Codes that are not the server failing (see the module docstring).
 _NOT_FAILED = frozenset({"OK", "CANCELLED"})
 # Call types whose duration is latency.

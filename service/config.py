@@ -232,6 +232,27 @@ class ServiceConfig:
         "seconds a connection without calls stays open before GOAWAY; 0 = never",
         check=_non_negative,
     )
+    default_call_timeout: float = _setting(
+        30.0,
+        "MESH_DEFAULT_CALL_TIMEOUT",
+        "seconds a call that arrived without a deadline may take (unary calls, and the "
+        "request of a ListUsers or health call) before it ends with DEADLINE_EXCEEDED",
+        check=_positive,
+    )
+    default_stream_timeout: float = _setting(
+        600.0,
+        "MESH_DEFAULT_STREAM_TIMEOUT",
+        "seconds a ListUsers stream without a deadline may stay open; 0 = never "
+        "(Chat is bounded by --chat-idle-timeout instead)",
+        check=_non_negative,
+    )
+    max_connections: int = _setting(
+        1000,
+        "MESH_MAX_CONNECTIONS",
+        "open TCP connections at once on this replica; more are closed at accept, before "
+        "the handshake; 0 = no cap",
+        check=_non_negative,
+    )
     max_streams_per_connection: int = _setting(
         256,
         "MESH_MAX_STREAMS_PER_CONNECTION",

@@ -50,6 +50,7 @@ from service.interceptors import (
     Admission,
     AdmissionInterceptor,
     AdmissionLimits,
+    DefaultDeadlineInterceptor,
     build_server_interceptors,
 )
 from service.interceptors._fault import FaultDelayInterceptor
@@ -92,6 +93,11 @@ def server_options(config: ServiceConfig) -> list[tuple[str, int]]:
         ("grpc.server_handshake_timeout_ms", int(config.handshake_timeout * 1000)),
         ("grpc.max_concurrent_streams", config.max_streams_per_connection),
     ]
+    if config.max_connections > 0:
+        # grpc core's connection quota: a connection beyond the cap is closed
+        # at accept, before any handshake, so sockets cannot exhaust the
+        # file descriptors; the handshake and idle bounds free the slots.
+        options.append(("grpc.max_allowed_incoming_connections", config.max_connections))
     if config.max_connection_idle > 0:
         options.append(("grpc.max_connection_idle_ms", int(config.max_connection_idle * 1000)))
     if config.max_connection_age > 0:
@@ -344,7 +350,11 @@ def _chain(
             "chaos: every UserService call is delayed", extra={"delay_s": config.fault_delay}
         )
         chain.append(FaultDelayInterceptor(config.fault_delay))
-    return chain
+    # First: it reads unary requests itself, so calls without a deadline are bounded.
+    deadline = DefaultDeadlineInterceptor(
+        config.default_call_timeout, config.default_stream_timeout
+    )
+    return [deadline, *chain]
 
 
 def _add_services(

@@ -18,6 +18,7 @@ from typing import Protocol
 import grpc
 
 from client import UserClient
+from meshdemo import contract
 from meshdemo.v1 import user_pb2, user_pb2_grpc
 
 __all__ = [
@@ -57,9 +58,7 @@ def baseline_service_config() -> str:
     return json.dumps(
         {
             "loadBalancingConfig": [{"round_robin": {}}],
-            "methodConfig": [
-                {"name": [{"service": "meshdemo.v1.UserService"}], "retryPolicy": retry}
-            ],
+            "methodConfig": [{"name": [{"service": contract.SERVICE_NAME}], "retryPolicy": retry}],
         }
     )
 

@@ -39,6 +39,7 @@ from service.interceptors._admission import (
     AdmissionInterceptor,
     AdmissionLimits,
     CallKind,
+    DefaultDeadlineInterceptor,
     IdleTimeout,
 )
 from service.interceptors._auth import AuthInterceptor
@@ -71,6 +72,7 @@ __all__ = [
     "AuthInterceptor",
     "CallHook",
     "CallKind",
+    "DefaultDeadlineInterceptor",
     "DeferredDecoding",
     "ErrorMappingInterceptor",
     "HookInterceptor",

@@ -25,6 +25,11 @@ ends with DEADLINE_EXCEEDED (a time bound expired; CANCELLED would read as
 "the caller cancelled", which the client library reports as its own doing),
 and its slot is freed.
 
+Calls that arrive without a deadline are bounded by
+:class:`DefaultDeadlineInterceptor`, first in the chain (``default_call_timeout``
+and ``default_stream_timeout``), so no such call holds a slot, or a grpc call,
+for good.
+
 Invariant: every admitted call releases exactly what it took, once, when it
 ends (success, failure, cancellation or abandonment): the counts return to 0
 when no call is open.
@@ -34,21 +39,37 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
+import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
 from meshdemo.contract import SERVICE_NAME
 from service.auth import current_principal
 from service.errors import ResourceExhausted, ServiceError
-from service.interceptors._base import CallHook, Context, HookInterceptor, MethodInfo
+from service.interceptors._base import (
+    MAX_CACHED_METHODS,
+    CallHook,
+    Context,
+    HookInterceptor,
+    MethodInfo,
+)
 
-__all__ = ["Admission", "AdmissionInterceptor", "AdmissionLimits", "CallKind", "IdleTimeout"]
+__all__ = [
+    "Admission",
+    "AdmissionInterceptor",
+    "AdmissionLimits",
+    "CallKind",
+    "DefaultDeadlineInterceptor",
+    "IdleTimeout",
+]
 
 _SERVICE = SERVICE_NAME
+_log = logging.getLogger("meshdemo.interceptors")
 
 
 class CallKind(enum.Enum):
@@ -239,3 +260,160 @@ class AdmissionInterceptor(HookInterceptor):
         if method.service != _SERVICE:
             return None
         return _Gate(self.admission, CallKind.of(method))
+
+
+# -- default deadline -------------------------------------------------------------------------
+
+_Handler = Any  # grpc.RpcMethodHandler[Any, Any]
+
+
+class _NoDeadline:
+    """How long a call without a client deadline may take (one per server)."""
+
+    __slots__ = ("call_timeout", "stream_timeout")
+
+    def __init__(self, call_timeout: float, stream_timeout: float) -> None:
+        self.call_timeout = call_timeout
+        self.stream_timeout = stream_timeout
+
+    def bounded(self, context: Context) -> bool:
+        # With a client deadline grpc core ends the call on time by itself.
+        return context.time_remaining() is None
+
+    async def first_request(self, requests: AsyncIterator[Any], context: Context) -> Any:
+        """The one request message of a unary-request call, waited for within the bound."""
+        try:
+            async with asyncio.timeout(self.call_timeout if self.bounded(context) else None):
+                return await anext(aiter(requests))
+        except TimeoutError:
+            await _abort_late(context, self.call_timeout, "the request message did not arrive")
+        except StopAsyncIteration:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "this method takes exactly one request message; the stream ended without one",
+            )
+
+
+async def _abort_late(context: Context, bound: float, what: str) -> NoReturn:
+    _log.info("call ended at the default deadline", extra={"what": what, "bound_s": bound})
+    await context.abort(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"{what} within {bound:g} s, the server's bound for calls without a deadline; "
+        "set a deadline on the call",
+    )
+
+
+def _bounded_unary(inner: Callable[..., Any], limits: _NoDeadline) -> Callable[..., Any]:
+    async def call(requests: AsyncIterator[Any], context: Context) -> Any:
+        if not limits.bounded(context):
+            return await inner(await limits.first_request(requests, context), context)
+        timeout = asyncio.timeout(limits.call_timeout)
+        try:
+            async with timeout:
+                return await inner(await limits.first_request(requests, context), context)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            await _abort_late(context, limits.call_timeout, "the call did not complete")
+
+    return call
+
+
+def _bounded_stream(
+    inner: Callable[..., Any], limits: _NoDeadline, whole_stream: bool
+) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(inner):
+        # A handler writing with context.write (health Watch): only its request is bounded.
+        async def writer(requests: AsyncIterator[Any], context: Context) -> None:
+            await inner(await limits.first_request(requests, context), context)
+
+        return writer
+
+    async def stream(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        request = await limits.first_request(requests, context)
+        bound = limits.stream_timeout if whole_stream and limits.bounded(context) else 0.0
+        responses = inner(request, context)
+        deadline = asyncio.get_running_loop().time() + bound
+        try:
+            while True:
+                try:
+                    # Only the wait for the next response is bounded: a timeout
+                    # must never fire while grpc, not this generator, runs.
+                    async with asyncio.timeout_at(deadline if bound > 0 else None):
+                        response = await anext(responses)
+                except StopAsyncIteration:
+                    return
+                yield response
+        except TimeoutError:
+            await responses.aclose()
+            await _abort_late(context, bound, "the stream did not complete")
+        finally:
+            await responses.aclose()  # the inner layers end before this one
+
+    return stream
+
+
+def _with_default_deadline(method: str, handler: _Handler, limits: _NoDeadline) -> _Handler:
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.response_streaming:
+        whole = method.startswith(f"/{_SERVICE}/")
+        return grpc.stream_stream_rpc_method_handler(
+            _bounded_stream(handler.unary_stream, limits, whole), **serializers
+        )
+    return grpc.stream_unary_rpc_method_handler(
+        _bounded_unary(handler.unary_unary, limits), **serializers
+    )
+
+
+class DefaultDeadlineInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Outermost: a bound on calls that arrive without a deadline (see below).
+
+    grpc.aio reads the request of a unary-request method before any handler
+    or interceptor runs, and grpc core never ends a call without a deadline
+    whose request message is cut short: such a call would stay open for good.
+    So this interceptor, first in the chain, serves every unary-request
+    method as a request stream (same bytes on the wire, and the layers
+    inside it still see the method's real kind) and reads that one message
+    itself, within ``call_timeout``. A call without a client deadline then:
+
+    1. ends with DEADLINE_EXCEEDED if its request has not arrived within
+       ``call_timeout`` (all methods, health included);
+    2. ends with DEADLINE_EXCEEDED if, unary, it has not completed within
+       ``call_timeout``;
+    3. ends with DEADLINE_EXCEEDED if, a UserService response stream
+       (ListUsers), it is still open after ``stream_timeout`` (0: never).
+
+    Request streams (Chat, reflection) pass unchanged: Chat has its idle
+    timeout. Calls with a client deadline are not bounded further. The
+    stream bound is checked while the server produces the next response,
+    never while grpc writes one (cancelling grpc there would leave the
+    stream without a status), so a client that stops reading is bounded by
+    the per-caller stream cap and keepalive instead.
+    """
+
+    def __init__(self, call_timeout: float, stream_timeout: float) -> None:
+        if call_timeout <= 0 or stream_timeout < 0:
+            raise ValueError("call_timeout must be above 0 and stream_timeout 0 or more")
+        self._limits = _NoDeadline(call_timeout, stream_timeout)
+        self._handlers: dict[str, _Handler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler:
+        """The called method's handler, its request read by this layer (cached per method)."""
+        method = handler_call_details.method
+        cached = self._handlers.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        wrapped = _with_default_deadline(method, handler, self._limits)
+        if len(self._handlers) < MAX_CACHED_METHODS:
+            self._handlers[method] = wrapped
+        return wrapped

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from client import NewUserSpec, UserClient, mint_token
+from bench.reliability._scenarios import drill_client
+from bench.reliability._scenarios import mesh_config as scenario_mesh_config
+from client import NewUserSpec, UserClient
 from mesh._config import MeshConfig
 from mesh._receiver import TraceReceiver
 from mesh._spans import SpanStore
@@ -18,16 +20,7 @@ from mesh._supervisor import Mesh
 
 def mesh_config(tmp_path: Path, **overrides: Any) -> MeshConfig:
     """A mesh in ``tmp_path`` on a free port, quick to drain, without the metrics scrape."""
-    settings: dict[str, Any] = {
-        "state_dir": tmp_path / "mesh",
-        "replicas": 3,
-        "port": 0,
-        "drain_delay": 1.5,
-        "shutdown_grace": 2.0,
-        "scrape_interval": 0,
-    }
-    settings.update(overrides)
-    return MeshConfig(**settings)
+    return scenario_mesh_config(tmp_path / "mesh", **overrides)
 
 
 @contextlib.asynccontextmanager
@@ -53,10 +46,8 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
         yield running
 
 
-def mesh_client(mesh: Mesh, **options: Any) -> UserClient:
-    """A client of the mesh's DNS name with an admin token, tracing off."""
-    token = mint_token(mesh.secret, "drill", ["admin"], 600)
-    return UserClient(mesh.target, token=token, tracing=False, **options)
+#: A client of the mesh's DNS name with an admin token, tracing off.
+mesh_client = drill_client
 
 
 async def seed(client: UserClient, count: int = 20) -> list[str]:

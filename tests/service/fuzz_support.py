@@ -132,7 +132,7 @@ def running_replica(**options: Any) -> Iterator[ThreadedReplica]:
 
 def carried(err: grpc.RpcError) -> bytes:
     """Everything an error tells the client: its message and its rich details."""
-    text = (err.details() or "").encode()  # type: ignore[attr-defined]
+    text = (err.details() or "").encode()
     status = rpc_status.from_call(err)  # type: ignore[arg-type]
     if status is not None:
         text += status.SerializeToString()
@@ -149,11 +149,11 @@ def echoes(err: grpc.RpcError, value: str, window: int = MAX_ECHO + 1) -> bool:
 
 def assert_clear_refusal(err: grpc.RpcError, *inputs: str) -> None:
     """``err`` is a client-error code with a short message that quotes little input."""
-    code = err.code()  # type: ignore[attr-defined]
-    assert code in CLIENT_ERRORS, f"{code}: {err.details()}"  # type: ignore[attr-defined]
-    assert len(err.details() or "") <= MAX_MESSAGE  # type: ignore[attr-defined]
+    code = err.code()
+    assert code in CLIENT_ERRORS, f"{code}: {err.details()}"
+    assert len(err.details() or "") <= MAX_MESSAGE
     for value in inputs:
-        assert not echoes(err, value), f"error echoes the input: {err.details()}"  # type: ignore[attr-defined]
+        assert not echoes(err, value), f"error echoes the input: {err.details()}"
 
 
 def assert_still_serving(channel: grpc.Channel) -> None:
@@ -172,5 +172,5 @@ def code_of(call: Callable[[], object]) -> grpc.StatusCode:
     try:
         call()
     except grpc.RpcError as err:
-        return err.code()  # type: ignore[attr-defined,no-any-return]
+        return err.code()
     return grpc.StatusCode.OK

@@ -22,6 +22,7 @@ from service.errors import ResourceExhausted
 from service.interceptors import Admission, AdmissionLimits, CallKind, MethodInfo
 from service.server import admission_limits, server_options
 from service.testing import InProcessServer, admin_token, reader_token, serve
+from tests.aio_stubs import read
 
 Md = tuple[tuple[str, str], ...]
 
@@ -37,9 +38,11 @@ def _chat_request(text: str = "hold") -> user_pb2.ChatRequest:
     return user_pb2.ChatRequest(message=user_pb2.ChatMessage(text=text))
 
 
-async def _open_chat(stub: user_pb2_grpc.UserServiceStub, md: Md) -> grpc.aio.StreamStreamCall:
+async def _open_chat(
+    stub: user_pb2_grpc.UserServiceAsyncStub, md: Md
+) -> grpc.aio.StreamStreamCall[user_pb2.ChatRequest, user_pb2.ChatResponse]:
     """A Chat that the server has admitted: one message sent and echoed."""
-    call = stub.Chat(metadata=md)
+    call = stub.Chat(None, metadata=md)
     await call.write(_chat_request())
     await asyncio.wait_for(call.read(), 5)
     return call
@@ -84,7 +87,7 @@ def _assert_exhausted_with_pushback(err: grpc.aio.AioRpcError, cap_words: str) -
 def test_limits_refuse_counts_below_one() -> None:
     for name in ("max_calls", "max_chat_streams", "max_list_streams", "max_unary"):
         with pytest.raises(ValueError, match=name):
-            AdmissionLimits(**{name: 0})  # type: ignore[arg-type]
+            AdmissionLimits(**{name: 0})
     with pytest.raises(ValueError, match="max_streams_per_principal"):
         AdmissionLimits(max_streams_per_principal=0)
     with pytest.raises(ValueError, match="chat_idle_timeout"):
@@ -204,7 +207,7 @@ async def test_a_caller_flooding_idle_chats_cannot_take_health_or_other_callers_
             user_pb2.CreateUserRequest(name="Ann", email="ann@example.com", age=30), metadata=ADMIN
         )
         held = [await _open_chat(stub, _as("flooder")) for _ in range(5)]
-        excess = [stub.Chat(metadata=_as("flooder")) for _ in range(10)]
+        excess = [stub.Chat(None, metadata=_as("flooder")) for _ in range(10)]
         for call in excess:
             _assert_exhausted_with_pushback(await _refusal(call), "at most 5 open Chat")
         loop = asyncio.get_running_loop()
@@ -257,7 +260,7 @@ async def test_the_chat_cap_leaves_unary_calls_room() -> None:
         async with grpc.aio.insecure_channel(server.address) as ch:
             stub = user_pb2_grpc.UserServiceStub(ch)
             held = [await _open_chat(stub, _as(f"c{n}")) for n in range(2)]
-            err = await _refusal(stub.Chat(metadata=_as("c3")))
+            err = await _refusal(stub.Chat(None, metadata=_as("c3")))
             _assert_exhausted_with_pushback(err, "at most 2 Chat streams")
             with pytest.raises(grpc.aio.AioRpcError) as missing:
                 await stub.GetUser(user_pb2.GetUserRequest(id="nobody"), metadata=_as("c3"))
@@ -313,7 +316,7 @@ async def test_an_idle_chat_ends_with_deadline_exceeded_and_frees_its_slot() -> 
             for n in range(3):  # messages within the bound keep it open
                 await asyncio.sleep(0.2)
                 await again.write(_chat_request(f"m{n}"))
-                assert (await asyncio.wait_for(again.read(), 2)).message.text == f"m{n}"
+                assert (await asyncio.wait_for(read(again), 2)).message.text == f"m{n}"
             await again.done_writing()
             assert await again.code() == grpc.StatusCode.OK
         await _counts_back_to_zero(_admission(server))
@@ -326,7 +329,7 @@ async def test_slots_are_released_however_calls_end(capped: InProcessServer) -> 
         for round_ in range(8):  # 8 x 4 streams by one caller, far more than its cap of 5
             calls = [await _open_chat(stub, _as("churn")) for _ in range(3)]
             closed, cancelled, failed = calls
-            timed_out = stub.Chat(metadata=_as("churn"), timeout=0.3)  # the client's deadline
+            timed_out = stub.Chat(None, metadata=_as("churn"), timeout=0.3)  # the client's deadline
             await timed_out.write(_chat_request())
             await timed_out.read()
             await closed.done_writing()
@@ -386,7 +389,7 @@ async def test_streams_beyond_the_per_connection_cap_wait_for_a_free_one() -> No
         async with grpc.aio.insecure_channel(server.address) as ch:
             stub = user_pb2_grpc.UserServiceStub(ch)
             first, second = [await _open_chat(stub, _as("one")) for _ in range(2)]
-            third = stub.Chat(metadata=_as("one"))
+            third = stub.Chat(None, metadata=_as("one"))
             # The client holds the third stream back until the server allows it.
             writing = asyncio.ensure_future(third.write(_chat_request("third")))
             done, _ = await asyncio.wait({writing}, timeout=0.5)
@@ -395,7 +398,7 @@ async def test_streams_beyond_the_per_connection_cap_wait_for_a_free_one() -> No
             await first.done_writing()
             await first.code()
             await asyncio.wait_for(writing, 5)
-            reply = await asyncio.wait_for(third.read(), 5)
+            reply = await asyncio.wait_for(read(third), 5)
             assert reply.message.text == "third"
             for call in (second, third):
                 call.cancel()

@@ -41,7 +41,7 @@ MAX_METADATA = 8 * 1024
 VALID = {
     "GetUser": user_pb2.GetUserRequest(id="01HZZZZZZZZZZZZZZZZZZZZZZZ"),
     "CreateUser": user_pb2.CreateUserRequest(
-        name="Ada", email="ada@example.com", age=36, roles=[1], request_id="r-1"
+        name="Ada", email="ada@example.com", age=36, roles=[user_pb2.ROLE_USER], request_id="r-1"
     ),
     "ListUsers": user_pb2.ListUsersRequest(page_size=5, page_token="djE6MDFI"),
     "BatchCreateUsers": user_pb2.BatchCreateUsersRequest(
@@ -69,19 +69,27 @@ def channel(replica: ThreadedReplica) -> Iterator[grpc.Channel]:
         yield ch
 
 
-def _raw_call(channel: grpc.Channel, method: str, bodies: list[bytes], metadata: object) -> None:
-    """Send ``bodies`` (one for unary requests) as they are; consume every response."""
+def _raw_call(
+    channel: grpc.Channel,
+    method: str,
+    bodies: list[bytes],
+    metadata: tuple[tuple[str, str], ...] | None,
+) -> None:
+    """Send ``bodies`` (one for unary requests) as they are; consume every response.
+
+    No serializers (``None``): the bytes go out and come back as they are.
+    """
     path = _SERVICE + method
-    md = metadata  # type: ignore[assignment]
+    md = metadata
     if method in ("GetUser", "CreateUser"):
-        channel.unary_unary(path)(bodies[0], metadata=md, timeout=10)
+        channel.unary_unary(path, None, None)(bodies[0], metadata=md, timeout=10)
     elif method == "ListUsers":
-        for _ in channel.unary_stream(path)(bodies[0], metadata=md, timeout=10):
+        for _ in channel.unary_stream(path, None, None)(bodies[0], metadata=md, timeout=10):
             pass
     elif method == "BatchCreateUsers":
-        channel.stream_unary(path)(iter(bodies), metadata=md, timeout=10)
+        channel.stream_unary(path, None, None)(iter(bodies), metadata=md, timeout=10)
     else:
-        for _ in channel.stream_stream(path)(iter(bodies), metadata=md, timeout=10):
+        for _ in channel.stream_stream(path, None, None)(iter(bodies), metadata=md, timeout=10):
             pass
 
 
@@ -134,9 +142,9 @@ def test_a_message_over_the_receive_limit_is_resource_exhausted(channel: grpc.Ch
     huge = user_pb2.GetUserRequest(id="x" * (MAX_RECEIVE + 1024))
     with pytest.raises(grpc.RpcError) as caught:
         stub.GetUser(huge, metadata=READER, timeout=10)
-    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     # Refused by grpc before any of our code: the message says so, not the id.
-    assert "x" * 65 not in (caught.value.details() or "")  # type: ignore[attr-defined]
+    assert "x" * 65 not in (caught.value.details() or "")
     assert_still_serving(channel)
 
 
