@@ -7,9 +7,12 @@ from client._chat import ChatSession
 from client._client import (
     DEFAULT_ATTEMPT_TIMEOUTS,
     DEFAULT_DEADLINES,
+    DEFAULT_HEDGING,
+    HEDGEABLE_METHODS,
     MAX_BATCH,
     ROLES,
     ClientStats,
+    HedgeStats,
     NewUserSpec,
     UserClient,
     UserListing,
@@ -68,6 +71,7 @@ from client._resolver import (
     TargetError,
     resolver_for,
 )
+from client._hedge import HedgingPolicy
 from client._retry import RetryBudget, RetryPolicy
 from client._token import mint_token
 
@@ -78,7 +82,10 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     "ChatSession",
     "NewUserSpec",
     "ClientStats",
+    "HedgeStats",
     "DEFAULT_DEADLINES",
+    "DEFAULT_HEDGING",
+    "HEDGEABLE_METHODS",
     "DEFAULT_ATTEMPT_TIMEOUTS",
     "MAX_BATCH",
     "ROLES",
@@ -88,6 +95,7 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     "EjectionConfig",
     "RetryPolicy",
     "RetryBudget",
+    "HedgingPolicy",
     "TokenProvider",
     # Discovery
     "Address",

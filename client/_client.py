@@ -44,7 +44,9 @@ from client._endpoint import (
     PoolConfig,
 )
 from client._errors import from_rpc_error
+from client._hedge import Copy, HedgeDelay, HedgeMark, HedgingPolicy, call_with_hedging
 from client._interceptors import (
+    ATTEMPT_HEDGE,
     ATTEMPT_PEER,
     CallMetrics,
     MethodStats,
@@ -61,9 +63,12 @@ from meshdemo.v1 import user_pb2
 __all__ = [
     "DEFAULT_ATTEMPT_TIMEOUTS",
     "DEFAULT_DEADLINES",
+    "DEFAULT_HEDGING",
+    "HEDGEABLE_METHODS",
     "MAX_BATCH",
     "ROLES",
     "ClientStats",
+    "HedgeStats",
     "NewUserSpec",
     "UserClient",
 ]
@@ -86,6 +91,15 @@ DEFAULT_ATTEMPT_TIMEOUTS: Mapping[str, float | None] = {
     "ListUsers": None,
     "BatchCreateUsers": None,
 }
+#: Methods hedged unless told otherwise (ListUsers: until its first response), all
+#: with the adaptive delay.
+DEFAULT_HEDGING: Mapping[str, HedgingPolicy] = {
+    "GetUser": HedgingPolicy(),
+    "ListUsers": HedgingPolicy(),
+}
+#: Methods that may be hedged: those the retry policy may repeat (reads, and writes
+#: that carry a request id). Chat never: its messages may not be sent twice.
+HEDGEABLE_METHODS = frozenset({"GetUser", "ListUsers", "CreateUser", "BatchCreateUsers"})
 #: Most users one BatchCreateUsers call may carry (the service's limit too).
 MAX_BATCH = 1000
 #: Role names of the client API and their proto values.
@@ -113,6 +127,21 @@ class NewUserSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class HedgeStats:
+    """Hedging of one method.
+
+    Attributes:
+        sent: Copies sent after the first (each took a retry budget token).
+        won: Calls whose answer came from such a copy.
+        delay: The hedge delay now, in seconds.
+    """
+
+    sent: int
+    won: int
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
 class ClientStats:
     """A snapshot of the client.
 
@@ -122,6 +151,9 @@ class ClientStats:
         retries: Retries made (attempts after the first).
         failures: Logical calls that ended in an error.
         methods: Per-method attempt counters and latency (from the metrics interceptor).
+        hedges: Hedges sent (copies after the first, every method).
+        hedges_won: Calls a hedge answered first.
+        hedging: Per hedged method: hedges sent and won, and the delay now.
     """
 
     endpoints: tuple[EndpointStats, ...]
@@ -129,6 +161,9 @@ class ClientStats:
     retries: int
     failures: int
     methods: Mapping[str, MethodStats] = field(default_factory=dict)
+    hedges: int = 0
+    hedges_won: int = 0
+    hedging: Mapping[str, HedgeStats] = field(default_factory=dict)
 
 
 def role_values(roles: Iterable[str]) -> list[user_pb2.Role.ValueType]:
@@ -190,6 +225,17 @@ class _End:
     """Marks the end of a listing in the hand-over queue, with its error if it failed."""
 
     error: Exception | None
+
+
+@dataclass(frozen=True, slots=True)
+class _OpenStream:
+    """A ListUsers stream that answered: its lease, call, iterator and first response."""
+
+    endpoint: Endpoint
+    lease: Lease
+    call: Any
+    stream: AsyncIterator[user_pb2.ListUsersResponse]
+    first: user_pb2.ListUsersResponse | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +305,11 @@ class UserClient:
             With no SDK every span is a no-op, and OpenTelemetry's per-attempt
             interceptor still cost about half again the CPU of a plain call.
         connect_timeout: Seconds a Chat waits for the first resolution.
+        hedging: Which methods are hedged (see docs/hedging.md): None or True for
+            :data:`DEFAULT_HEDGING`; False for none; a :class:`HedgingPolicy` for
+            the default methods with that policy; a mapping of method names to
+            policies (None turns a method off) over the defaults. Only
+            :data:`HEDGEABLE_METHODS` may be named.
     """
 
     def __init__(
@@ -280,8 +331,11 @@ class UserClient:
         rng: random.Random | None = None,
         tracing: bool | None = None,
         connect_timeout: float = 5.0,
+        hedging: bool | HedgingPolicy | Mapping[str, HedgingPolicy | None] | None = None,
     ) -> None:
         self.target = target
+        self._hedges = {m: HedgeDelay(p) for m, p in hedging_by_method(hedging).items()}
+        self._hedge_counts: dict[str, list[int]] = {m: [0, 0] for m in self._hedges}
         self._retry = retry or RetryPolicy()
         self._deadlines = {**DEFAULT_DEADLINES, **(deadlines or {})}
         self._attempt_timeouts = {**DEFAULT_ATTEMPT_TIMEOUTS, **(attempt_timeouts or {})}
@@ -339,6 +393,12 @@ class UserClient:
             retries=self._retries,
             failures=self._failures,
             methods=self.metrics.snapshot(),
+            hedges=sum(sent for sent, _ in self._hedge_counts.values()),
+            hedges_won=sum(won for _, won in self._hedge_counts.values()),
+            hedging={
+                method: HedgeStats(sent, won, self._hedges[method].current())
+                for method, (sent, won) in sorted(self._hedge_counts.items())
+            },
         )
 
     def __repr__(self) -> str:
@@ -454,16 +514,20 @@ class UserClient:
         idempotent: bool,
         *,
         timed: bool = True,
+        attempt: Callable[[Attempt], Awaitable[T]] | None = None,
     ) -> T:
         self._check_open()
         self._calls += 1
+        hedge = self._hedges.get(method) if idempotent and timed and attempt is None else None
 
-        async def attempt(spec: Attempt) -> T:
+        async def one_attempt(spec: Attempt) -> T:
             return await self._attempt(invoke, spec, deadline, timed)
 
         try:
+            if hedge is not None:
+                return await self._hedged(method, hedge, invoke, deadline)
             return await call_with_retries(
-                attempt,
+                attempt or one_attempt,
                 policy=self._policy(method),
                 budget=self._budget,
                 deadline=deadline,
@@ -476,6 +540,42 @@ class UserClient:
             self._failures += 1
             _raise_mapped(err)
 
+    async def _hedged(
+        self,
+        method: str,
+        hedge: HedgeDelay,
+        invoke: Callable[[Lease, float | None], Awaitable[T]],
+        deadline: float | None,
+    ) -> T:
+        """One unary call as hedged copies (gRFC A6: instead of the retry loop)."""
+
+        async def run(endpoint: object, copy: Copy) -> T:
+            assert isinstance(endpoint, Endpoint)
+            started = self._clock()
+            spec = Attempt(copy.number, copy.timeout, frozenset())
+            result = await self._run_on(endpoint, invoke, spec, deadline, True, copy.mark)
+            hedge.observe(self._clock() - started)
+            return result
+
+        won = await call_with_hedging(
+            self._pick,
+            run,
+            policy=hedge.policy,
+            delay=hedge.current(),
+            budget=self._budget,
+            deadline=deadline,
+            per_attempt_timeout=self._policy(method).per_attempt_timeout,
+            clock=self._clock,
+            on_hedge=lambda number: self._on_hedge(method, number),
+        )
+        if won.number > 1:
+            self._hedge_counts[method][1] += 1
+        return won.value
+
+    def _on_hedge(self, method: str, number: int) -> None:
+        self._hedge_counts[method][0] += 1
+        trace.get_current_span().add_event("hedge", {"meshdemo.hedge.number": number})
+
     async def _attempt(
         self,
         invoke: Callable[[Lease, float | None], Awaitable[T]],
@@ -484,9 +584,22 @@ class UserClient:
         timed: bool,
     ) -> T:
         endpoint = await self._pick(spec.excluded, spec.timeout)
+        return await self._run_on(endpoint, invoke, spec, deadline, timed)
+
+    async def _run_on(
+        self,
+        endpoint: Endpoint,
+        invoke: Callable[[Lease, float | None], Awaitable[T]],
+        spec: Attempt,
+        deadline: float | None,
+        timed: bool,
+        mark: HedgeMark | None = None,
+    ) -> T:
+        """One attempt (or hedge copy) on ``endpoint``, its outcome reported to the endpoint."""
         started = self._clock()
         lease = _lease(endpoint)
         peer = ATTEMPT_PEER.set(endpoint.address)
+        hedge = ATTEMPT_HEDGE.set(mark)
         try:
             result = await invoke(lease, spec.timeout)
         except grpc.RpcError as err:
@@ -496,7 +609,13 @@ class UserClient:
                 endpoint.latency.observe(self._clock() - started)
             self._attempt_failed(endpoint, err, cut)
             raise AttemptFailed(err, endpoint) from err
+        except asyncio.CancelledError:
+            if mark is not None and mark.lost and timed:
+                # A hedge's loser was at least this slow: latency-aware pickers learn it.
+                endpoint.latency.observe(self._clock() - started)
+            raise
         finally:
+            ATTEMPT_HEDGE.reset(hedge)
             ATTEMPT_PEER.reset(peer)
             await endpoint.release(lease)
         # A stream's duration is set by its reader, so it says nothing of the replica.
@@ -617,7 +736,16 @@ class UserClient:
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
             invoke = self._listing_invoker(cursor, queue)
-            await self._with_retries("ListUsers", invoke, deadline, True, timed=False)
+            hedge = self._hedges.get("ListUsers")
+
+            async def hedged(spec: Attempt) -> None:
+                assert hedge is not None
+                await self._hedged_listing(cursor, queue, spec, deadline, hedge)
+
+            attempt = hedged if hedge is not None else None
+            await self._with_retries(
+                "ListUsers", invoke, deadline, True, timed=False, attempt=attempt
+            )
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
@@ -648,6 +776,87 @@ class UserClient:
 
         return invoke
 
+    async def _hedged_listing(
+        self,
+        cursor: _ListCursor,
+        queue: asyncio.Queue[_Listed | _End],
+        spec: Attempt,
+        deadline: float | None,
+        hedge: HedgeDelay,
+    ) -> None:
+        """One attempt of a listing: its first response hedged, the rest read from the winner."""
+        if cursor.done:
+            return
+
+        async def pick(used: frozenset[object], max_wait: float | None) -> Endpoint:
+            return await self._pick(spec.excluded | used, max_wait)
+
+        async def open_copy(endpoint: object, copy: Copy) -> _OpenStream:
+            assert isinstance(endpoint, Endpoint)
+            started = self._clock()
+            opened = await self._open_stream(endpoint, cursor.request(), copy)
+            hedge.observe(self._clock() - started)
+            return opened
+
+        won = await call_with_hedging(
+            pick,
+            open_copy,
+            policy=hedge.policy,
+            delay=hedge.current(),
+            budget=self._budget,
+            deadline=deadline,
+            clock=self._clock,
+            on_hedge=lambda number: self._on_hedge("ListUsers", number),
+            new_call=False,
+        )
+        if won.number > 1:
+            self._hedge_counts["ListUsers"][1] += 1
+        await self._read_listing(won.value, cursor, queue)
+
+    async def _open_stream(
+        self, endpoint: Endpoint, request: user_pb2.ListUsersRequest, copy: Copy
+    ) -> _OpenStream:
+        """Open a ListUsers stream on ``endpoint`` and wait for its first response (or end)."""
+        lease = _lease(endpoint)
+        peer = ATTEMPT_PEER.set(endpoint.address)
+        mark = ATTEMPT_HEDGE.set(copy.mark)
+        call = None
+        try:
+            call = lease.stub.ListUsers(request, timeout=copy.timeout)
+            stream = call.__aiter__()
+            first = await anext(stream, None)
+        except BaseException as exc:
+            if call is not None:
+                call.cancel()
+            await endpoint.release(lease)
+            if isinstance(exc, grpc.RpcError):
+                self._attempt_failed(endpoint, exc, cut=False)
+                raise AttemptFailed(exc, endpoint) from exc
+            raise
+        finally:
+            ATTEMPT_HEDGE.reset(mark)
+            ATTEMPT_PEER.reset(peer)
+        return _OpenStream(endpoint, lease, call, stream, first)
+
+    async def _read_listing(
+        self, opened: _OpenStream, cursor: _ListCursor, queue: asyncio.Queue[_Listed | _End]
+    ) -> None:
+        """Hand over the winner's first response and the rest of its stream."""
+        endpoint = opened.endpoint
+        try:
+            item = opened.first
+            while item is not None:
+                cursor.advance(item.next_page_token)
+                await queue.put(_Listed(item.user, item.next_page_token))
+                item = await anext(opened.stream, None)
+        except grpc.RpcError as err:
+            self._attempt_failed(endpoint, err, cut=False)
+            raise AttemptFailed(err, endpoint) from err
+        finally:
+            opened.call.cancel()
+            await endpoint.release(opened.lease)
+        endpoint.record_success(None)
+
     # --- Chat -----------------------------------------------------------------------------
 
     def chat(self, *, user_id: str = "") -> ChatSession:
@@ -669,6 +878,35 @@ class UserClient:
     def _chat_failed(self, endpoint: Endpoint, err: grpc.RpcError) -> None:
         self._failures += 1
         self._attempt_failed(endpoint, err, cut=False)
+
+
+def hedging_by_method(
+    hedging: bool | HedgingPolicy | Mapping[str, HedgingPolicy | None] | None,
+) -> dict[str, HedgingPolicy]:
+    """The hedging policy of every hedged method, from ``UserClient``'s ``hedging`` argument.
+
+    Raises:
+        ValueError: A method that may not be hedged (or is unknown), or a value
+            that is no :class:`HedgingPolicy`.
+    """
+    if hedging is None or hedging is True:
+        return dict(DEFAULT_HEDGING)
+    if hedging is False:
+        return {}
+    if isinstance(hedging, HedgingPolicy):
+        return dict.fromkeys(DEFAULT_HEDGING, hedging)
+    if not isinstance(hedging, Mapping):
+        raise ValueError(f"hedging must be a bool, a HedgingPolicy or a mapping, got {hedging!r}")
+    refused = sorted(set(hedging) - HEDGEABLE_METHODS)
+    if refused:
+        raise ValueError(
+            f"cannot hedge {refused}: only {sorted(HEDGEABLE_METHODS)} may be repeated"
+        )
+    merged: dict[str, HedgingPolicy | None] = {**DEFAULT_HEDGING, **hedging}
+    for method, policy in merged.items():
+        if policy is not None and not isinstance(policy, HedgingPolicy):
+            raise ValueError(f"hedging[{method!r}] must be a HedgingPolicy or None")
+    return {method: p for method, p in merged.items() if p is not None}
 
 
 def tracing_configured(tracer_provider: TracerProvider | None = None) -> bool:

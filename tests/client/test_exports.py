@@ -8,10 +8,12 @@ import client
 
 EXPECTED = {
     # The client
-    "UserClient", "UserListing", "ChatSession", "NewUserSpec", "ClientStats", "DEFAULT_DEADLINES",
+    "UserClient", "UserListing", "ChatSession", "NewUserSpec", "ClientStats", "HedgeStats",
+    "DEFAULT_DEADLINES", "DEFAULT_HEDGING", "HEDGEABLE_METHODS",
     "DEFAULT_ATTEMPT_TIMEOUTS", "MAX_BATCH", "ROLES", "mint_token",
     # Configuration
-    "PoolConfig", "EjectionConfig", "RetryPolicy", "RetryBudget", "TokenProvider",
+    "PoolConfig", "EjectionConfig", "RetryPolicy", "RetryBudget", "HedgingPolicy",
+    "TokenProvider",
     # Discovery
     "Address", "Resolver", "StaticResolver", "DnsResolver", "KubernetesResolver", "TargetError",
     "resolver_for",
