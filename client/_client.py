@@ -551,11 +551,9 @@ class UserClient:
 
         async def run(endpoint: object, copy: Copy) -> T:
             assert isinstance(endpoint, Endpoint)
-            started = self._clock()
             spec = Attempt(copy.number, copy.timeout, frozenset())
-            result = await self._run_on(endpoint, invoke, spec, deadline, True, copy.mark)
-            hedge.observe(self._clock() - started)
-            return result
+            with _timing(hedge, endpoint, copy.mark, self._clock):
+                return await self._run_on(endpoint, invoke, spec, deadline, True, copy.mark)
 
         won = await call_with_hedging(
             self._pick,
@@ -793,10 +791,8 @@ class UserClient:
 
         async def open_copy(endpoint: object, copy: Copy) -> _OpenStream:
             assert isinstance(endpoint, Endpoint)
-            started = self._clock()
-            opened = await self._open_stream(endpoint, cursor.request(), copy)
-            hedge.observe(self._clock() - started)
-            return opened
+            with _timing(hedge, endpoint, copy.mark, self._clock):
+                return await self._open_stream(endpoint, cursor.request(), copy)
 
         won = await call_with_hedging(
             pick,
@@ -921,6 +917,21 @@ def _code(err: grpc.RpcError) -> grpc.StatusCode:
     code: Any = getattr(err, "code", None)
     value = code() if callable(code) else None
     return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+@contextlib.contextmanager
+def _timing(
+    hedge: HedgeDelay, endpoint: Endpoint, mark: HedgeMark, clock: Callable[[], float]
+) -> Iterator[None]:
+    """Feed a copy's latency to its method's hedge delay: an answer, or a lost race's lower bound."""
+    started = clock()
+    try:
+        yield
+    except asyncio.CancelledError:
+        if mark.lost:
+            hedge.observe(clock() - started, endpoint.address)
+        raise
+    hedge.observe(clock() - started, endpoint.address)
 
 
 def _lease(endpoint: Endpoint) -> Lease:

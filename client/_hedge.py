@@ -22,7 +22,7 @@ A copy cut short by its own per-attempt timeout while the call's deadline
 still had time counts as non-fatal (as the retry loop retries it).
 
 The delay is fixed, or adaptive (:class:`HedgeDelay`): a high percentile of
-the method's recent successful latencies, clamped to ``[min_delay,
+the method's recent latencies on a typical endpoint, clamped to ``[min_delay,
 max_delay]``, and ``max_delay`` until ``warmup`` latencies were seen, so a
 cold client does not hedge everything. Time comes through seams (``clock``,
 ``sleep``) so tests drive the exact timing with a fake clock.
@@ -60,8 +60,10 @@ T = TypeVar("T")
 DEFAULT_NON_FATAL_CODES: Final = frozenset({grpc.StatusCode.UNAVAILABLE})
 #: gRFC A6 caps maxAttempts at 5, for hedging as for retries.
 _MAX_COPIES: Final = 5
-#: Latencies between two recomputations of an adaptive delay (a sort of ``window`` floats).
-_REFRESH: Final = 16
+#: Latencies between two recomputations of an adaptive delay (a pass over the window).
+_REFRESH: Final = 32
+#: Latencies an endpoint needs in the window before its own percentile counts.
+_MIN_PER_ENDPOINT: Final = 10
 
 
 def _check(ok: bool, message: str) -> None:
@@ -173,15 +175,22 @@ class HedgingPolicy:
 class HedgeDelay:
     """The hedge delay of one method: fixed, or a clamped percentile of recent latencies.
 
-    Bounded and cheap: the last ``policy.window`` latencies in a ring, the
-    percentile recomputed every 16 new ones (one sort of the window).
+    The adaptive delay is the percentile of each endpoint's recent latencies,
+    then the (lower) median over endpoints: what a typical replica shows. One
+    percentile over every call would not do: with one replica of three stalled,
+    a third of the latencies are the stall, the p99 becomes the stall itself and
+    no hedge would ever go out. A copy that lost the race counts with the time it
+    ran, a lower bound of its latency.
+
+    Bounded and cheap: the last ``policy.window`` (endpoint, latency) pairs in a
+    ring, the delay recomputed every 32 new ones.
     """
 
     __slots__ = ("_policy", "_samples", "_seen", "_value")
 
     def __init__(self, policy: HedgingPolicy) -> None:
         self._policy = policy
-        self._samples: deque[float] = deque(maxlen=policy.window)
+        self._samples: deque[tuple[object, float]] = deque(maxlen=policy.window)
         self._seen = 0
         self._value = policy.delay if policy.delay is not None else policy.max_delay
 
@@ -199,20 +208,24 @@ class HedgeDelay:
         """Seconds to wait, now, before the next copy of a call of this method."""
         return self._value
 
-    def observe(self, latency: float) -> None:
-        """One successful copy's latency (seconds, from that copy's own start)."""
+    def observe(self, latency: float, endpoint: object = None) -> None:
+        """One copy's latency (seconds, from that copy's own start) on ``endpoint``."""
         if not self._policy.adaptive or not (latency >= 0 and math.isfinite(latency)):
             return
-        self._samples.append(latency)
+        self._samples.append((endpoint, latency))
         self._seen += 1
-        if self._seen >= self._policy.warmup and (
-            self._seen % _REFRESH == 0 or self._seen == max(1, self._policy.warmup)
-        ):
+        warmup = max(1, self._policy.warmup)
+        if self._seen >= warmup and (self._seen % _REFRESH == 0 or self._seen == warmup):
             self._refresh()
 
     def _refresh(self) -> None:
         policy = self._policy
-        raw = exact_percentile(self._samples, policy.percentile)
+        by_endpoint: dict[object, list[float]] = {}
+        for endpoint, latency in self._samples:
+            by_endpoint.setdefault(endpoint, []).append(latency)
+        groups = [g for g in by_endpoint.values() if len(g) >= _MIN_PER_ENDPOINT]
+        ranked = sorted(exact_percentile(g, policy.percentile) for g in groups or by_endpoint.values())
+        raw = ranked[(len(ranked) - 1) // 2]
         self._value = min(max(raw, policy.min_delay), policy.max_delay)
 
     def __repr__(self) -> str:
@@ -291,6 +304,10 @@ class _Hedging(Generic[T]):
     def may_send(self) -> bool:
         return not self.stopped and self.sent < self.policy.max_attempts
 
+    def due(self) -> bool:
+        """Whether the next copy should go now."""
+        return self.next_at is not None and self.next_at <= self.clock() and self.may_send()
+
     def in_flight(self) -> set[object]:
         return {flight.endpoint for flight in self.flights.values()}
 
@@ -354,6 +371,8 @@ async def call_with_hedging(
     try:
         await _send(state, pick, run, first=True, on_hedge=on_hedge)
         while True:
+            while state.due():
+                await _send(state, pick, run, first=False, on_hedge=on_hedge)
             _arm(state, sleep)
             if not state.flights and state.timer is None:
                 raise state.last_error or _deadline_passed()
@@ -361,12 +380,12 @@ async def call_with_hedging(
             if state.timer is not None:
                 waiting.add(state.timer)
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if state.timer in done:
+                # The timer's own clock may run a hair ahead of ``clock``: it is due.
+                state.next_at = clock()
             won = _settle(state, done)
             if won is not None:
                 return won
-            due = state.next_at is not None and state.next_at <= clock()
-            if due or (state.timer is not None and state.timer.done()):
-                await _send(state, pick, run, first=False, on_hedge=on_hedge)
     finally:
         await _cancel_rest(state)
 
