@@ -10,6 +10,7 @@ from bench.client._suite import SCENARIOS, run_suite
 from bench.client.kill import DNS_MODES, sigkill
 from bench.client.slow_replica import slow_replica
 from bench.client.stall import stall
+from bench.client.throttle import healthy_hedges, throttled
 from bench.client.throughput import throughput
 
 __all__ = [
@@ -22,6 +23,8 @@ __all__ = [
     "run_suite",
     "sigkill",
     "slow_replica",
+    "healthy_hedges",
     "stall",
+    "throttled",
     "throughput",
 ]
