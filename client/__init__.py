@@ -49,6 +49,7 @@ from client._errors import (
     from_rpc_error,
 )
 from client._events import EndpointEvent, endpoint_events
+from client._hedge import HedgingPolicy
 from client._histogram import LatencyHistogram, LatencySummary
 from client._interceptors import CallMetrics, MethodStats, TokenProvider
 from client._live import LiveView, PlainProgress, format_event, render_summary
@@ -71,7 +72,6 @@ from client._resolver import (
     TargetError,
     resolver_for,
 )
-from client._hedge import HedgingPolicy
 from client._retry import RetryBudget, RetryPolicy
 from client._token import mint_token
 

@@ -923,7 +923,7 @@ def _code(err: grpc.RpcError) -> grpc.StatusCode:
 def _timing(
     hedge: HedgeDelay, endpoint: Endpoint, mark: HedgeMark, clock: Callable[[], float]
 ) -> Iterator[None]:
-    """Feed a copy's latency to its method's hedge delay: an answer, or a lost race's lower bound."""
+    """Feed a copy's latency to its method's hedge delay (a lost race's: a lower bound)."""
     started = clock()
     try:
         yield

@@ -224,7 +224,9 @@ class HedgeDelay:
         for endpoint, latency in self._samples:
             by_endpoint.setdefault(endpoint, []).append(latency)
         groups = [g for g in by_endpoint.values() if len(g) >= _MIN_PER_ENDPOINT]
-        ranked = sorted(exact_percentile(g, policy.percentile) for g in groups or by_endpoint.values())
+        ranked = sorted(
+            exact_percentile(g, policy.percentile) for g in groups or by_endpoint.values()
+        )
         raw = ranked[(len(ranked) - 1) // 2]
         self._value = min(max(raw, policy.min_delay), policy.max_delay)
 
@@ -479,8 +481,8 @@ async def _cancel_rest(state: _Hedging[Any]) -> None:
         except asyncio.CancelledError:
             current = asyncio.current_task()
             cancelled_meanwhile |= current is not None and current.cancelling() > 0
-        except Exception:  # noqa: S110 - a loser's own failure is not the call's outcome
-            pass
+        except Exception:  # A loser's own failure is not the call's outcome.
+            continue
     if cancelled_meanwhile:
         raise asyncio.CancelledError
 

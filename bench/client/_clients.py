@@ -182,7 +182,7 @@ _OPENERS: dict[str, Callable[[str, str], AbstractAsyncContextManager[GetUser]]] 
 
 
 def open_client(side: str, target: str, token: str) -> AbstractAsyncContextManager[GetUser]:
-    """The GetUser of ``side`` (:data:`OURS`, ``OURS_*`` or :data:`BASELINE`), open for the block."""
+    """The GetUser of ``side`` (:data:`OURS`, an ``OURS_*`` or :data:`BASELINE`), for the block."""
     try:
         opener = _OPENERS[side]
     except KeyError:

@@ -86,7 +86,7 @@ def _result(
     rounds: dict[str, list[dict[str, Any]]], delay: float, healthy: dict[str, Any], bounds: Bounds
 ) -> dict[str, Any]:
     result = hedged_result(_NAME, rounds, bounds)
-    shares = medians({s: r for s, r in rounds.items()}, ["slow_share"])
+    shares = medians(rounds, ["slow_share"])
     result["rows"] += [
         row(
             _NAME,

@@ -70,7 +70,9 @@ def test_what_is_non_fatal() -> None:
     assert not policy.is_non_fatal(rpc_error(grpc.StatusCode.NOT_FOUND), False)
     assert not policy.is_non_fatal(expired, per_attempt_limited=False)  # the call's deadline
     assert policy.is_non_fatal(expired, per_attempt_limited=True)  # the copy's own timeout
-    assert policy.is_non_fatal(rpc_error(grpc.StatusCode.INTERNAL, "Internal error from Core"), False)
+    assert policy.is_non_fatal(
+        rpc_error(grpc.StatusCode.INTERNAL, "Internal error from Core"), False
+    )
     assert not policy.is_non_fatal(rpc_error(grpc.StatusCode.INTERNAL, "the store broke"), False)
 
 
