@@ -236,6 +236,7 @@ class _OpenStream:
     call: Any
     stream: AsyncIterator[user_pb2.ListUsersResponse]
     first: user_pb2.ListUsersResponse | None
+    started: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,11 +351,15 @@ class UserClient:
         self._tracing = tracing_configured(tracer_provider) if tracing is None else tracing
         self.metrics = CallMetrics(clock)
         provider = token_provider or ((lambda: token) if token else None)
+        self._token = provider
+        # Unary calls and ListUsers carry the token and are timed in the attempt itself;
+        # only Chat's stream-stream calls still go through those two interceptors.
         interceptors = client_interceptors(
             token=provider,
             metrics=self.metrics,
             tracer_provider=tracer_provider,
             tracing=self._tracing,
+            streams_only=True,
         )
         self.endpoints = EndpointSet(
             resolver or resolver_for(target),
@@ -420,7 +425,9 @@ class UserClient:
         request = user_pb2.GetUserRequest(id=user_id)
 
         async def invoke(lease: Lease, attempt_timeout: float | None) -> user_pb2.User:
-            reply = await lease.stub.GetUser(request, timeout=attempt_timeout)
+            reply = await lease.stub.GetUser(
+                request, timeout=attempt_timeout, metadata=self._metadata()
+            )
             return reply.user
 
         return await self._unary("GetUser", invoke, call_timeout=timeout)
@@ -455,7 +462,9 @@ class UserClient:
         request = _create_request(spec)
 
         async def invoke(lease: Lease, attempt_timeout: float | None) -> user_pb2.User:
-            reply = await lease.stub.CreateUser(request, timeout=attempt_timeout)
+            reply = await lease.stub.CreateUser(
+                request, timeout=attempt_timeout, metadata=self._metadata()
+            )
             return reply.user
 
         return await self._unary("CreateUser", invoke, call_timeout=timeout)
@@ -478,7 +487,9 @@ class UserClient:
         requests = self._batch_requests(users)
 
         async def invoke(lease: Lease, attempt_timeout: float | None) -> list[user_pb2.User]:
-            reply = await lease.stub.BatchCreateUsers(iter(requests), timeout=attempt_timeout)
+            reply = await lease.stub.BatchCreateUsers(
+                iter(requests), timeout=attempt_timeout, metadata=self._metadata()
+            )
             return list(reply.users)
 
         return await self._unary("BatchCreateUsers", invoke, call_timeout=timeout)
@@ -521,7 +532,7 @@ class UserClient:
         hedge = self._hedges.get(method) if idempotent and timed and attempt is None else None
 
         async def one_attempt(spec: Attempt) -> T:
-            return await self._attempt(invoke, spec, deadline, timed)
+            return await self._attempt(method, invoke, spec, deadline, timed)
 
         try:
             if hedge is not None:
@@ -553,7 +564,9 @@ class UserClient:
             assert isinstance(endpoint, Endpoint)
             spec = Attempt(copy.number, copy.timeout, frozenset())
             with _timing(hedge, endpoint, copy.mark, self._clock):
-                return await self._run_on(endpoint, invoke, spec, deadline, True, copy.mark)
+                return await self._run_on(
+                    method, endpoint, invoke, spec, deadline, True, copy.mark
+                )
 
         won = await call_with_hedging(
             self._pick,
@@ -576,16 +589,18 @@ class UserClient:
 
     async def _attempt(
         self,
+        method: str,
         invoke: Callable[[Lease, float | None], Awaitable[T]],
         spec: Attempt,
         deadline: float | None,
         timed: bool,
     ) -> T:
         endpoint = await self._pick(spec.excluded, spec.timeout)
-        return await self._run_on(endpoint, invoke, spec, deadline, timed)
+        return await self._run_on(method, endpoint, invoke, spec, deadline, timed)
 
     async def _run_on(
         self,
+        method: str,
         endpoint: Endpoint,
         invoke: Callable[[Lease, float | None], Awaitable[T]],
         spec: Attempt,
@@ -593,7 +608,11 @@ class UserClient:
         timed: bool,
         mark: HedgeMark | None = None,
     ) -> T:
-        """One attempt (or hedge copy) on ``endpoint``, its outcome reported to the endpoint."""
+        """One attempt (or hedge copy) on ``endpoint``, its outcome reported to the endpoint.
+
+        The attempt's timing goes to ``self.metrics`` here, not in an interceptor:
+        a grpc.aio interceptor costs every call an extra task and wrapper.
+        """
         started = self._clock()
         lease = _lease(endpoint)
         peer = ATTEMPT_PEER.set(endpoint.address)
@@ -601,6 +620,7 @@ class UserClient:
         try:
             result = await invoke(lease, spec.timeout)
         except grpc.RpcError as err:
+            self.metrics.record(method, _code(err), self._clock() - started)
             cut = _cut_by_attempt(spec, started, deadline)
             if cut and timed:
                 # A replica that let an attempt time out is at least that slow.
@@ -616,9 +636,16 @@ class UserClient:
             ATTEMPT_HEDGE.reset(hedge)
             ATTEMPT_PEER.reset(peer)
             await endpoint.release(lease)
+        elapsed = self._clock() - started
+        self.metrics.record(method, grpc.StatusCode.OK, elapsed)
         # A stream's duration is set by its reader, so it says nothing of the replica.
-        endpoint.record_success(self._clock() - started if timed else None)
+        endpoint.record_success(elapsed if timed else None)
         return result
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The attempt's call metadata: the bearer token, asked of the provider per attempt."""
+        token = self._token() if self._token is not None else None
+        return (("authorization", f"Bearer {token}"),) if token else None
 
     async def _pick(self, excluded: Collection[object], max_wait: float | None) -> Endpoint:
         exclude = [e for e in excluded if isinstance(e, Endpoint)]
@@ -733,7 +760,7 @@ class UserClient:
         # Runs in its own task, so attaching the logical span here leaks to no one.
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            invoke = self._listing_invoker(cursor, queue)
+            invoke = self._listing_invoker(cursor, queue, self._metadata)
             hedge = self._hedges.get("ListUsers")
 
             async def hedged(spec: Attempt) -> None:
@@ -758,12 +785,15 @@ class UserClient:
 
     @staticmethod
     def _listing_invoker(
-        cursor: _ListCursor, queue: asyncio.Queue[_Listed | _End]
+        cursor: _ListCursor,
+        queue: asyncio.Queue[_Listed | _End],
+        metadata: Callable[[], tuple[tuple[str, str], ...] | None],
     ) -> Callable[[Lease, float | None], Awaitable[None]]:
         async def invoke(lease: Lease, attempt_timeout: float | None) -> None:
             if cursor.done:
                 return
-            call = lease.stub.ListUsers(cursor.request(), timeout=attempt_timeout)
+            request = cursor.request()
+            call = lease.stub.ListUsers(request, timeout=attempt_timeout, metadata=metadata())
             try:
                 # The request asked for exactly what is left, so the stream ends by itself.
                 async for item in call:
@@ -804,6 +834,7 @@ class UserClient:
             clock=self._clock,
             on_hedge=lambda number: self._on_hedge("ListUsers", number),
             new_call=False,
+            discard=self._close_stream,
         )
         if won.number > 1:
             self._hedge_counts["ListUsers"][1] += 1
@@ -813,12 +844,13 @@ class UserClient:
         self, endpoint: Endpoint, request: user_pb2.ListUsersRequest, copy: Copy
     ) -> _OpenStream:
         """Open a ListUsers stream on ``endpoint`` and wait for its first response (or end)."""
+        started = self._clock()
         lease = _lease(endpoint)
         peer = ATTEMPT_PEER.set(endpoint.address)
         mark = ATTEMPT_HEDGE.set(copy.mark)
         call = None
         try:
-            call = lease.stub.ListUsers(request, timeout=copy.timeout)
+            call = lease.stub.ListUsers(request, timeout=copy.timeout, metadata=self._metadata())
             stream = call.__aiter__()
             first = await anext(stream, None)
         except BaseException as exc:
@@ -826,13 +858,20 @@ class UserClient:
                 call.cancel()
             await endpoint.release(lease)
             if isinstance(exc, grpc.RpcError):
+                self.metrics.record("ListUsers", _code(exc), self._clock() - started)
                 self._attempt_failed(endpoint, exc, cut=False)
                 raise AttemptFailed(exc, endpoint) from exc
             raise
         finally:
             ATTEMPT_HEDGE.reset(mark)
             ATTEMPT_PEER.reset(peer)
-        return _OpenStream(endpoint, lease, call, stream, first)
+        return _OpenStream(endpoint, lease, call, stream, first, started)
+
+    @staticmethod
+    async def _close_stream(opened: _OpenStream) -> None:
+        """Release a stream that answered but lost the race to another copy."""
+        opened.call.cancel()
+        await opened.endpoint.release(opened.lease)
 
     async def _read_listing(
         self, opened: _OpenStream, cursor: _ListCursor, queue: asyncio.Queue[_Listed | _End]
@@ -846,11 +885,13 @@ class UserClient:
                 await queue.put(_Listed(item.user, item.next_page_token))
                 item = await anext(opened.stream, None)
         except grpc.RpcError as err:
+            self.metrics.record("ListUsers", _code(err), self._clock() - opened.started)
             self._attempt_failed(endpoint, err, cut=False)
             raise AttemptFailed(err, endpoint) from err
         finally:
             opened.call.cancel()
             await endpoint.release(opened.lease)
+        self.metrics.record("ListUsers", grpc.StatusCode.OK, self._clock() - opened.started)
         endpoint.record_success(None)
 
     # --- Chat -----------------------------------------------------------------------------

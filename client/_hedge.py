@@ -338,6 +338,7 @@ async def call_with_hedging(
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     on_hedge: Callable[[int], None] | None = None,
     new_call: bool = True,
+    discard: Callable[[T], Awaitable[object]] | None = None,
 ) -> Won[T]:
     """Run copies of one call by the module's rules until one answers OK or none can.
 
@@ -357,6 +358,9 @@ async def call_with_hedging(
         new_call: whether this is a logical call of its own, which deposits in
             ``budget``; False when it runs inside a retry loop's attempt (that
             loop deposited already).
+        discard: called with the result of a copy that also answered OK but
+            lost (it finished in the same instant as the winner), so a result
+            that holds resources (an open stream) can release them.
 
     Returns:
         The first OK copy's value and number.
@@ -389,7 +393,7 @@ async def call_with_hedging(
             if won is not None:
                 return won
     finally:
-        await _cancel_rest(state)
+        await _cancel_rest(state, discard)
 
 
 def _arm(state: _Hedging[Any], sleep: Callable[[float], Awaitable[object]]) -> None:
@@ -459,30 +463,35 @@ async def _send(
         on_hedge(copy.number)
 
 
-async def _cancel_rest(state: _Hedging[Any]) -> None:
+async def _cancel_rest(
+    state: _Hedging[T], discard: Callable[[T], Awaitable[object]] | None
+) -> None:
     """Cancel the copies still running (the losers) and the timer; wait for them to end.
 
-    A copy that already failed is only read (its error is not the call's);
-    our own cancellation, if it comes meanwhile, is raised once all have ended.
+    A copy that already failed is only read (its error is not the call's); one
+    that answered OK in the same instant as the winner goes to ``discard``. Our
+    own cancellation, if it comes meanwhile, is raised once all have ended.
     """
     for flight in state.flights.values():
         flight.copy.mark.lost = True
-    tasks: list[asyncio.Future[Any]] = list(state.flights)
-    if state.timer is not None:
-        tasks.append(state.timer)
+    copies: list[asyncio.Future[T]] = list(state.flights)
+    timers = [state.timer] if state.timer is not None else []
     state.flights.clear()
     state.timer = None
-    for task in tasks:
+    for task in (*copies, *timers):
         task.cancel()
     cancelled_meanwhile = False
-    for task in tasks:
+    for task in (*copies, *timers):
         try:
-            await task
+            result = await task
         except asyncio.CancelledError:
             current = asyncio.current_task()
             cancelled_meanwhile |= current is not None and current.cancelling() > 0
         except Exception:  # A loser's own failure is not the call's outcome.
             continue
+        else:
+            if discard is not None and task in copies:
+                await discard(result)
     if cancelled_meanwhile:
         raise asyncio.CancelledError
 

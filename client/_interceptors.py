@@ -424,17 +424,25 @@ def client_interceptors(
     metrics: CallMetrics | None,
     tracer_provider: TracerProvider | None = None,
     tracing: bool = True,
+    streams_only: bool = False,
 ) -> list[Any]:
     """All client interceptors, outermost first: tracing, metrics, then the token.
 
     The tracing span encloses the metrics timing; the token is added last so no
     interceptor sees (or could log) it before it goes on the wire.
+
+    With ``streams_only`` the token and metrics interceptors are made for
+    stream-stream calls only (Chat): ``UserClient`` puts the token in each
+    attempt's metadata and times the attempt itself, because grpc.aio runs any
+    call type that has an interceptor through its intercepted path (an extra
+    task and wrappers per call), and with no tracing that leaves unary calls
+    and ListUsers with none at all.
     """
     chain: list[Any] = []
     if tracing:
         chain += tracing_interceptors(tracer_provider)
     if metrics is not None:
-        chain += metrics_interceptors(metrics)
+        chain += [_MetricsStreamStream(metrics)] if streams_only else metrics_interceptors(metrics)
     if token is not None:
-        chain += auth_interceptors(token)
+        chain += [_AuthStreamStream(token)] if streams_only else auth_interceptors(token)
     return chain

@@ -352,3 +352,31 @@ async def test_one_attempt_sends_no_hedge(replicas: Replicas) -> None:
     assert len(replicas.sent) == 1
     replicas.reply(1, "only")
     assert await task == Won("only", 1)
+
+
+async def test_a_copy_that_answered_ok_in_the_same_instant_is_discarded(
+    replicas: Replicas,
+) -> None:
+    discarded: list[str] = []
+
+    async def discard(value: str) -> None:
+        discarded.append(value)
+
+    task = asyncio.ensure_future(
+        call_with_hedging(
+            replicas.pick,
+            replicas.run,
+            policy=HedgingPolicy(delay=DELAY),
+            delay=DELAY,
+            budget=None,
+            deadline=None,
+            clock=replicas.clock,
+            sleep=replicas.clock.sleep,
+            discard=discard,
+        )
+    )
+    await replicas.clock.advance(DELAY)
+    replicas.reply(1, "first")
+    replicas.reply(2, "second")  # both done before the loop looks
+    won = await task
+    assert discarded == ["second" if won.number == 1 else "first"]
