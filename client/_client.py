@@ -564,9 +564,7 @@ class UserClient:
             assert isinstance(endpoint, Endpoint)
             spec = Attempt(copy.number, copy.timeout, frozenset())
             with _timing(hedge, endpoint, copy.mark, self._clock):
-                return await self._run_on(
-                    method, endpoint, invoke, spec, deadline, True, copy.mark
-                )
+                return await self._run_on(method, endpoint, invoke, spec, deadline, True, copy.mark)
 
         won = await call_with_hedging(
             self._pick,
