@@ -474,14 +474,14 @@ async def _cancel_rest(
     """
     for flight in state.flights.values():
         flight.copy.mark.lost = True
-    copies: list[asyncio.Future[T]] = list(state.flights)
-    timers = [state.timer] if state.timer is not None else []
+    copies: list[asyncio.Future[Any]] = list(state.flights)
+    tasks = [*copies, state.timer] if state.timer is not None else copies
     state.flights.clear()
     state.timer = None
-    for task in (*copies, *timers):
+    for task in tasks:
         task.cancel()
     cancelled_meanwhile = False
-    for task in (*copies, *timers):
+    for task in tasks:
         try:
             result = await task
         except asyncio.CancelledError:
