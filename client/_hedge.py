@@ -379,14 +379,8 @@ async def call_with_hedging(
         while True:
             while state.due():
                 await _send(state, pick, run, first=False, on_hedge=on_hedge)
-            _arm(state, sleep)
-            if not state.flights and state.timer is None:
-                raise state.last_error or _deadline_passed()
-            waiting: set[asyncio.Future[Any]] = set(state.flights)
-            if state.timer is not None:
-                waiting.add(state.timer)
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            if state.timer in done:
+            done, fired = await _next_event(state, sleep)
+            if fired:
                 # The timer's own clock may run a hair ahead of ``clock``: it is due.
                 state.next_at = clock()
             won = _settle(state, done)
@@ -394,6 +388,42 @@ async def call_with_hedging(
                 return won
     finally:
         await _cancel_rest(state, discard)
+
+
+async def _next_event(
+    state: _Hedging[Any], sleep: Callable[[float], Awaitable[object]]
+) -> tuple[set[asyncio.Future[Any]], bool]:
+    """Wait for a copy to end or the next copy to fall due: (copies done, whether it is due).
+
+    With the real ``asyncio.sleep`` the wait's own timeout is the timer (one timer
+    handle, no task: this runs for every hedged call); an injected ``sleep`` (a
+    fake clock's) runs as a task beside the copies.
+
+    Raises:
+        grpc.RpcError: no copy is running and none can be sent any more.
+    """
+    due = state.next_at if state.may_send() else None
+    if sleep is asyncio.sleep:
+        if not state.flights:
+            if due is None:
+                raise state.last_error or _deadline_passed()
+            await asyncio.sleep(max(0.0, due - state.clock()))
+            return set(), True
+        timeout = None if due is None else max(0.0, due - state.clock())
+        done, _ = await asyncio.wait(
+            state.flights, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        return done, not done
+    _arm(state, sleep)
+    if not state.flights and state.timer is None:
+        raise state.last_error or _deadline_passed()
+    waiting: set[asyncio.Future[Any]] = set(state.flights)
+    if state.timer is not None:
+        waiting.add(state.timer)
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    fired = state.timer in done
+    done.discard(state.timer)  # type: ignore[arg-type]
+    return done, fired
 
 
 def _arm(state: _Hedging[Any], sleep: Callable[[float], Awaitable[object]]) -> None:
