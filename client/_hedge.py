@@ -292,7 +292,7 @@ class _Hedging(Generic[T]):
     sent: int = 0
     stopped: bool = False
     next_at: float | None = None
-    timer: asyncio.Future[object] | None = None
+    timer: asyncio.Task[object] | None = None
     timer_due: float | None = None
     last_error: grpc.RpcError | None = None
 
@@ -392,7 +392,7 @@ async def call_with_hedging(
 
 async def _next_event(
     state: _Hedging[Any], sleep: Callable[[float], Awaitable[object]]
-) -> tuple[set[asyncio.Future[Any]], bool]:
+) -> tuple[set[asyncio.Task[Any]], bool]:
     """Wait for a copy to end or the next copy to fall due: (copies done, whether it is due).
 
     With the real ``asyncio.sleep`` the wait's own timeout is the timer (one timer
@@ -417,12 +417,13 @@ async def _next_event(
     _arm(state, sleep)
     if not state.flights and state.timer is None:
         raise state.last_error or _deadline_passed()
-    waiting: set[asyncio.Future[Any]] = set(state.flights)
+    waiting: set[asyncio.Task[Any]] = set(state.flights)
     if state.timer is not None:
         waiting.add(state.timer)
     done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     fired = state.timer in done
-    done.discard(state.timer)  # type: ignore[arg-type]
+    if state.timer is not None:
+        done.discard(state.timer)
     return done, fired
 
 
@@ -441,7 +442,7 @@ async def _sleep(sleep: Callable[[float], Awaitable[object]], seconds: float) ->
     return await sleep(max(0.0, seconds))
 
 
-def _settle(state: _Hedging[T], done: set[asyncio.Future[Any]]) -> Won[T] | None:
+def _settle(state: _Hedging[T], done: set[asyncio.Task[Any]]) -> Won[T] | None:
     """Account for every finished copy: the winner, a fatal error, or non-fatal failures."""
     for task in [t for t in state.flights if t in done]:
         flight = state.flights.pop(task)
