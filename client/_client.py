@@ -846,7 +846,7 @@ class UserClient:
         lease = _lease(endpoint)
         peer = ATTEMPT_PEER.set(endpoint.address)
         mark = ATTEMPT_HEDGE.set(copy.mark)
-        call = None
+        call = stream = None
         try:
             call = lease.stub.ListUsers(request, timeout=copy.timeout, metadata=self._metadata())
             stream = call.__aiter__()
@@ -854,6 +854,7 @@ class UserClient:
         except BaseException as exc:
             if call is not None:
                 call.cancel()
+            await _close_iterator(stream)  # ends a tracing span now, not at collection
             await endpoint.release(lease)
             if isinstance(exc, grpc.RpcError):
                 self.metrics.record("ListUsers", _code(exc), self._clock() - started)
@@ -863,12 +864,14 @@ class UserClient:
         finally:
             ATTEMPT_HEDGE.reset(mark)
             ATTEMPT_PEER.reset(peer)
+        assert stream is not None
         return _OpenStream(endpoint, lease, call, stream, first, started)
 
     @staticmethod
     async def _close_stream(opened: _OpenStream) -> None:
         """Release a stream that answered but lost the race to another copy."""
         opened.call.cancel()
+        await _close_iterator(opened.stream)
         await opened.endpoint.release(opened.lease)
 
     async def _read_listing(
@@ -888,6 +891,7 @@ class UserClient:
             raise AttemptFailed(err, endpoint) from err
         finally:
             opened.call.cancel()
+            await _close_iterator(opened.stream)
             await endpoint.release(opened.lease)
         self.metrics.record("ListUsers", grpc.StatusCode.OK, self._clock() - opened.started)
         endpoint.record_success(None)
@@ -971,6 +975,14 @@ def _timing(
             hedge.observe(clock() - started, endpoint.address)
         raise
     hedge.observe(clock() - started, endpoint.address)
+
+
+async def _close_iterator(stream: object) -> None:
+    """Close an async generator (a response stream an interceptor wrapped), if it is one."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
 
 
 def _lease(endpoint: Endpoint) -> Lease:

@@ -286,3 +286,26 @@ async def test_one_span_per_copy_and_the_loser_is_marked_cancelled(
     assert all(
         c.parent and logical.context and c.parent.span_id == logical.context.span_id for c in copies
     )
+
+
+async def test_a_listings_losing_copy_span_is_marked_cancelled(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    slow, quick = Holding("slow", delay=HOLD), Holding("quick")
+    async with (
+        echo_server("127.0.0.2", slow) as s,
+        echo_server("127.0.0.3", quick) as q,
+        hedging_client(s, q, tracing=True, tracer_provider=provider) as client,
+    ):
+        assert len(await asyncio.wait_for(_all(client.list_users()), 5)) == 3
+    copies = [
+        x
+        for x in exporter.get_finished_spans()
+        if x.kind is SpanKind.CLIENT and x.name.endswith("/ListUsers")
+    ]
+    by_number = {c.attributes["meshdemo.hedge.number"]: c for c in copies if c.attributes}
+    assert set(by_number) == {1, 2}
+    loser = by_number[1].attributes
+    assert loser is not None and loser["meshdemo.hedge.cancelled"] is True
+    winner = by_number[2].attributes
+    assert winner is not None and "meshdemo.hedge.cancelled" not in winner
