@@ -626,9 +626,12 @@ class UserClient:
             self._attempt_failed(endpoint, err, cut)
             raise AttemptFailed(err, endpoint) from err
         except asyncio.CancelledError:
-            if mark is not None and mark.lost and timed:
-                # A hedge's loser was at least this slow: latency-aware pickers learn it.
+            if mark is not None and mark.outrun and timed:
+                # A later copy outran this one by a hedge delay or more: a slow answer, like
+                # a per-attempt timeout (latency-aware pickers learn it, and several in a
+                # row eject the replica, so least_conn stops feeding a stalled one).
                 endpoint.latency.observe(self._clock() - started)
+                endpoint.record_failure(grpc.StatusCode.DEADLINE_EXCEEDED, outlier=True)
             raise
         finally:
             ATTEMPT_HEDGE.reset(hedge)

@@ -237,10 +237,16 @@ class HedgeDelay:
 
 @dataclass(slots=True)
 class HedgeMark:
-    """Which copy an attempt is, for its span; ``lost`` is set before a loser is cancelled."""
+    """Which copy an attempt is, for its span, and how it ended if it lost.
+
+    ``lost`` is set before a loser is cancelled; ``outrun`` too when a copy sent
+    *after* it answered first: it was then slower by at least one hedge delay,
+    which says something of its replica (a loser sent later says nothing).
+    """
 
     number: int
     lost: bool = False
+    outrun: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,6 +391,8 @@ async def call_with_hedging(
                 state.next_at = clock()
             won = _settle(state, done)
             if won is not None:
+                for flight in state.flights.values():
+                    flight.copy.mark.outrun = flight.copy.number < won.number
                 return won
     finally:
         await _cancel_rest(state, discard)

@@ -309,3 +309,21 @@ async def test_a_listings_losing_copy_span_is_marked_cancelled(
     assert loser is not None and loser["meshdemo.hedge.cancelled"] is True
     winner = by_number[2].attributes
     assert winner is not None and "meshdemo.hedge.cancelled" not in winner
+
+
+async def test_a_replica_outrun_by_hedges_again_and_again_is_ejected() -> None:
+    slow, quick = Holding("slow", delay=HOLD), Holding("quick")
+    async with (
+        echo_server("127.0.0.2", slow) as s,
+        echo_server("127.0.0.3", quick) as q,
+        hedging_client(s, q) as client,
+    ):
+        for _ in range(3):  # EjectionConfig's default: three outlier failures in a row
+            await asyncio.wait_for(client.get_user("u"), 5)
+        [stalled] = [e for e in client.stats().endpoints if e.address == s]
+        assert stalled.state == "EJECTED"
+        assert stalled.failures == 3
+        await eventually(lambda: slow.cancelled == 3)
+        calls = slow.calls
+        await asyncio.wait_for(client.get_user("u"), 5)
+        assert slow.calls == calls  # no longer picked while ejected

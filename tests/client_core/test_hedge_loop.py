@@ -162,6 +162,8 @@ async def test_the_second_copy_goes_exactly_at_the_delay_and_the_third_at_twice(
     replicas.reply(2, "from b")
     assert await task == Won("from b", 2)
     assert [s.cancelled for s in replicas.sent] == [True, False, True]
+    # Only the copy sent before the winner was outrun: the one sent after says nothing.
+    assert [s.copy.mark.outrun for s in replicas.sent] == [True, False, False]
 
 
 async def test_an_answer_before_the_delay_sends_no_hedge(replicas: Replicas) -> None:
