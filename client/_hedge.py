@@ -99,7 +99,9 @@ class HedgingPolicy:
         percentile: the adaptive delay's quantile of recent successful latencies,
             in (0, 1); 0.99 hedges about one healthy call in a hundred.
         min_delay: the adaptive delay's floor (seconds).
-        max_delay: the adaptive delay's cap, and the delay during warm-up.
+        max_delay: the adaptive delay's cap, and the delay during warm-up; when the
+            typical endpoint's percentile is above it, every replica is slow
+            (overload) and no hedge is sent (the delay is ``inf``) until it is back under.
         warmup: successful latencies seen before the adaptive delay leaves ``max_delay``.
         window: how many recent latencies the adaptive delay keeps.
 
@@ -228,7 +230,9 @@ class HedgeDelay:
             exact_percentile(g, policy.percentile) for g in groups or by_endpoint.values()
         )
         raw = ranked[(len(ranked) - 1) // 2]
-        self._value = min(max(raw, policy.min_delay), policy.max_delay)
+        # Above the cap the typical replica itself is slow (overload everywhere): a copy
+        # would only add load, so no hedge until it is back under (failures still are).
+        self._value = math.inf if raw > policy.max_delay else max(raw, policy.min_delay)
 
     def __repr__(self) -> str:
         kind = "adaptive" if self._policy.adaptive else "fixed"
@@ -497,7 +501,7 @@ async def _send(
     copy = Copy(state.sent, timeout, HedgeMark(state.sent))
     task = asyncio.ensure_future(run(endpoint, copy))
     state.flights[task] = _Flight(endpoint, copy, per_attempt_limited)
-    state.next_at = state.clock() + state.delay
+    state.next_at = state.clock() + state.delay if math.isfinite(state.delay) else None
     if not first and on_hedge is not None:
         on_hedge(copy.number)
 

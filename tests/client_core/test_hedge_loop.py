@@ -121,12 +121,13 @@ async def start(
     deadline: float | None = None,
     per_attempt_timeout: float | None = None,
     hedges: list[int] | None = None,
+    delay: float = DELAY,
 ) -> asyncio.Task[Won[str]]:
     call: Awaitable[Won[str]] = call_with_hedging(
         replicas.pick,
         replicas.run,
         policy=policy or HedgingPolicy(max_attempts=3, delay=DELAY),
-        delay=DELAY,
+        delay=delay,
         budget=budget,
         deadline=deadline,
         per_attempt_timeout=per_attempt_timeout,
@@ -382,3 +383,16 @@ async def test_a_copy_that_answered_ok_in_the_same_instant_is_discarded(
     replicas.reply(2, "second")  # both done before the loop looks
     won = await task
     assert discarded == ["second" if won.number == 1 else "first"]
+
+
+async def test_an_infinite_delay_sends_no_hedge_but_follows_a_failure_at_once(
+    replicas: Replicas,
+) -> None:
+    task = await start(replicas, HedgingPolicy(delay=DELAY), delay=math.inf)
+    await replicas.clock.advance(1000.0)
+    assert len(replicas.sent) == 1  # overload everywhere: no hedge
+    replicas.reply(1, AttemptFailed(UNAVAILABLE, "a"))
+    await settle()
+    assert len(replicas.sent) == 2  # but a failure is still followed by the next copy
+    replicas.reply(2, "b")
+    assert (await task).number == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import grpc
@@ -116,7 +117,7 @@ def test_the_adaptive_delay_follows_a_change_within_one_window() -> None:
     assert delay.current() == pytest.approx(0.010)
 
 
-@pytest.mark.parametrize(("latency", "expected"), [(1e-5, 0.002), (5.0, 0.1)])
+@pytest.mark.parametrize(("latency", "expected"), [(1e-5, 0.002), (0.1, 0.1), (5.0, math.inf)])
 def test_the_adaptive_delay_stays_within_its_bounds(latency: float, expected: float) -> None:
     delay = HedgeDelay(HedgingPolicy(warmup=1, min_delay=0.002, max_delay=0.1))
     for _ in range(64):
