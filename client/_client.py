@@ -150,7 +150,7 @@ class ClientStats:
         calls: Logical calls started.
         retries: Retries made (attempts after the first).
         failures: Logical calls that ended in an error.
-        methods: Per-method attempt counters and latency (from the metrics interceptor).
+        methods: Per-method attempt counters and latency (every attempt and hedge copy).
         hedges: Hedges sent (copies after the first, every method).
         hedges_won: Calls a hedge answered first.
         hedging: Per hedged method: hedges sent and won, and the delay now.

@@ -1,5 +1,9 @@
 """Client interceptors: bearer tokens, per-method metrics, and one tracing span per attempt.
 
+``UserClient`` uses the tracing ones (with a tracer provider) and, for Chat
+only, the token and metrics ones: its other calls carry the token in their
+metadata and are timed by the attempt itself (see :func:`client_interceptors`).
+
 grpc.aio files an interceptor object under the FIRST client interceptor class it
 inherits, so an object that inherits all four intercepts unary-unary calls
 only. Every concern here therefore comes as four small objects, one per call
