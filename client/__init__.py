@@ -7,9 +7,12 @@ from client._chat import ChatReconnect, ChatReconnected, ChatSession
 from client._client import (
     DEFAULT_ATTEMPT_TIMEOUTS,
     DEFAULT_DEADLINES,
+    DEFAULT_HEDGING,
+    HEDGEABLE_METHODS,
     MAX_BATCH,
     ROLES,
     ClientStats,
+    HedgeStats,
     NewUserSpec,
     UserClient,
     UserListing,
@@ -46,6 +49,7 @@ from client._errors import (
     from_rpc_error,
 )
 from client._events import EndpointEvent, endpoint_events
+from client._hedge import HedgingPolicy
 from client._histogram import LatencyHistogram, LatencySummary
 from client._interceptors import CallMetrics, MethodStats, TokenProvider
 from client._live import LiveView, PlainProgress, format_event, render_summary
@@ -81,7 +85,10 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     "ChatReconnected",
     "NewUserSpec",
     "ClientStats",
+    "HedgeStats",
     "DEFAULT_DEADLINES",
+    "DEFAULT_HEDGING",
+    "HEDGEABLE_METHODS",
     "DEFAULT_ATTEMPT_TIMEOUTS",
     "MAX_BATCH",
     "ROLES",
@@ -91,6 +98,7 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     "EjectionConfig",
     "RetryPolicy",
     "RetryBudget",
+    "HedgingPolicy",
     "TokenProvider",
     # TLS
     "TlsConfig",

@@ -114,7 +114,8 @@ class ChatReconnected:
         failed: Address of the endpoint whose stream broke.
         endpoint: Address of the endpoint of the new stream.
         code: Status code name of the failure (UNAVAILABLE for a replica that
-            stopped answering).
+            stopped answering, and for grpcio's local "Internal error from Core"
+            when the connection was cut under a write).
         reason: The failure's message.
         attempt: Reconnects in a row without an answer, this one included.
         resent: Messages that were sent again on the new stream.
@@ -507,11 +508,16 @@ class ChatSession:
         self._stream = stream
         self.reconnects += 1
         self.resent += len(self._pending)
+        code, reason = rpc_code(failure).name, rpc_message(failure)
+        if is_local_transport_failure(failure):
+            # grpcio's own word for a connection cut under a write: the retry logic reads
+            # it as UNAVAILABLE, and so does the person reading the event.
+            code, reason = "UNAVAILABLE", f"connection lost ({reason})"
         event = ChatReconnected(
             failed=str(broken.endpoint.address),
             endpoint=str(stream.endpoint.address),
-            code=rpc_code(failure).name,
-            reason=rpc_message(failure),
+            code=code,
+            reason=reason,
             attempt=self._in_a_row,
             resent=len(self._pending),
         )

@@ -44,7 +44,9 @@ from client._endpoint import (
     PoolConfig,
 )
 from client._errors import from_rpc_error
+from client._hedge import Copy, HedgeDelay, HedgeMark, HedgingPolicy, call_with_hedging
 from client._interceptors import (
+    ATTEMPT_HEDGE,
     ATTEMPT_PEER,
     CallMetrics,
     MethodStats,
@@ -63,9 +65,12 @@ from meshdemo.v1 import user_pb2
 __all__ = [
     "DEFAULT_ATTEMPT_TIMEOUTS",
     "DEFAULT_DEADLINES",
+    "DEFAULT_HEDGING",
+    "HEDGEABLE_METHODS",
     "MAX_BATCH",
     "ROLES",
     "ClientStats",
+    "HedgeStats",
     "NewUserSpec",
     "UserClient",
 ]
@@ -88,6 +93,15 @@ DEFAULT_ATTEMPT_TIMEOUTS: Mapping[str, float | None] = {
     "ListUsers": None,
     "BatchCreateUsers": None,
 }
+#: Methods hedged unless told otherwise (ListUsers: until its first response), all
+#: with the adaptive delay.
+DEFAULT_HEDGING: Mapping[str, HedgingPolicy] = {
+    "GetUser": HedgingPolicy(),
+    "ListUsers": HedgingPolicy(),
+}
+#: Methods that may be hedged: those the retry policy may repeat (reads, and writes
+#: that carry a request id). Chat never: its messages may not be sent twice.
+HEDGEABLE_METHODS = frozenset({"GetUser", "ListUsers", "CreateUser", "BatchCreateUsers"})
 #: Most users one BatchCreateUsers call may carry (the service's limit too, from the contract).
 MAX_BATCH = contract.MAX_BATCH
 #: Role names of the client API and their proto values (the contract's Role enum).
@@ -112,6 +126,21 @@ class NewUserSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class HedgeStats:
+    """Hedging of one method.
+
+    Attributes:
+        sent: Copies sent after the first (each took a retry budget token).
+        won: Calls whose answer came from such a copy.
+        delay: The hedge delay now, in seconds.
+    """
+
+    sent: int
+    won: int
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
 class ClientStats:
     """A snapshot of the client.
 
@@ -120,7 +149,10 @@ class ClientStats:
         calls: Logical calls started.
         retries: Retries made (attempts after the first, and Chat reconnects).
         failures: Logical calls that ended in an error.
-        methods: Per-method attempt counters and latency (from the metrics interceptor).
+        methods: Per-method attempt counters and latency (every attempt and hedge copy).
+        hedges: Hedges sent (copies after the first, every method).
+        hedges_won: Calls a hedge answered first.
+        hedging: Per hedged method: hedges sent and won, and the delay now.
     """
 
     endpoints: tuple[EndpointStats, ...]
@@ -128,6 +160,9 @@ class ClientStats:
     retries: int
     failures: int
     methods: Mapping[str, MethodStats] = field(default_factory=dict)
+    hedges: int = 0
+    hedges_won: int = 0
+    hedging: Mapping[str, HedgeStats] = field(default_factory=dict)
 
 
 def role_values(roles: Iterable[str]) -> list[user_pb2.Role.ValueType]:
@@ -189,6 +224,18 @@ class _End:
     """Marks the end of a listing in the hand-over queue, with its error if it failed."""
 
     error: Exception | None
+
+
+@dataclass(frozen=True, slots=True)
+class _OpenStream:
+    """A ListUsers stream that answered: its lease, call, iterator and first response."""
+
+    endpoint: Endpoint
+    lease: Lease
+    call: Any
+    stream: AsyncIterator[user_pb2.ListUsersResponse]
+    first: user_pb2.ListUsersResponse | None
+    started: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +310,11 @@ class UserClient:
             certificate; files are re-read for new channels when they change
             (a file that cannot be read at construction raises ValueError).
         credentials: Ready-made channel credentials instead of ``tls`` (not both).
+        hedging: Which methods are hedged (see docs/hedging.md): None or True for
+            :data:`DEFAULT_HEDGING`; False for none; a :class:`HedgingPolicy` for
+            the default methods with that policy; a mapping of method names to
+            policies (None turns a method off) over the defaults. Only
+            :data:`HEDGEABLE_METHODS` may be named.
     """
 
     def __init__(
@@ -286,8 +338,11 @@ class UserClient:
         connect_timeout: float = 5.0,
         tls: TlsConfig | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        hedging: bool | HedgingPolicy | Mapping[str, HedgingPolicy | None] | None = None,
     ) -> None:
         self.target = target
+        self._hedges = {m: HedgeDelay(p) for m, p in hedging_by_method(hedging).items()}
+        self._hedge_counts: dict[str, list[int]] = {m: [0, 0] for m in self._hedges}
         self._retry = retry or RetryPolicy()
         self._deadlines = {**DEFAULT_DEADLINES, **(deadlines or {})}
         self._attempt_timeouts = {**DEFAULT_ATTEMPT_TIMEOUTS, **(attempt_timeouts or {})}
@@ -302,11 +357,15 @@ class UserClient:
         self._tracing = tracing_configured(tracer_provider) if tracing is None else tracing
         self.metrics = CallMetrics(clock)
         provider = token_provider or ((lambda: token) if token else None)
+        self._token = provider
+        # Unary calls and ListUsers carry the token and are timed in the attempt itself;
+        # only Chat's stream-stream calls still go through those two interceptors.
         interceptors = client_interceptors(
             token=provider,
             metrics=self.metrics,
             tracer_provider=tracer_provider,
             tracing=self._tracing,
+            streams_only=True,
         )
         self.endpoints = EndpointSet(
             resolver or resolver_for(target),
@@ -346,6 +405,12 @@ class UserClient:
             retries=self._retries,
             failures=self._failures,
             methods=self.metrics.snapshot(),
+            hedges=sum(sent for sent, _ in self._hedge_counts.values()),
+            hedges_won=sum(won for _, won in self._hedge_counts.values()),
+            hedging={
+                method: HedgeStats(sent, won, self._hedges[method].current())
+                for method, (sent, won) in sorted(self._hedge_counts.items())
+            },
         )
 
     def __repr__(self) -> str:
@@ -367,7 +432,9 @@ class UserClient:
         request = user_pb2.GetUserRequest(id=user_id)
 
         async def invoke(lease: Lease, attempt_timeout: float | None) -> user_pb2.User:
-            reply = await lease.stub.GetUser(request, timeout=attempt_timeout)
+            reply = await lease.stub.GetUser(
+                request, timeout=attempt_timeout, metadata=self._metadata()
+            )
             return reply.user
 
         return await self._unary("GetUser", invoke, call_timeout=timeout)
@@ -402,7 +469,9 @@ class UserClient:
         request = _create_request(spec)
 
         async def invoke(lease: Lease, attempt_timeout: float | None) -> user_pb2.User:
-            reply = await lease.stub.CreateUser(request, timeout=attempt_timeout)
+            reply = await lease.stub.CreateUser(
+                request, timeout=attempt_timeout, metadata=self._metadata()
+            )
             return reply.user
 
         return await self._unary("CreateUser", invoke, call_timeout=timeout)
@@ -425,7 +494,9 @@ class UserClient:
         requests = self._batch_requests(users)
 
         async def invoke(lease: Lease, attempt_timeout: float | None) -> list[user_pb2.User]:
-            reply = await lease.stub.BatchCreateUsers(iter(requests), timeout=attempt_timeout)
+            reply = await lease.stub.BatchCreateUsers(
+                iter(requests), timeout=attempt_timeout, metadata=self._metadata()
+            )
             return list(reply.users)
 
         return await self._unary("BatchCreateUsers", invoke, call_timeout=timeout)
@@ -461,16 +532,20 @@ class UserClient:
         idempotent: bool,
         *,
         timed: bool = True,
+        attempt: Callable[[Attempt], Awaitable[T]] | None = None,
     ) -> T:
         self._check_open()
         self._calls += 1
+        hedge = self._hedges.get(method) if idempotent and timed and attempt is None else None
 
-        async def attempt(spec: Attempt) -> T:
-            return await self._attempt(invoke, spec, deadline, timed)
+        async def one_attempt(spec: Attempt) -> T:
+            return await self._attempt(method, invoke, spec, deadline, timed)
 
         try:
+            if hedge is not None:
+                return await self._hedged(method, hedge, invoke, deadline)
             return await call_with_retries(
-                attempt,
+                attempt or one_attempt,
                 policy=self._policy(method),
                 budget=self._budget,
                 deadline=deadline,
@@ -483,31 +558,102 @@ class UserClient:
             self._failures += 1
             _raise_mapped(err)
 
+    async def _hedged(
+        self,
+        method: str,
+        hedge: HedgeDelay,
+        invoke: Callable[[Lease, float | None], Awaitable[T]],
+        deadline: float | None,
+    ) -> T:
+        """One unary call as hedged copies (gRFC A6: instead of the retry loop)."""
+
+        async def run(endpoint: object, copy: Copy) -> T:
+            assert isinstance(endpoint, Endpoint)
+            spec = Attempt(copy.number, copy.timeout, frozenset())
+            with _timing(hedge, endpoint, copy.mark, self._clock):
+                return await self._run_on(method, endpoint, invoke, spec, deadline, True, copy.mark)
+
+        won = await call_with_hedging(
+            self._pick,
+            run,
+            policy=hedge.policy,
+            delay=hedge.current(),
+            budget=self._budget,
+            deadline=deadline,
+            per_attempt_timeout=self._policy(method).per_attempt_timeout,
+            clock=self._clock,
+            on_hedge=lambda number: self._on_hedge(method, number),
+        )
+        if won.number > 1:
+            self._hedge_counts[method][1] += 1
+        return won.value
+
+    def _on_hedge(self, method: str, number: int) -> None:
+        self._hedge_counts[method][0] += 1
+        trace.get_current_span().add_event("hedge", {"meshdemo.hedge.number": number})
+
     async def _attempt(
         self,
+        method: str,
         invoke: Callable[[Lease, float | None], Awaitable[T]],
         spec: Attempt,
         deadline: float | None,
         timed: bool,
     ) -> T:
         endpoint = await self._pick(spec.excluded, spec.timeout)
+        return await self._run_on(method, endpoint, invoke, spec, deadline, timed)
+
+    async def _run_on(
+        self,
+        method: str,
+        endpoint: Endpoint,
+        invoke: Callable[[Lease, float | None], Awaitable[T]],
+        spec: Attempt,
+        deadline: float | None,
+        timed: bool,
+        mark: HedgeMark | None = None,
+    ) -> T:
+        """One attempt (or hedge copy) on ``endpoint``, its outcome reported to the endpoint.
+
+        The attempt's timing goes to ``self.metrics`` here, not in an interceptor:
+        a grpc.aio interceptor costs every call an extra task and wrapper.
+        """
         started = self._clock()
         lease = _lease(endpoint)
         peer = ATTEMPT_PEER.set(endpoint.address)
+        hedge = ATTEMPT_HEDGE.set(mark)
         try:
             result = await invoke(lease, spec.timeout)
         except grpc.RpcError as err:
+            self.metrics.record(method, _code(err), self._clock() - started)
             cut = _cut_by_attempt(spec, started, deadline)
             # A replica that let an attempt time out is at least that slow.
             latency = self._clock() - started if cut and timed else None
             self._attempt_failed(endpoint, err, cut, latency)
             raise AttemptFailed(err, endpoint) from err
+        except asyncio.CancelledError:
+            if mark is not None and mark.outrun and timed:
+                # A later copy outran this one by a hedge delay or more: a slow answer, like
+                # a per-attempt timeout (latency-aware pickers learn it, and several in a
+                # row eject the replica, so least_conn stops feeding a stalled one).
+                endpoint.record_outcome(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, self._clock() - started, outlier=True
+                )
+            raise
         finally:
+            ATTEMPT_HEDGE.reset(hedge)
             ATTEMPT_PEER.reset(peer)
             await endpoint.release(lease)
+        elapsed = self._clock() - started
+        self.metrics.record(method, grpc.StatusCode.OK, elapsed)
         # A stream's duration is set by its reader, so it says nothing of the replica.
-        endpoint.record_outcome(grpc.StatusCode.OK, self._clock() - started if timed else None)
+        endpoint.record_outcome(grpc.StatusCode.OK, elapsed if timed else None)
         return result
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The attempt's call metadata: the bearer token, asked of the provider per attempt."""
+        token = self._token() if self._token is not None else None
+        return (("authorization", f"Bearer {token}"),) if token else None
 
     async def _pick(self, excluded: Collection[object], max_wait: float | None) -> Endpoint:
         exclude = [e for e in excluded if isinstance(e, Endpoint)]
@@ -624,8 +770,17 @@ class UserClient:
         # Runs in its own task, so attaching the logical span here leaks to no one.
         token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            invoke = self._listing_invoker(cursor, queue)
-            await self._with_retries("ListUsers", invoke, deadline, True, timed=False)
+            invoke = self._listing_invoker(cursor, queue, self._metadata)
+            hedge = self._hedges.get("ListUsers")
+
+            async def hedged(spec: Attempt) -> None:
+                assert hedge is not None
+                await self._hedged_listing(cursor, queue, spec, deadline, hedge)
+
+            attempt = hedged if hedge is not None else None
+            await self._with_retries(
+                "ListUsers", invoke, deadline, True, timed=False, attempt=attempt
+            )
         except Exception as exc:
             span.record_exception(exc)
             span.set_status(trace.Status(trace.StatusCode.ERROR, str(exc)))
@@ -640,12 +795,15 @@ class UserClient:
 
     @staticmethod
     def _listing_invoker(
-        cursor: _ListCursor, queue: asyncio.Queue[_Listed | _End]
+        cursor: _ListCursor,
+        queue: asyncio.Queue[_Listed | _End],
+        metadata: Callable[[], tuple[tuple[str, str], ...] | None],
     ) -> Callable[[Lease, float | None], Awaitable[None]]:
         async def invoke(lease: Lease, attempt_timeout: float | None) -> None:
             if cursor.done:
                 return
-            call = lease.stub.ListUsers(cursor.request(), timeout=attempt_timeout)
+            request = cursor.request()
+            call = lease.stub.ListUsers(request, timeout=attempt_timeout, metadata=metadata())
             try:
                 # The request asked for exactly what is left, so the stream ends by itself.
                 async for item in call:
@@ -655,6 +813,100 @@ class UserClient:
                 call.cancel()
 
         return invoke
+
+    async def _hedged_listing(
+        self,
+        cursor: _ListCursor,
+        queue: asyncio.Queue[_Listed | _End],
+        spec: Attempt,
+        deadline: float | None,
+        hedge: HedgeDelay,
+    ) -> None:
+        """One attempt of a listing: its first response hedged, the rest read from the winner."""
+        if cursor.done:
+            return
+
+        async def pick(used: frozenset[object], max_wait: float | None) -> Endpoint:
+            return await self._pick(spec.excluded | used, max_wait)
+
+        async def open_copy(endpoint: object, copy: Copy) -> _OpenStream:
+            assert isinstance(endpoint, Endpoint)
+            with _timing(hedge, endpoint, copy.mark, self._clock):
+                return await self._open_stream(endpoint, cursor.request(), copy)
+
+        won = await call_with_hedging(
+            pick,
+            open_copy,
+            policy=hedge.policy,
+            delay=hedge.current(),
+            budget=self._budget,
+            deadline=deadline,
+            clock=self._clock,
+            on_hedge=lambda number: self._on_hedge("ListUsers", number),
+            new_call=False,
+            discard=self._close_stream,
+        )
+        if won.number > 1:
+            self._hedge_counts["ListUsers"][1] += 1
+        await self._read_listing(won.value, cursor, queue)
+
+    async def _open_stream(
+        self, endpoint: Endpoint, request: user_pb2.ListUsersRequest, copy: Copy
+    ) -> _OpenStream:
+        """Open a ListUsers stream on ``endpoint`` and wait for its first response (or end)."""
+        started = self._clock()
+        lease = _lease(endpoint)
+        peer = ATTEMPT_PEER.set(endpoint.address)
+        mark = ATTEMPT_HEDGE.set(copy.mark)
+        call = stream = None
+        try:
+            call = lease.stub.ListUsers(request, timeout=copy.timeout, metadata=self._metadata())
+            stream = call.__aiter__()
+            first = await anext(stream, None)
+        except BaseException as exc:
+            if call is not None:
+                call.cancel()
+            await _close_iterator(stream)  # ends a tracing span now, not at collection
+            await endpoint.release(lease)
+            if isinstance(exc, grpc.RpcError):
+                self.metrics.record("ListUsers", _code(exc), self._clock() - started)
+                self._attempt_failed(endpoint, exc, cut=False)
+                raise AttemptFailed(exc, endpoint) from exc
+            raise
+        finally:
+            ATTEMPT_HEDGE.reset(mark)
+            ATTEMPT_PEER.reset(peer)
+        assert stream is not None
+        return _OpenStream(endpoint, lease, call, stream, first, started)
+
+    @staticmethod
+    async def _close_stream(opened: _OpenStream) -> None:
+        """Release a stream that answered but lost the race to another copy."""
+        opened.call.cancel()
+        await _close_iterator(opened.stream)
+        await opened.endpoint.release(opened.lease)
+
+    async def _read_listing(
+        self, opened: _OpenStream, cursor: _ListCursor, queue: asyncio.Queue[_Listed | _End]
+    ) -> None:
+        """Hand over the winner's first response and the rest of its stream."""
+        endpoint = opened.endpoint
+        try:
+            item = opened.first
+            while item is not None:
+                cursor.advance(item.next_page_token)
+                await queue.put(_Listed(item.user, item.next_page_token))
+                item = await anext(opened.stream, None)
+        except grpc.RpcError as err:
+            self.metrics.record("ListUsers", _code(err), self._clock() - opened.started)
+            self._attempt_failed(endpoint, err, cut=False)
+            raise AttemptFailed(err, endpoint) from err
+        finally:
+            opened.call.cancel()
+            await _close_iterator(opened.stream)
+            await endpoint.release(opened.lease)
+        self.metrics.record("ListUsers", grpc.StatusCode.OK, self._clock() - opened.started)
+        endpoint.record_outcome(grpc.StatusCode.OK)
 
     # --- Chat -----------------------------------------------------------------------------
 
@@ -707,6 +959,35 @@ class UserClient:
         self._attempt_failed(endpoint, err, cut=False)
 
 
+def hedging_by_method(
+    hedging: bool | HedgingPolicy | Mapping[str, HedgingPolicy | None] | None,
+) -> dict[str, HedgingPolicy]:
+    """The hedging policy of every hedged method, from ``UserClient``'s ``hedging`` argument.
+
+    Raises:
+        ValueError: A method that may not be hedged (or is unknown), or a value
+            that is no :class:`HedgingPolicy`.
+    """
+    if hedging is None or hedging is True:
+        return dict(DEFAULT_HEDGING)
+    if hedging is False:
+        return {}
+    if isinstance(hedging, HedgingPolicy):
+        return dict.fromkeys(DEFAULT_HEDGING, hedging)
+    if not isinstance(hedging, Mapping):
+        raise ValueError(f"hedging must be a bool, a HedgingPolicy or a mapping, got {hedging!r}")
+    refused = sorted(set(hedging) - HEDGEABLE_METHODS)
+    if refused:
+        raise ValueError(
+            f"cannot hedge {refused}: only {sorted(HEDGEABLE_METHODS)} may be repeated"
+        )
+    merged: dict[str, HedgingPolicy | None] = {**DEFAULT_HEDGING, **hedging}
+    for method, policy in merged.items():
+        if policy is not None and not isinstance(policy, HedgingPolicy):
+            raise ValueError(f"hedging[{method!r}] must be a HedgingPolicy or None")
+    return {method: p for method, p in merged.items() if p is not None}
+
+
 def tracing_configured(tracer_provider: TracerProvider | None = None) -> bool:
     """Whether spans would go anywhere: a provider given, or a real global one set."""
     if tracer_provider is not None:
@@ -719,6 +1000,29 @@ def _code(err: grpc.RpcError) -> grpc.StatusCode:
     code: Any = getattr(err, "code", None)
     value = code() if callable(code) else None
     return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+@contextlib.contextmanager
+def _timing(
+    hedge: HedgeDelay, endpoint: Endpoint, mark: HedgeMark, clock: Callable[[], float]
+) -> Iterator[None]:
+    """Feed a copy's latency to its method's hedge delay (a lost race's: a lower bound)."""
+    started = clock()
+    try:
+        yield
+    except asyncio.CancelledError:
+        if mark.lost:
+            hedge.observe(clock() - started, endpoint.address)
+        raise
+    hedge.observe(clock() - started, endpoint.address)
+
+
+async def _close_iterator(stream: object) -> None:
+    """Close an async generator (a response stream an interceptor wrapped), if it is one."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
 
 
 def _lease(endpoint: Endpoint) -> Lease:

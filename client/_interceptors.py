@@ -1,5 +1,9 @@
 """Client interceptors: bearer tokens, per-method metrics, and one tracing span per attempt.
 
+``UserClient`` uses the tracing ones (with a tracer provider) and, for Chat
+only, the token and metrics ones: its other calls carry the token in their
+metadata and are timed by the attempt itself (see :func:`client_interceptors`).
+
 grpc.aio files an interceptor object under the FIRST client interceptor class it
 inherits, so an object that inherits all four intercepts unary-unary calls
 only. Every concern here therefore comes as four small objects, one per call
@@ -28,9 +32,12 @@ from grpc.aio import ClientCallDetails, Metadata
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
+from client._hedge import HedgeMark
 from client._resolver import Address
 
 __all__ = [
+    "ATTEMPT_HEDGE",
+    "ATTEMPT_PEER",
     "CallMetrics",
     "MethodStats",
     "TokenProvider",
@@ -253,17 +260,29 @@ ATTEMPT_PEER: contextvars.ContextVar[Address | None] = contextvars.ContextVar(
     "meshdemo_attempt_peer", default=None
 )
 
+#: Which copy of a hedged call the current attempt is (None: the method is not hedged),
+#: set by the client around each copy; its ``lost`` turns true before a loser is cancelled.
+ATTEMPT_HEDGE: contextvars.ContextVar[HedgeMark | None] = contextvars.ContextVar(
+    "meshdemo_attempt_hedge", default=None
+)
 
-def _finish_attempt(span: Span, code: grpc.StatusCode, details: str | None) -> None:
+
+def _finish_attempt(
+    span: Span, code: grpc.StatusCode, details: str | None, hedge: HedgeMark | None = None
+) -> None:
     """End an attempt's span with its final code; every code but OK is an ERROR.
 
     A cancelled attempt (the caller gave up, or a hedge's loser) says so in
-    its code and in ``meshdemo.cancelled``, so a waterfall can tell it from a failure.
+    its code and in ``meshdemo.cancelled``, so a waterfall can tell it from a
+    failure; a hedge's loser also has ``meshdemo.hedge.cancelled``.
     """
     try:
         span.set_attribute(_STATUS_ATTR, code.value[0])
         if code is grpc.StatusCode.CANCELLED:
             span.set_attribute("meshdemo.cancelled", True)
+            if hedge is not None and hedge.lost:
+                span.set_attribute("meshdemo.hedge.cancelled", True)
+                details = "lost the hedge race"
         if code is not grpc.StatusCode.OK:
             span.set_status(
                 Status(StatusCode.ERROR, f"{code.name}: {details}" if details else code.name)
@@ -294,17 +313,21 @@ class _TracingBase:
         if peer is not None:
             attributes["server.address"] = peer.host
             attributes["server.port"] = peer.port
+        hedge = ATTEMPT_HEDGE.get()
+        if hedge is not None:
+            attributes["meshdemo.hedge.number"] = hedge.number
         span = self._tracer.start_span(method, kind=SpanKind.CLIENT, attributes=attributes)
         metadata = Metadata(*tuple(details.metadata or ()))
         propagate.inject(metadata, context=trace.set_span_in_context(span))
         return span, _replace_metadata(details, metadata)
 
     async def _traced_unary(self, span: Span, call_started: Awaitable[Any]) -> Any:
+        hedge = ATTEMPT_HEDGE.get()
         try:
             call = await call_started
             code = await call.code()
         except asyncio.CancelledError:
-            _finish_attempt(span, grpc.StatusCode.CANCELLED, "cancelled by the caller")
+            _finish_attempt(span, grpc.StatusCode.CANCELLED, "cancelled by the caller", hedge)
             raise
         except grpc.RpcError as err:
             _finish_attempt(span, err.code(), err.details())
@@ -317,6 +340,7 @@ class _TracingBase:
         return call
 
     async def _traced_stream(self, span: Span, call: Any) -> AsyncIterator[Any]:
+        hedge = ATTEMPT_HEDGE.get()
         ended = False
         try:
             async for response in call:
@@ -330,7 +354,8 @@ class _TracingBase:
                 # Not done: the reader stopped early or was cancelled, and the call with it.
                 done = call.done()
                 code = await call.code() if done else grpc.StatusCode.CANCELLED
-                _finish_attempt(span, code, await call.details() if done else "stopped early")
+                details = await call.details() if done else "stopped early"
+                _finish_attempt(span, code, details, hedge)
 
 
 class _TracingUnaryUnary(_TracingBase, _UnaryUnary):
@@ -403,17 +428,25 @@ def client_interceptors(
     metrics: CallMetrics | None,
     tracer_provider: TracerProvider | None = None,
     tracing: bool = True,
+    streams_only: bool = False,
 ) -> list[Any]:
     """All client interceptors, outermost first: tracing, metrics, then the token.
 
     The tracing span encloses the metrics timing; the token is added last so no
     interceptor sees (or could log) it before it goes on the wire.
+
+    With ``streams_only`` the token and metrics interceptors are made for
+    stream-stream calls only (Chat): ``UserClient`` puts the token in each
+    attempt's metadata and times the attempt itself, because grpc.aio runs any
+    call type that has an interceptor through its intercepted path (an extra
+    task and wrappers per call), and with no tracing that leaves unary calls
+    and ListUsers with none at all.
     """
     chain: list[Any] = []
     if tracing:
         chain += tracing_interceptors(tracer_provider)
     if metrics is not None:
-        chain += metrics_interceptors(metrics)
+        chain += [_MetricsStreamStream(metrics)] if streams_only else metrics_interceptors(metrics)
     if token is not None:
-        chain += auth_interceptors(token)
+        chain += [_AuthStreamStream(token)] if streams_only else auth_interceptors(token)
     return chain

@@ -186,6 +186,8 @@ def _counts(snapshot: LoadSnapshot) -> Text:
         f"{snapshot.failed}  ",
         ("Retries ", "bold"),
         f"{snapshot.retries}  ",
+        ("Hedges ", "bold"),
+        f"{snapshot.hedges} (won {snapshot.hedges_won})  ",
         ("Late ", "bold"),
         f"{snapshot.late}  ",
         ("In-flight ", "bold"),
@@ -213,6 +215,8 @@ def _latency(snapshot: LoadSnapshot) -> Sequence[Text]:
             (f"{snapshot.window_failed}", failed_style),
             ("  retries ", "bold"),
             f"{snapshot.window_retries}",
+            ("  hedges ", "bold"),
+            f"{snapshot.window_hedges}",
         ),
     )
 
@@ -311,7 +315,7 @@ def status_line(
         f"t={snapshot.elapsed:.1f}s left={snapshot.remaining:.1f}s calls={snapshot.calls} "
         f"failed={snapshot.failed} (+{failed}) retries={snapshot.retries} (+{retries}) "
         f"late={snapshot.late} rps={rps:.1f} p50={lat.p50:.2f}ms p99={lat.p99:.2f}ms "
-        f"recent_p99={recent:.2f}ms"
+        f"recent_p99={recent:.2f}ms hedges={snapshot.hedges} won={snapshot.hedges_won}"
     )
 
 
@@ -445,6 +449,8 @@ def _summary_head(summary: LoadSummary) -> list[Text]:
             f"{summary.failed}  ",
             ("retries ", "bold"),
             f"{summary.retries}  ",
+            ("hedges ", "bold"),
+            f"{summary.hedges} (won {summary.hedges_won})  ",
             ("rps ", "bold"),
             f"{summary.rps:.1f}",
         ),

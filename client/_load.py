@@ -120,6 +120,10 @@ class ClientInfo(Protocol):
     def endpoints(self) -> Sequence[EndpointInfo]: ...
     @property
     def retries(self) -> int: ...
+    @property
+    def hedges(self) -> int: ...
+    @property
+    def hedges_won(self) -> int: ...
 
 
 class LoadClient(Protocol):
@@ -472,7 +476,9 @@ class LoadSnapshot:
     ``rps`` is the rate since the previous snapshot; ``rps_overall`` since the start.
     ``latency_ms`` covers every operation finished so far; ``window_latency_ms``
     only those finished since the previous snapshot, as do ``window_failed``
-    (operations that failed) and ``window_retries`` (retries the client made).
+    (operations that failed), ``window_retries`` (retries the client made) and
+    ``window_hedges`` (hedges it sent); ``hedges`` and ``hedges_won`` count hedges
+    sent and hedges that answered first since the run started.
     ``endpoints`` lists the client's endpoints now, one row per address.
     """
 
@@ -493,6 +499,9 @@ class LoadSnapshot:
     window_latency_ms: LatencySummary
     window_failed: int
     window_retries: int
+    hedges: int = 0
+    hedges_won: int = 0
+    window_hedges: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,6 +531,8 @@ class LoadSummary:
     seed: int | None = None
     per_operation: Mapping[str, OperationRow] = field(default_factory=dict)
     interrupted: bool = False
+    hedges: int = 0
+    hedges_won: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON document of ``load --json`` and ``--summary``."""
@@ -531,6 +542,8 @@ class LoadSummary:
             "failed": self.failed,
             "errors_by_code": dict(sorted(self.errors_by_code.items())),
             "retries": self.retries,
+            "hedges": self.hedges,
+            "hedges_won": self.hedges_won,
             "late": self.late,
             "seeded": self.seeded,
             "rps": round(self.rps, 3),
@@ -763,6 +776,7 @@ class _Window:
     failed: int = 0
     retries: int = 0
     calls: dict[str, int] = field(default_factory=dict)
+    hedges: int = 0
     histogram: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
@@ -815,6 +829,7 @@ class _Run:
         self.ended: float | None = None
         self.stopped = False
         self._base_retries = baseline.retries
+        self._base_hedges = (baseline.hedges, baseline.hedges_won)
         self._endpoints = _Endpoints(baseline)
         self._window = _Window(time=self.started)
 
@@ -857,6 +872,11 @@ class _Run:
     def _retries(self, stats: ClientInfo) -> int:
         return max(0, stats.retries - self._base_retries)
 
+    def _hedges(self, stats: ClientInfo) -> tuple[int, int]:
+        """(hedges sent, hedges that won) since the run started."""
+        sent, won = self._base_hedges
+        return max(0, stats.hedges - sent), max(0, stats.hedges_won - won)
+
     def _rows(self, rate: Callable[[str, _Tally], float]) -> list[EndpointRow]:
         total = self._endpoints.total_calls()
         return [
@@ -884,7 +904,9 @@ class _Run:
             return (tally.calls - last.calls.get(address, 0)) / span if span > 0 else 0.0
 
         rows = self._rows(rate)
-        self._window = _Window(now, done, self.failed, retries, {r.address: r.calls for r in rows})
+        hedges, hedges_won = self._hedges(stats)
+        calls = {r.address: r.calls for r in rows}
+        self._window = _Window(now, done, self.failed, retries, calls, hedges=hedges)
         elapsed = self.elapsed()
         return LoadSnapshot(
             elapsed=elapsed,
@@ -904,6 +926,9 @@ class _Run:
             window_latency_ms=last.histogram.summary_ms(),
             window_failed=self.failed - last.failed,
             window_retries=max(0, retries - last.retries),
+            hedges=hedges,
+            hedges_won=hedges_won,
+            window_hedges=max(0, hedges - last.hedges),
         )
 
     def summary(self, stats: ClientInfo, seeded: int, seed: int | None) -> LoadSummary:
@@ -931,6 +956,8 @@ class _Run:
             seed=seed,
             per_operation=self.operations.rows(),
             interrupted=self.stopped,
+            hedges=self._hedges(stats)[0],
+            hedges_won=self._hedges(stats)[1],
         )
 
 

@@ -10,6 +10,7 @@ from bench.client._suite import SCENARIOS, run_suite
 from bench.client.kill import DNS_MODES, sigkill
 from bench.client.slow_replica import slow_replica
 from bench.client.stall import stall
+from bench.client.throttle import healthy_hedges, throttled
 from bench.client.throughput import throughput
 
 __all__ = [
@@ -19,9 +20,11 @@ __all__ = [
     "SCENARIOS",
     "Bounds",
     "Cluster",
+    "healthy_hedges",
     "run_suite",
     "sigkill",
     "slow_replica",
     "stall",
+    "throttled",
     "throughput",
 ]

@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -24,6 +24,8 @@ from meshdemo.v1 import user_pb2, user_pb2_grpc
 __all__ = [
     "BASELINE",
     "OURS",
+    "OURS_LEAST_CONN",
+    "OURS_NO_HEDGING",
     "OURS_PEAK_EWMA",
     "SIDES",
     "BaselineClient",
@@ -33,8 +35,12 @@ __all__ = [
 ]
 
 OURS = "ours"
-#: Ours with the latency-aware policy instead of the default least_conn.
+#: Ours with the policy named: least_conn (hedging on, as by default).
+OURS_LEAST_CONN = "ours_least_conn"
+#: Ours with the latency-aware policy (hedging on, as by default).
 OURS_PEAK_EWMA = "ours_peak_ewma"
+#: Ours with the default policy and hedging off: what hedging itself buys.
+OURS_NO_HEDGING = "ours_no_hedging"
 BASELINE = "baseline"
 #: The two sides of every comparison.
 SIDES = (OURS, BASELINE)
@@ -44,6 +50,21 @@ class GetUser(Protocol):
     """One logical GetUser with an overall deadline, as either client does it."""
 
     async def __call__(self, user_id: str, timeout: float) -> object: ...
+
+
+class HedgeCounts(Protocol):
+    """What a side that hedges can tell: hedges sent and won so far (our client's stats)."""
+
+    @property
+    def hedges(self) -> int: ...
+    @property
+    def hedges_won(self) -> int: ...
+
+
+def hedge_counts(get_user: GetUser) -> HedgeCounts | None:
+    """The hedge counts behind ``get_user``, when its side has any (ours: yes)."""
+    stats = getattr(get_user, "stats", None)
+    return stats() if callable(stats) else None
 
 
 def baseline_service_config() -> str:
@@ -106,23 +127,39 @@ class BaselineClient:
         await self.channel.close(None)
 
 
+class _OurGetUser:
+    """Our GetUser, with the client's stats at hand (hedges sent and won)."""
+
+    def __init__(self, client: UserClient) -> None:
+        self._client = client
+        self.stats = client.stats
+
+    async def __call__(self, user_id: str, timeout: float) -> object:
+        return await self._client.get_user(user_id, timeout=timeout)
+
+
 def _ours(target: str, token: str) -> AbstractAsyncContextManager[GetUser]:
-    # The defaults a user gets: least_conn, per-attempt timeout, retry budget, no tracing SDK.
-    return _user_client(target, token, "least_conn")
+    # The defaults a user gets: the default policy, hedging of GetUser, per-attempt
+    # timeout, retry budget, no tracing SDK.
+    return _user_client(target, token)
+
+
+def _ours_least_conn(target: str, token: str) -> AbstractAsyncContextManager[GetUser]:
+    return _user_client(target, token, policy="least_conn")
 
 
 def _ours_peak_ewma(target: str, token: str) -> AbstractAsyncContextManager[GetUser]:
-    return _user_client(target, token, "peak_ewma")
+    return _user_client(target, token, policy="peak_ewma")
+
+
+def _ours_no_hedging(target: str, token: str) -> AbstractAsyncContextManager[GetUser]:
+    return _user_client(target, token, hedging=False)
 
 
 @asynccontextmanager
-async def _user_client(target: str, token: str, policy: str) -> AsyncIterator[GetUser]:
-    async with UserClient(target, token=token, policy=policy) as client:
-
-        async def get_user(user_id: str, timeout: float) -> object:
-            return await client.get_user(user_id, timeout=timeout)
-
-        yield get_user
+async def _user_client(target: str, token: str, **options: Any) -> AsyncIterator[GetUser]:
+    async with UserClient(target, token=token, **options) as client:
+        yield _OurGetUser(client)
 
 
 @asynccontextmanager
@@ -136,13 +173,15 @@ async def _baseline(target: str, token: str) -> AsyncIterator[GetUser]:
 
 _OPENERS: dict[str, Callable[[str, str], AbstractAsyncContextManager[GetUser]]] = {
     OURS: _ours,
+    OURS_LEAST_CONN: _ours_least_conn,
     OURS_PEAK_EWMA: _ours_peak_ewma,
+    OURS_NO_HEDGING: _ours_no_hedging,
     BASELINE: _baseline,
 }
 
 
 def open_client(side: str, target: str, token: str) -> AbstractAsyncContextManager[GetUser]:
-    """The GetUser of ``side`` (:data:`OURS` or :data:`BASELINE`), open for the block."""
+    """The GetUser of ``side`` (:data:`OURS`, an ``OURS_*`` or :data:`BASELINE`), for the block."""
     try:
         opener = _OPENERS[side]
     except KeyError:

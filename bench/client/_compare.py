@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.client._clients import SIDES, open_client
+from bench.client._clients import SIDES, hedge_counts, open_client
 from bench.client._cluster import Cluster
 from bench.client._loop import Call, LoopResult, closed_loop
 from service.testing import reader_token
@@ -68,8 +68,10 @@ async def measure(
     """Open ``side``'s client, warm it up, run ``run`` with its GetUser; the figures.
 
     Figures: the loop's summary, plus ``per_replica`` (GetUser calls each replica
-    served during the loop, retries included), their ``share`` and the smallest
-    share (``min_share``: 1/3 when the calls are spread evenly).
+    served during the loop, retries and hedges included), their ``share`` and the
+    smallest share (``min_share``: 1/3 when the calls are spread evenly); for our
+    client also ``hedges`` and ``hedges_won`` during the loop and ``hedge_share``
+    (hedges per call).
     """
     async with open_client(side, cluster.target, reader_token()) as get_user:
 
@@ -85,12 +87,20 @@ async def measure(
                 call_timeout=call_timeout,
             )
         mark = cluster.mark()
+        before = hedge_counts(get_user)
         result = await run(call)
+        after = hedge_counts(get_user)
         counts = await cluster.get_user_counts(mark)
     cluster.forget_logs()
     split = shares(counts)
     least = min(split.values(), default=0.0)
-    return {**result.summary(), "per_replica": counts, "share": split, "min_share": least}
+    figures = {**result.summary(), "per_replica": counts, "share": split, "min_share": least}
+    if before is not None and after is not None:
+        hedges = after.hedges - before.hedges
+        figures["hedges"] = hedges
+        figures["hedges_won"] = after.hedges_won - before.hedges_won
+        figures["hedge_share"] = round(hedges / result.calls, 4) if result.calls else 0.0
+    return figures
 
 
 async def alternate(

@@ -15,12 +15,13 @@ from bench.client._compare import Bounds
 from bench.client.kill import DNS_MODES, sigkill
 from bench.client.slow_replica import slow_replica
 from bench.client.stall import stall
+from bench.client.throttle import healthy_hedges, throttled
 from bench.client.throughput import throughput
 
 __all__ = ["FULL", "QUICK", "SCENARIOS", "machine", "run_suite"]
 
 #: Scenario names, in the order they run.
-SCENARIOS = ("throughput", "slow", "kill", "stall")
+SCENARIOS = ("throughput", "healthy", "slow", "throttle", "kill", "stall")
 #: Closed loops of 5 s at 16 workers; open loops of 6 s at 200 calls/s; 3 rounds.
 FULL = {
     "closed": Bounds(rounds=3, duration=5.0, concurrency=16),
@@ -64,8 +65,12 @@ async def run_suite(
     async with Cluster(seed_users=50 if quick else 200) as cluster:
         if "throughput" in only:
             results["throughput"] = await throughput(cluster, closed)
+        if "healthy" in only:
+            results["healthy"] = await healthy_hedges(cluster, chaos)
         if "slow" in only:
             results["slow"] = await slow_replica(cluster, chaos)
+        if "throttle" in only:
+            results["throttle"] = await throttled(cluster, chaos)
         if "kill" in only:
             for mode in DNS_MODES:
                 results[f"kill_{mode}"] = await sigkill(cluster, chaos, mode)

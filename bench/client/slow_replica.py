@@ -8,7 +8,10 @@ three healthy replicas); the first replica is then restarted with
 healthy latency. Round robin sends it a third of the calls whatever its
 speed. least_conn sends it fewer only as far as calls queue on it (at a
 light load nothing queues and it is close to random); peak_ewma compares
-latency itself.
+latency itself; a hedge sends a second copy elsewhere after the hedge delay.
+Sides: our defaults, least_conn named, peak_ewma, our defaults with hedging
+off, and the baseline (goal: defaults and least_conn at most 0.2 of the
+baseline's p99).
 
 (An earlier version ran a closed loop of 16 workers: there the fast
 replicas' own queueing latency was a third of the slow one's, so no policy
@@ -23,12 +26,11 @@ from bench.client._clients import BASELINE, OURS, OURS_PEAK_EWMA
 from bench.client._cluster import HOSTS, Cluster
 from bench.client._compare import Bounds, alternate, measure, medians
 from bench.client._loop import Call, LoopResult, open_loop
-from bench.client._report import ratio, row
+from bench.client._report import row
+from bench.client.throttle import SIDES, hedged_result
 
-__all__ = ["GOAL", "fault_delay", "slow_replica"]
+__all__ = ["fault_delay", "slow_replica"]
 
-#: Greatest acceptable ours / baseline ratio of p99 latencies.
-GOAL = 0.2
 _TIMEOUT = 2.0
 _NAME = "2. one replica 10x slower"
 #: Bounds of the injected delay, in seconds (a floor for a very fast machine).
@@ -45,9 +47,10 @@ async def slow_replica(cluster: Cluster, bounds: Bounds) -> dict[str, Any]:
     """Open loop at ``bounds.rate`` calls/s with one slow replica.
 
     Returns:
-        ``delay_s``, ``healthy_p50_ms``, ``rounds``, ``median`` (p50, p99, the slow
-        replica's share, per side), ``ratio`` (median p99s, ours / baseline),
-        ``met`` and the table ``rows``. The replica is healthy again afterwards.
+        ``delay_s``, ``healthy_p50_ms``, ``rounds``, ``median`` (p50, p99, hedges,
+        the slow replica's share, per side), ``ratio`` (median p99s, ours /
+        baseline) and ``ratio_*`` per side, ``met`` and the table ``rows``. The
+        replica is healthy again afterwards.
     """
     slow = HOSTS[0]
 
@@ -73,7 +76,7 @@ async def slow_replica(cluster: Cluster, bounds: Bounds) -> dict[str, Any]:
     delay = fault_delay(healthy["p50_ms"])
     await cluster.restart(slow, env={"MESH_FAULT_DELAY": f"{delay:.4f}"})
     try:
-        rounds = await alternate(bounds.rounds, side, (OURS, OURS_PEAK_EWMA, BASELINE))
+        rounds = await alternate(bounds.rounds, side, SIDES)
     finally:
         await cluster.restart(slow)
     return _result(rounds, delay, healthy, bounds)
@@ -82,67 +85,21 @@ async def slow_replica(cluster: Cluster, bounds: Bounds) -> dict[str, Any]:
 def _result(
     rounds: dict[str, list[dict[str, Any]]], delay: float, healthy: dict[str, Any], bounds: Bounds
 ) -> dict[str, Any]:
-    mid = medians(rounds, ["p50_ms", "p99_ms", "slow_share", "failed", "rate"])
-    value = ratio(mid[OURS]["p99_ms"], mid[BASELINE]["p99_ms"])
-    ewma_value = ratio(mid[OURS_PEAK_EWMA]["p99_ms"], mid[BASELINE]["p99_ms"])
-    met = min(value, ewma_value) <= GOAL
-    return {
-        "settings": {"rate": bounds.rate, "duration_s": bounds.duration},
-        "healthy_p50_ms": healthy["p50_ms"],
-        "delay_s": round(delay, 4),
-        "rounds": rounds,
-        "median": mid,
-        "ratio": value,
-        "ratio_peak_ewma": ewma_value,
-        "met": met,
-        "rows": [
-            row(
-                _NAME,
-                "p99 latency (ms)",
-                mid[OURS]["p99_ms"],
-                mid[BASELINE]["p99_ms"],
-                goal=f"ratio <= {GOAL}",
-                met=value <= GOAL,
-            ),
-            row(
-                _NAME,
-                "p99 latency (ms), policy peak_ewma",
-                mid[OURS_PEAK_EWMA]["p99_ms"],
-                mid[BASELINE]["p99_ms"],
-                goal=f"ratio <= {GOAL}",
-                met=ewma_value <= GOAL,
-            ),
-            row(
-                _NAME,
-                "p50 latency (ms)",
-                mid[OURS]["p50_ms"],
-                mid[BASELINE]["p50_ms"],
-                goal="",
-                met=None,
-            ),
-            row(
-                _NAME,
-                "slow replica's share of calls",
-                mid[OURS]["slow_share"],
-                mid[BASELINE]["slow_share"],
-                goal="",
-                met=None,
-            ),
-            row(
-                _NAME,
-                "slow replica's share of calls, policy peak_ewma",
-                mid[OURS_PEAK_EWMA]["slow_share"],
-                mid[BASELINE]["slow_share"],
-                goal="",
-                met=None,
-            ),
-            row(
-                _NAME,
-                "GetUser calls/s",
-                mid[OURS]["rate"],
-                mid[BASELINE]["rate"],
-                goal="",
-                met=None,
-            ),
-        ],
-    }
+    result = hedged_result(_NAME, rounds, bounds)
+    shares = medians(rounds, ["slow_share"])
+    result["rows"] += [
+        row(
+            _NAME,
+            f"slow replica's share of calls, {side}",
+            shares[side]["slow_share"],
+            shares[BASELINE]["slow_share"],
+            goal="",
+            met=None,
+        )
+        for side in (OURS, OURS_PEAK_EWMA)
+    ]
+    for side, figures in shares.items():
+        result["median"][side]["slow_share"] = figures["slow_share"]
+    result["healthy_p50_ms"] = healthy["p50_ms"]
+    result["delay_s"] = round(delay, 4)
+    return result

@@ -227,7 +227,7 @@ def test_status_line_since_an_earlier_snapshot() -> None:
     line = status_line(_snapshot(elapsed=1.5), since=earlier, recent_p99=7.0)
     assert "failed=3 (+2) retries=1 (+1)" in line
     assert "rps=100.0 " in line  # 100 calls in 1 s
-    assert line.endswith("recent_p99=7.00ms")
+    assert line.endswith("recent_p99=7.00ms hedges=0 won=0")
 
 
 def test_plain_figures_cover_the_interval_not_the_last_tick() -> None:
@@ -243,7 +243,7 @@ def test_plain_figures_cover_the_interval_not_the_last_tick() -> None:
     assert "rate=999.0/s" in figures[0]  # the first line knows only the last tick
     assert "rate=60.0/s" in figures[1]  # 60 calls in the second since
     statuses = [line for line in out.getvalue().splitlines() if line.startswith("t=")]
-    assert statuses[1].endswith("recent_p99=123.50ms")  # the worst tick in between
+    assert statuses[1].endswith("recent_p99=123.50ms hedges=0 won=0")  # the worst tick between
 
 
 # --- the summary ------------------------------------------------------------------------------

@@ -363,7 +363,7 @@ async def test_summary_keeps_the_old_keys_and_adds_the_new_ones(clock: VirtualCl
     document = (await _run(FakeClient(clock), duration=0.5, rps=10)).as_dict()
     old = {"calls", "ok", "failed", "errors_by_code", "retries", "late", "seeded", "rps",
            "latency_ms", "per_endpoint", "policy", "duration", "config"}  # fmt: skip
-    assert old | {"seed", "per_operation", "interrupted"} == set(document)
+    assert old | {"seed", "per_operation", "interrupted", "hedges", "hedges_won"} == set(document)
     row = document["per_endpoint"]["127.0.0.2:1"]
     assert set(row) == {"calls", "share", "failures", "ejections", "final_state"}
     assert row["final_state"] == "SERVING"

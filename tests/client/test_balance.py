@@ -36,6 +36,7 @@ async def slow_share(policy: str, calls: int = CALLS, concurrency: int = CONCURR
             tracing=False,
             pool=PoolConfig(health_check=False),
             attempt_timeouts={"GetUser": 2.0},
+            hedging=False,  # the picker alone: a hedge would add calls to the quick ones
         ) as client,
     ):
         await run_load(client, calls, concurrency)

@@ -63,7 +63,7 @@ async def test_sigkill_of_one_replica_fails_no_call(processes: list[ReplicaProce
         failures = await load(client, user.id, maybe_kill)
         stats = client.stats()
     assert failures == []
-    assert stats.retries >= 1
+    assert stats.retries + stats.hedges >= 1  # GetUser is hedged: a failed copy's next copy
     dead = next(e for e in stats.endpoints if e.address == victim.address)
     assert dead.failures >= 1
     assert dead.state in {"UNREACHABLE", "EJECTED"}
@@ -87,9 +87,8 @@ async def test_sigstop_of_one_replica_fails_no_idempotent_call(
             victim.kill()
         stats = client.stats()
     assert failures == []
-    stalled = next(e for e in stats.endpoints if e.address == victim.address)
-    assert stalled.failures >= 1  # Attempts timed out there and moved on.
-    assert stats.methods["GetUser"].codes.get("DEADLINE_EXCEEDED", 0) >= 1
+    # Copies stuck there lost to hedges on the others (or timed out and moved on).
+    assert stats.hedges_won >= 1
 
 
 async def test_list_users_resumes_after_a_replica_dies_mid_stream(store_url: str) -> None:

@@ -257,7 +257,7 @@ async def test_unavailable_everywhere_is_mapped_after_the_retries() -> None:
     ) as c:
         with pytest.raises(UnavailableError):
             await c.get_user("x")
-        assert c.stats().retries >= 1
+        assert c.stats().retries + c.stats().hedges >= 1
         assert c.stats().failures == 1
 
 
@@ -316,6 +316,7 @@ async def test_a_stalled_replica_costs_one_attempt_timeout() -> None:
             policy=FirstNotExcluded(),
             tracing=False,
             attempt_timeouts={"GetUser": 0.3},
+            hedging=False,  # the retry loop's attempt timeout (tests/client/test_hedge_*.py)
         ) as c,
     ):
         started = time.monotonic()
@@ -371,7 +372,12 @@ async def test_a_failed_chat_raises_and_reconnects_elsewhere(
         assert chat.endpoint is not None
         assert chat.endpoint is not pinned
         await chat.send("three")
-        assert (await anext(chat)).message.text == "three"
+        # "two" went out before the stop was seen (timing decides) is unanswered, and
+        # reconnect() resends it first: then both come back, in order, once each.
+        first = (await anext(chat)).message.text
+        assert first in ("two", "three")
+        if first == "two":
+            assert (await anext(chat)).message.text == "three"
 
 
 async def test_an_unavailable_endpoint_triggers_re_resolution(

@@ -9,10 +9,12 @@ import client
 EXPECTED = {
     # The client
     "UserClient", "UserListing", "ChatSession", "ChatReconnect", "ChatReconnected",
-    "NewUserSpec", "ClientStats", "DEFAULT_DEADLINES",
+    "NewUserSpec", "ClientStats", "HedgeStats",
+    "DEFAULT_DEADLINES", "DEFAULT_HEDGING", "HEDGEABLE_METHODS",
     "DEFAULT_ATTEMPT_TIMEOUTS", "MAX_BATCH", "ROLES", "mint_token",
     # Configuration
-    "PoolConfig", "EjectionConfig", "RetryPolicy", "RetryBudget", "TokenProvider",
+    "PoolConfig", "EjectionConfig", "RetryPolicy", "RetryBudget", "HedgingPolicy",
+    "TokenProvider",
     # TLS
     "TlsConfig", "TlsCredentials", "ChannelSecurity", "server_name_for",
     # Discovery

@@ -48,7 +48,7 @@ async def test_attempt_spans_are_children_of_the_logical_span(
         assert attempt.parent.span_id == logical.context.span_id
         assert attempt.context is not None
         assert attempt.context.trace_id == logical.context.trace_id
-    assert [e.name for e in logical.events] == ["retry"]
+    assert [e.name for e in logical.events] == ["hedge"]  # GetUser is hedged
     # The server saw the trace context of the attempt that reached it.
     [metadata] = servicer.metadata
     version, trace_id, span_id, _flags = metadata["traceparent"].split("-")
