@@ -15,6 +15,11 @@ Pool invariants (the cases :meth:`ChannelPool._update_pool` handles):
    last call ends (or after the drain grace).
 5. In-flight counts (pool and channel) change only there and never go
    negative.
+6. With rotating credentials (a ``generation`` callable, see
+   ``client._tls``), a sweep that finds channels opened under an older
+   generation retires them all: they take no new lease, idle ones close at
+   once and busy ones when their last call ends, and fresh channels (a new
+   first one among them) replace them.
 
 The pool's lists change only in ``_update_pool``, which never awaits (so no
 other task sees a half-made change) and returns the channels to close; the
@@ -29,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -150,11 +155,14 @@ class PoolConfig:
 class _PooledChannel:
     """One grpc.aio channel, the calls it carries now, and the lease handed out for it."""
 
-    __slots__ = ("channel", "idle_since", "in_flight", "lease", "number")
+    __slots__ = ("channel", "generation", "idle_since", "in_flight", "lease", "number")
 
-    def __init__(self, channel: grpc.aio.Channel, number: int, now: float, owner: Endpoint) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, number: int, now: float, owner: Endpoint, generation: int
+    ) -> None:
         self.channel = channel
         self.number = number
+        self.generation = generation
         self.in_flight = 0
         self.idle_since = now
         self.lease = Lease(owner, channel, user_pb2_grpc.UserServiceStub(channel), self)
@@ -180,6 +188,9 @@ class ChannelPool:
         open_channel: Opens one channel.
         interceptors: Client interceptors of every channel.
         clock: Monotonic seconds (idle timeouts).
+        generation: The credentials' generation (``ChannelSecurity.generation``),
+            asked when a channel opens and at every sweep; None when the
+            credentials never change.
     """
 
     def __init__(
@@ -191,14 +202,18 @@ class ChannelPool:
         *,
         interceptors: Sequence[Any] = (),
         clock: Callable[[], float],
+        generation: Callable[[], int] | None = None,
     ) -> None:
         self._address = address
+        self._generation = generation
         self._config = config
         self._owner = owner
         self._open_channel = open_channel
         self._interceptors = tuple(interceptors)
         self._clock = clock
         self._channels: list[_PooledChannel] = []
+        #: Channels of an older generation that still carry calls: no new lease.
+        self._retiring: list[_PooledChannel] = []
         #: The first channel's grpc channel (read on every pick); None while none is open.
         self._primary: grpc.aio.Channel | None = None
         self._opened = 0
@@ -252,9 +267,17 @@ class ChannelPool:
         if to_close:
             await _close_all(to_close)
 
-    async def prune(self) -> None:
-        """Close extra channels idle longer than ``idle_timeout``."""
-        _, to_close = self._update_pool()
+    async def prune(self, *, new_primary: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Close extra channels idle longer than ``idle_timeout``; replace stale-credential ones.
+
+        Args:
+            new_primary: Awaited when the first channel was replaced, before the
+                old one closes (the health watch moves over without a break).
+        """
+        primary = self._primary
+        _, to_close = self._update_pool(rotate=True)
+        if new_primary is not None and primary is not None and self._primary is not primary:
+            await new_primary()
         await _close_all(to_close)
 
     # --- drain and close ------------------------------------------------------------------
@@ -284,6 +307,7 @@ class ChannelPool:
         acquire: bool = False,
         release: _PooledChannel | None = None,
         close: bool = False,
+        rotate: bool = False,
     ) -> tuple[_PooledChannel | None, list[_PooledChannel]]:
         """The one place the pool changes; returns (channel leased, channels to close).
 
@@ -291,17 +315,39 @@ class ChannelPool:
         """
         if acquire:
             return self._take_channel(), []  # Idle channels close on release and prune().
+        retired: list[_PooledChannel] = []
         if release is not None:
             self._give_back(release)
+            if release.in_flight == 0 and release in self._retiring:
+                self._retiring.remove(release)
+                retired.append(release)  # invariant 6: its last call ended
         if close or (self.draining and self.in_flight == 0):
-            to_close, self._channels, self._primary = self._channels, [], None
+            to_close = [*self._channels, *self._retiring]
+            self._channels, self._retiring, self._primary = [], [], None
             return None, to_close
+        if rotate:
+            retired += self._retire_stale()
         if len(self._channels) <= self._config.min_channels:
-            return None, []  # No extra channel that could be idle (invariant 3).
+            return None, retired  # No extra channel that could be idle (invariant 3).
         to_close = self._idle_extras(self._clock())
         if to_close:
             self._channels = [c for c in self._channels if c not in to_close]
-        return None, to_close
+        return None, retired + to_close
+
+    def _retire_stale(self) -> list[_PooledChannel]:
+        """Invariant 6: retire every channel of an older generation; the idle ones to close."""
+        if self._generation is None or self.draining or not self._channels:
+            return []
+        current = self._generation()
+        stale = [c for c in self._channels if c.generation < current]
+        if not stale:
+            return []
+        self._channels = [c for c in self._channels if c.generation >= current]
+        # The first channel stays the primary (the health watch's); a new one if it was stale.
+        self._primary = self._channels[0].channel if self._channels else None
+        self._ensure_min_channels()
+        self._retiring += [c for c in stale if c.in_flight > 0]
+        return [c for c in stale if c.in_flight == 0]
 
     def _take_channel(self) -> _PooledChannel:
         if self.draining:
@@ -341,7 +387,9 @@ class ChannelPool:
         channel = self._open_channel(
             self._address.grpc_target, self._config.channel_options(), self._interceptors
         )
-        pooled = _PooledChannel(channel, self._opened, now, self._owner)
+        # Asked after opening: the factory may just have taken up changed files.
+        generation = self._generation() if self._generation is not None else 0
+        pooled = _PooledChannel(channel, self._opened, now, self._owner, generation)
         self._channels.append(pooled)
         if self._primary is None:
             self._primary = channel

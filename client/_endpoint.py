@@ -121,6 +121,8 @@ class Endpoint:
             channel_factory or default_factory(credentials),
             interceptors=interceptors,
             clock=clock,
+            # Rotating TLS files: channels of older credentials are replaced at sweeps.
+            generation=credentials.generation if isinstance(credentials, ChannelSecurity) else None,
         )
         self._watch = HealthWatch(
             str(address),
@@ -274,8 +276,9 @@ class Endpoint:
             await self._channels.release(lease)
 
     async def prune(self) -> None:
-        """Close extra channels idle longer than ``idle_timeout`` (also done on every release)."""
-        await self._channels.prune()
+        """Close extra channels idle longer than ``idle_timeout`` (also done on every release),
+        and replace the channels of credentials whose files changed (the health watch first)."""
+        await self._channels.prune(new_primary=self._watch.restart)
 
     # --- lifecycle ------------------------------------------------------------------------
 

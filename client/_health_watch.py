@@ -96,6 +96,21 @@ class HealthWatch:
             self._run(), name=f"health-watch {self._name}"
         )
 
+    async def restart(self) -> None:
+        """Watch anew on the channel the caller now provides (its first channel was replaced).
+
+        What was learnt stays until the new stream answers, so the endpoint
+        stays available while the watch moves; does nothing unless watching.
+        """
+        if self._stopped or self._task is None:
+            return
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
+        self._failures = 0
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"health-watch {self._name}"
+        )
+
     async def stop(self) -> None:
         """Stop watching for good; waits for the loop to end."""
         self._stopped = True

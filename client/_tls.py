@@ -8,14 +8,17 @@ set as ``grpc.ssl_target_name_override``; a ``static:///`` target verifies
 each address itself, so IP addresses need IP names in the certificate.
 ``server_name`` (``--tls-server-name``) replaces the name for every target.
 
-Rotation: grpcio cannot change the credentials of an open channel. The
-files are looked at (inode, size, modification time, at most once per
-``check_interval``) whenever a channel is opened, and re-read when they
-changed, so *new* channels use the new files. An open channel keeps its
-credentials for its whole life, also when it reconnects (after the server's
-connection age, say): a renewed server certificate from the same CA needs
-nothing from clients, but to change the CA give clients a bundle of old and
-new CA and restart them first, then switch the servers, then drop the old CA.
+Rotation: grpcio cannot change the credentials of an open channel (it would
+reconnect with the old ones for its whole life). The files are looked at
+(inode, size, modification time, at most once per ``check_interval``)
+whenever a channel is opened and at every sweep of the endpoint pools, and
+re-read when they changed; :meth:`TlsCredentials.generation` then grows, and
+each endpoint replaces its channels at its next sweep (every 5 s by
+default): idle ones at once, busy ones once their calls end, the health
+watch moved to the new first channel before the old one closes. So a
+renewed client certificate, or a new CA bundle, is in use within seconds
+without a restart. To change the CA, still give clients a bundle of old and
+new CA first, then switch the servers, then drop the old CA.
 """
 
 from __future__ import annotations
@@ -91,6 +94,11 @@ class ChannelSecurity(Protocol):
 
     def channel_options(self) -> list[tuple[str, Any]]:
         """Channel arguments the credentials need (the name to verify)."""
+        ...
+
+    def generation(self) -> int:
+        """A number that grows whenever the credentials change; channels of an older one are
+        replaced. May look at the files (rate-limited); never blocks for long."""
         ...
 
 
@@ -176,11 +184,20 @@ class TlsCredentials:
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """The credentials for a channel opened now, re-read first if the files changed."""
         with self._lock:
-            now = self._clock()
-            if now - self._checked >= self._interval:
-                self._checked = now
-                self._reload_if_changed()
+            self._look()
             return self._credentials
+
+    def generation(self) -> int:
+        """How many times changed files were taken up (:attr:`reloads`), looking first."""
+        with self._lock:
+            self._look()
+            return self.reloads
+
+    def _look(self) -> None:
+        now = self._clock()
+        if now - self._checked >= self._interval:
+            self._checked = now
+            self._reload_if_changed()
 
     def _reload_if_changed(self) -> None:
         stamps = self._current_stamps()

@@ -135,3 +135,22 @@ async def test_unwatched_is_ready_and_a_stopped_watch_never_starts_again() -> No
         watch.start()
         await asyncio.sleep(0.05)
         assert health.services == [] and "CONNECTING" in repr(watch)
+
+
+async def test_a_restart_watches_anew_and_keeps_what_it_knew_meanwhile() -> None:
+    async with watching(Stream((SERVING,), hold=True), Stream((NOT_SERVING,), hold=True)) as (
+        watch,
+        health,
+        _,
+    ):
+        await watch.restart()  # not started yet: nothing to move
+        assert health.services == []
+        watch.start()
+        await eventually(lambda: watch.state is EndpointState.SERVING)
+        await watch.restart()
+        assert watch.state is EndpointState.SERVING and watch.available  # no break shown
+        await eventually(lambda: len(health.services) == 2)
+        await eventually(lambda: not watch.available)  # the new stream's answer counts
+        await watch.stop()
+        await watch.restart()  # stopped for good: stays stopped
+        assert len(health.services) == 2

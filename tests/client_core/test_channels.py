@@ -152,3 +152,85 @@ async def test_the_primary_channel_reports_a_failed_connect_and_none_before_it_o
     assert pool.primary_failed()
     assert "channels=1" in repr(pool)
     await pool.close()
+
+
+class Tracked:
+    """A real channel that records its closing, in order with the test's own events."""
+
+    def __init__(self, channel: grpc.aio.Channel, events: list[str], name: str) -> None:
+        self._channel, self._events, self.name = channel, events, name
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._channel, attribute)
+
+    async def close(self, grace: float | None = None) -> None:
+        self._events.append(f"close {self.name}")
+        await self._channel.close(grace)
+
+
+async def test_a_sweep_replaces_every_channel_of_older_credentials() -> None:
+    events: list[str] = []
+    generation = [0]
+    opened: list[Any] = []  # Tracked channels, standing in for grpc.aio.Channel
+
+    def open_channel(target: str, options: list[tuple[str, Any]], _: Sequence[Any]) -> Any:
+        channel = Tracked(grpc.aio.insecure_channel(target, options=options), events, "")
+        channel.name = f"#{len(opened) + 1}(gen {generation[0]})"
+        opened.append(channel)
+        return channel
+
+    async def new_primary() -> None:
+        events.append("watch moved")
+
+    config = PoolConfig(max_concurrent_per_channel=1, max_channels=3)
+    pool = ChannelPool(
+        ADDRESS, config, OWNER, open_channel, clock=FakeClock(), generation=lambda: generation[0]
+    )
+    busy, idle = pool.acquire(), pool.acquire()
+    await pool.release(idle)
+    await pool.prune(new_primary=new_primary)
+    assert events == [] and pool.channel_count == 2  # same generation: nothing changes
+
+    generation[0] = 1  # the TLS files changed and were taken up
+    await pool.prune(new_primary=new_primary)
+    # The watch moved to the new first channel before the old first one closed; the busy
+    # stale channel stays open for its call, but takes no new lease.
+    assert events == ["watch moved", "close #2(gen 0)"]
+    assert pool.channel_count == 1 and pool.primary_channel() is opened[2]
+    fresh = pool.acquire()
+    assert fresh.channel is opened[2] and pool.in_flight == 2
+    await pool.release(busy)
+    assert events[-1] == "close #1(gen 0)"  # its last call ended
+    await pool.release(fresh)
+    assert pool.in_flight == 0 and pool.channel_count == 1
+    await pool.prune(new_primary=new_primary)
+    assert len(events) == 3  # nothing stale is left
+    await pool.close()
+    assert events[-1] == "close #3(gen 1)"
+
+
+async def test_closing_also_closes_retiring_channels_and_a_draining_pool_never_rotates() -> None:
+    events: list[str] = []
+    generation = [0]
+
+    def open_channel(target: str, options: list[tuple[str, Any]], _: Sequence[Any]) -> Any:
+        return Tracked(grpc.aio.insecure_channel(target), events, f"gen {generation[0]}")
+
+    pool = ChannelPool(
+        ADDRESS,
+        PoolConfig(),
+        OWNER,
+        open_channel,
+        clock=FakeClock(),
+        generation=lambda: generation[0],
+    )
+    pool.acquire()  # never released: its channel retires busy
+    generation[0] = 1
+    await pool.prune()
+    assert events == [] and pool.channel_count == 1
+    pool.start_draining()
+    generation[0] = 2
+    await pool.prune()  # draining: no new channel for credentials nobody will use
+    assert pool.channel_count == 1
+    await pool.close()
+    assert sorted(events) == ["close gen 0", "close gen 1"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 from collections.abc import Iterator
@@ -187,3 +188,63 @@ def test_flags_default_from_the_environment_and_win_over_it() -> None:
     add_tls_arguments(empty, {})
     assert tls_from_args(empty.parse_args([])) is None
     assert tls_from_env({}) is None
+
+
+async def test_pooled_channels_move_to_rotated_files_at_the_next_sweep(
+    tmp_path: Path, certs_b: Path
+) -> None:
+    """Mutual TLS with both sides' files switched to another CA: no call fails, no restart.
+
+    A pooled channel would reconnect with its old credentials for its whole life (old client
+    certificate, old CA: refused by the switched server); the sweep replaces it instead.
+    """
+    from client import Address, Endpoint
+    from client.testing import eventually
+    from tests.tls.test_rotation import _install, _until_connects
+
+    server_files, client_files = issue(tmp_path / "server"), issue(tmp_path / "client")
+    for name in ("ca.crt", "client.crt", "client.key"):  # the client starts with the server's CA
+        shutil.copyfile(server_files / name, client_files / name)
+    creds = TlsCredentials(_tls(client_files, client=True), check_interval=0.0)
+    async with serve_tls(server_files, mutual=True) as server:
+        host, port = server.address.rsplit(":", 1)
+        endpoint = Endpoint(Address(host, int(port)), credentials=creds)
+        endpoint.start()
+        try:
+            await eventually(lambda: endpoint.state.value == "SERVING")
+            async with endpoint.lease() as before:
+                assert await check_on(before.channel) == SERVING
+
+            _install(certs_b, server_files)  # the server now proves, and requires, CA B
+            for name in ("ca.crt", "client.crt", "client.key"):
+                shutil.copyfile(certs_b / name, client_files / f".{name}")
+                os.replace(client_files / f".{name}", client_files / name)
+            b_creds = grpc.ssl_channel_credentials(
+                (certs_b / "ca.crt").read_bytes(),
+                (certs_b / "client.key").read_bytes(),
+                (certs_b / "client.crt").read_bytes(),
+            )
+            await _until_connects(server.address, b_creds)
+
+            await endpoint.prune()  # the pool's sweep: credentials changed, channels replaced
+            assert creds.reloads == 1
+            async with endpoint.lease() as after:
+                assert after.channel is not before.channel
+                assert await check_on(after.channel) == SERVING  # a new handshake, with B
+            assert endpoint.state.value == "SERVING" and endpoint.channel_count == 1
+            await asyncio.sleep(0.3)
+            assert endpoint.state.value == "SERVING"  # the watch moved without a break
+        finally:
+            await endpoint.close()
+
+
+async def check_on(channel: grpc.aio.Channel) -> int:
+    """One health Check of the user service on ``channel``; its status."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from service.health import SERVICE_NAME
+
+    reply = await health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5
+    )
+    return int(reply.status)
