@@ -279,6 +279,13 @@ def connection_options(parser: argparse.ArgumentParser, env: Mapping[str, str]) 
         action="store_true",
         help="machine-readable output: one JSON object per user or line (default: off)",
     )
+    group.add_argument(
+        "--no-hedging",
+        action="store_true",
+        help="send no hedge: by default GetUser and the first response of ListUsers get a "
+        "second copy on another replica when the first is slower than that method's recent "
+        "p99 (within the retry budget; see docs/hedging.md)",
+    )
     add_tls_arguments(parser, env)
 
 
@@ -387,6 +394,7 @@ def _client(
             tracer_provider=tracer_provider,
             tracing=tracer_provider is not None,
             tls=tls_from_args(args),
+            hedging=False if args.no_hedging else None,
         )
     except TargetError as exc:
         raise UsageError(f"bad --target: {exc}") from exc
