@@ -100,6 +100,9 @@ SCENARIOS: Mapping[str, dict[str, Any]] = {
                 "handshakeTimeoutSeconds": 2.5,
                 "maxConnectionIdleSeconds": 0,
                 "maxStreamsPerConnection": 64,
+                "maxConnections": 200,
+                "defaultCallTimeoutSeconds": 7.5,
+                "defaultStreamTimeoutSeconds": 0,
             }
         }
     },

@@ -410,6 +410,9 @@ SCHEMA_REFUSES = [
     {"users": {"admission": {"maxUnaryRpcs": "800"}}},
     {"users": {"admission": {"handshakeTimeoutSeconds": 0}}},
     {"users": {"admission": {"chatIdleTimeoutSeconds": -1}}},
+    {"users": {"admission": {"maxConnections": -1}}},
+    {"users": {"admission": {"defaultCallTimeoutSeconds": 0}}},
+    {"users": {"admission": {"defaultStreamTimeoutSeconds": -5}}},
 ]
 
 
@@ -455,6 +458,9 @@ ADMISSION = {
     "handshakeTimeoutSeconds": "MESH_HANDSHAKE_TIMEOUT",
     "maxConnectionIdleSeconds": "MESH_MAX_CONNECTION_IDLE",
     "maxStreamsPerConnection": "MESH_MAX_STREAMS_PER_CONNECTION",
+    "maxConnections": "MESH_MAX_CONNECTIONS",
+    "defaultCallTimeoutSeconds": "MESH_DEFAULT_CALL_TIMEOUT",
+    "defaultStreamTimeoutSeconds": "MESH_DEFAULT_STREAM_TIMEOUT",
 }
 _FIELDS = {f.metadata["env"]: f for f in dataclasses.fields(ServiceConfig)}
 
