@@ -251,7 +251,8 @@ class FakeReplica:
     ``delay`` seconds, or fails with the statuses queued by :meth:`fail_next`.
     With ``health=True`` it also serves ``grpc.health.v1`` (SERVING until
     :meth:`set_serving` says otherwise); without it a client's health watch
-    gets UNIMPLEMENTED, as from a server that has no health service.
+    gets UNIMPLEMENTED, as from a server that has no health service. With
+    ``credentials`` (``grpc.ssl_server_credentials(...)``) it serves TLS.
 
     Use it as ``async with FakeReplica("127.0.0.2", name="a") as replica:``;
     ``replica.address`` is ``host:port`` as bound.
@@ -270,8 +271,10 @@ class FakeReplica:
         name: str | None = None,
         delay: float = 0.0,
         health: bool = False,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.host = host
+        self._credentials = credentials
         self.name = name if name is not None else host
         self.delay = delay
         self.calls = 0
@@ -320,7 +323,12 @@ class FakeReplica:
         if self._health is not None:
             await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
             health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        self._port = server.add_insecure_port(f"{self.host}:0")
+        where = f"{self.host}:0"
+        self._port = (
+            server.add_insecure_port(where)
+            if self._credentials is None
+            else server.add_secure_port(where, self._credentials)
+        )
         await server.start()
         self._server = server
         return self.address

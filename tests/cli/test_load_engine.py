@@ -21,23 +21,13 @@ from client._client import ClientStats
 from client._endpoint import EndpointStats
 from client._errors import NotFoundError, UnavailableError
 from client._load import LoadConfig, LoadSnapshot, error_code, parse_mix, run_load
+from client.testing import FakeClock
 from meshdemo.v1 import user_pb2
 
 
-class VirtualClock:
-    """Monotonic time that moves only when someone sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += max(0.0, seconds)
-        await asyncio.sleep(0)
+def virtual_clock() -> FakeClock:
+    """Monotonic time that moves only when someone sleeps (and by exactly that much)."""
+    return FakeClock(100.0, auto_advance=True)
 
 
 @dataclass
@@ -51,7 +41,7 @@ class FakeEndpoint:
 class FakeClient:
     """Answers every method after ``latency`` virtual seconds, alternating two endpoints."""
 
-    clock: VirtualClock
+    clock: FakeClock
     latency: float = 0.0
     fail_with: Exception | None = None
     endpoints: list[FakeEndpoint] = field(
@@ -145,18 +135,18 @@ async def _run(client: FakeClient, **config: Any) -> Any:
 
 
 @pytest.fixture
-def clock() -> VirtualClock:
-    return VirtualClock()
+def clock() -> FakeClock:
+    return virtual_clock()
 
 
-async def test_open_loop_offers_exactly_the_rate(clock: VirtualClock) -> None:
+async def test_open_loop_offers_exactly_the_rate(clock: FakeClock) -> None:
     client = FakeClient(clock)
     summary = await _run(client, duration=1.0, rps=10)
     assert (summary.calls, summary.ok, summary.failed, summary.late) == (10, 10, 0, 0)
     assert clock.now == pytest.approx(100.9)  # the last slot was due at 0.9 s
 
 
-async def test_open_loop_counts_late_calls_when_the_server_is_slow(clock: VirtualClock) -> None:
+async def test_open_loop_counts_late_calls_when_the_server_is_slow(clock: FakeClock) -> None:
     client = FakeClient(clock, latency=0.25)
     summary = await _run(client, duration=1.0, rps=10)
     # Slots were due every 0.1 s but each call took 0.25 s: after the first,
@@ -165,7 +155,7 @@ async def test_open_loop_counts_late_calls_when_the_server_is_slow(clock: Virtua
     assert summary.latency_ms.p50 == pytest.approx(250, rel=0.01)
 
 
-async def test_closed_loop_runs_back_to_back_until_the_duration(clock: VirtualClock) -> None:
+async def test_closed_loop_runs_back_to_back_until_the_duration(clock: FakeClock) -> None:
     client = FakeClient(clock, latency=0.25)
     summary = await _run(client, duration=1.0)
     assert (summary.calls, summary.late) == (4, 0)
@@ -173,14 +163,14 @@ async def test_closed_loop_runs_back_to_back_until_the_duration(clock: VirtualCl
     assert summary.rps == pytest.approx(4.0)
 
 
-async def test_max_calls_caps_the_run(clock: VirtualClock) -> None:
+async def test_max_calls_caps_the_run(clock: FakeClock) -> None:
     client = FakeClient(clock)
     summary = await _run(client, duration=10.0, max_calls=7, concurrency=3)
     assert summary.calls == 7
     assert len(client.calls) == 1 + 7
 
 
-async def test_failures_are_counted_by_code_and_add_up(clock: VirtualClock) -> None:
+async def test_failures_are_counted_by_code_and_add_up(clock: FakeClock) -> None:
     client = FakeClient(clock, latency=0.1, fail_with=UnavailableError("down"))
     summary = await _run(client, duration=1.0, rps=5, seed_users=0)
     assert summary.ok == 0
@@ -189,13 +179,13 @@ async def test_failures_are_counted_by_code_and_add_up(clock: VirtualClock) -> N
     assert sum(row.failures for row in summary.per_endpoint.values()) == 5
 
 
-async def test_get_without_known_ids_counts_not_found(clock: VirtualClock) -> None:
+async def test_get_without_known_ids_counts_not_found(clock: FakeClock) -> None:
     summary = await _run(FakeClient(clock), duration=1.0, rps=4, seed_users=0)
     assert summary.errors_by_code == {"NOT_FOUND": 4}
 
 
 async def test_seeding_lets_gets_find_users_and_is_left_out_of_the_counts(
-    clock: VirtualClock,
+    clock: FakeClock,
 ) -> None:
     client = FakeClient(clock)
     summary = await _run(client, duration=1.0, rps=10, seed_users=1200)
@@ -206,7 +196,7 @@ async def test_seeding_lets_gets_find_users_and_is_left_out_of_the_counts(
     assert sum(row.calls for row in summary.per_endpoint.values()) == 10
 
 
-async def test_mix_spreads_operations_by_weight(clock: VirtualClock) -> None:
+async def test_mix_spreads_operations_by_weight(clock: FakeClock) -> None:
     client = FakeClient(clock)
     mix = (("get", 0), ("create", 1), ("list", 1), ("batch", 1))
     summary = await _run(client, duration=1.0, rps=300, mix=mix, batch_size=2)
@@ -216,7 +206,7 @@ async def test_mix_spreads_operations_by_weight(clock: VirtualClock) -> None:
     assert summary.calls == 300
 
 
-async def test_summary_shares_add_up_to_one(clock: VirtualClock) -> None:
+async def test_summary_shares_add_up_to_one(clock: FakeClock) -> None:
     client = FakeClient(clock)
     client.retries = 5  # retries before the run do not count
     summary = await _run(client, duration=1.0, rps=20)
@@ -230,7 +220,7 @@ async def test_summary_shares_add_up_to_one(clock: VirtualClock) -> None:
 
 async def test_on_tick_gets_snapshots_and_a_final_one() -> None:
     # Real time here: the ticker and the workers share the loop.
-    client = FakeClient(VirtualClock())
+    client = FakeClient(virtual_clock())
     snapshots: list[LoadSnapshot] = []
     config = LoadConfig(
         duration=0.3, rps=50, concurrency=2, tick_interval=0.05, mix=(("get", 1),), seed_users=1
@@ -258,7 +248,7 @@ async def test_stuck_calls_are_cancelled_after_the_drain_timeout() -> None:
     config = LoadConfig(duration=0.1, concurrency=2, mix=(("get", 1),), drain_timeout=0.1)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    summary = await run_load(Stuck(VirtualClock()), config)
+    summary = await run_load(Stuck(virtual_clock()), config)
     assert loop.time() - started < 2.0
     assert summary.calls == 0  # cancelled, not counted
 
@@ -326,22 +316,22 @@ def test_error_code_classifies_every_failure() -> None:
     assert error_code(KeyError()) == "UNKNOWN"
 
 
-async def test_a_run_without_a_seed_draws_one_and_records_it(clock: VirtualClock) -> None:
+async def test_a_run_without_a_seed_draws_one_and_records_it(clock: FakeClock) -> None:
     mix = (("get", 1), ("create", 1), ("list", 1))
     first_client = FakeClient(clock)
     first = await _run(first_client, duration=1.0, rps=50, mix=mix, seed=None)
     assert isinstance(first.seed, int)
     assert first.config.seed == first.seed == first.as_dict()["seed"]
     # The recorded seed repeats the run's choices exactly.
-    again_client = FakeClient(VirtualClock())
+    again_client = FakeClient(virtual_clock())
     again = await _run(again_client, duration=1.0, rps=50, mix=mix, seed=first.seed)
     assert again.seed == first.seed
     assert again_client.calls == first_client.calls
-    other = await _run(FakeClient(VirtualClock()), duration=1.0, rps=50, mix=mix, seed=None)
+    other = await _run(FakeClient(virtual_clock()), duration=1.0, rps=50, mix=mix, seed=None)
     assert other.seed != first.seed  # drawn afresh (a 1 in 2**32 chance to fail)
 
 
-async def test_per_operation_counts_and_latency(clock: VirtualClock) -> None:
+async def test_per_operation_counts_and_latency(clock: FakeClock) -> None:
     client = FakeClient(clock, latency=0.01)
     mix = (("get", 2), ("create", 1), ("batch", 0))
     summary = await _run(client, duration=2.0, rps=60, mix=mix, seed_users=0)
@@ -359,7 +349,7 @@ async def test_per_operation_counts_and_latency(clock: VirtualClock) -> None:
     assert set(document["get"]["latency_ms"]) == {"p50", "p95", "p99", "max", "mean"}
 
 
-async def test_summary_keeps_the_old_keys_and_adds_the_new_ones(clock: VirtualClock) -> None:
+async def test_summary_keeps_the_old_keys_and_adds_the_new_ones(clock: FakeClock) -> None:
     document = (await _run(FakeClient(clock), duration=0.5, rps=10)).as_dict()
     old = {"calls", "ok", "failed", "errors_by_code", "retries", "late", "seeded", "rps",
            "latency_ms", "per_endpoint", "policy", "duration", "config"}  # fmt: skip

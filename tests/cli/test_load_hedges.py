@@ -10,7 +10,7 @@ from client._client import ClientStats
 from client._live import render_snapshot, render_summary, status_line
 from client._load import LoadConfig, _Run
 from tests.cli.test_live import _assert_fits, _render, _snapshot, _summary
-from tests.cli.test_load_engine import FakeClient, VirtualClock, _run
+from tests.cli.test_load_engine import FakeClient, _run, virtual_clock
 
 
 @dataclass
@@ -31,7 +31,7 @@ class HedgingClient(FakeClient):
 
 
 async def test_the_summary_counts_the_runs_hedges_next_to_its_retries() -> None:
-    client = HedgingClient(VirtualClock(), latency=0.01)
+    client = HedgingClient(virtual_clock(), latency=0.01)
     summary = await _run(client, duration=1.0, rps=40)
     gets = client.calls.count("get")
     assert summary.hedges == gets // 4
@@ -44,7 +44,7 @@ async def test_the_summary_counts_the_runs_hedges_next_to_its_retries() -> None:
 
 
 def test_snapshots_count_hedges_overall_and_in_the_window() -> None:
-    clock = VirtualClock()
+    clock = virtual_clock()
     client = HedgingClient(clock)
     run = _Run(LoadConfig(duration=10.0), clock, client.stats())  # 7 hedges, 3 won before
     client.calls.extend(["get"] * 8)

@@ -1,30 +1,20 @@
-"""Test-only helpers: a small real UserService server, a manual clock, a counting resolver."""
+"""Test-only helpers: a scriptable UserService servicer base (EchoUsers) and address().
+
+The clock, resolvers, replicas and eventually() come from ``client.testing``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 
-from client import Address, StaticResolver
+from client import Address
 from meshdemo.v1 import user_pb2, user_pb2_grpc
-
-
-class ManualClock:
-    """A monotonic clock that moves only when a test says so."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -76,38 +66,6 @@ async def echo_server(host: str, servicer: EchoUsers) -> AsyncIterator[str]:
         await server.stop(0)
 
 
-class CountingResolver(StaticResolver):
-    """A static resolver that counts ``resolve_now()`` requests."""
-
-    def __init__(self, addresses: frozenset[Address]) -> None:
-        super().__init__(addresses)
-        self.resolve_now_calls = 0
-
-    def resolve_now(self) -> None:
-        self.resolve_now_calls += 1
-
-
-class ManualResolver:
-    """A resolver whose address sets the test publishes by hand."""
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[frozenset[Address] | None] = asyncio.Queue()
-        self.resolve_now_calls = 0
-
-    def publish(self, *addresses: str) -> None:
-        self._queue.put_nowait(frozenset(Address(*_split(a)) for a in addresses))
-
-    async def updates(self) -> AsyncIterator[frozenset[Address]]:
-        while (addresses := await self._queue.get()) is not None:
-            yield addresses
-
-    def resolve_now(self) -> None:
-        self.resolve_now_calls += 1
-
-    async def close(self) -> None:
-        self._queue.put_nowait(None)
-
-
 def _split(hostport: str) -> tuple[str, int]:
     host, _, port = hostport.rpartition(":")
     return host, int(port)
@@ -116,13 +74,3 @@ def _split(hostport: str) -> tuple[str, int]:
 def address(hostport: str) -> Address:
     """An Address from ``host:port``."""
     return Address(*_split(hostport))
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait (polling, bounded) until ``predicate()`` holds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)

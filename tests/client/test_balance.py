@@ -6,7 +6,7 @@ import asyncio
 import random
 
 from client import PoolConfig, UserClient
-from tests.client.helpers import EchoUsers, echo_server
+from client.testing import FakeReplica
 
 CALLS = 150
 CONCURRENCY = 15
@@ -24,13 +24,14 @@ async def run_load(client: UserClient, calls: int, concurrency: int) -> None:
 
 
 async def slow_share(policy: str, calls: int = CALLS, concurrency: int = CONCURRENCY) -> float:
-    slow, quick_a, quick_b = EchoUsers("slow", delay=0.1), EchoUsers("a"), EchoUsers("b")
+    slow = FakeReplica("127.0.0.2", name="slow", delay=0.1)
+    quick_a, quick_b = FakeReplica("127.0.0.3", name="a"), FakeReplica("127.0.0.4", name="b")
     async with (
-        echo_server("127.0.0.2", slow) as s,
-        echo_server("127.0.0.3", quick_a) as a,
-        echo_server("127.0.0.4", quick_b) as b,
+        slow,
+        quick_a,
+        quick_b,
         UserClient(
-            f"static:///{s},{a},{b}",
+            f"static:///{slow.address},{quick_a.address},{quick_b.address}",
             policy=policy,
             rng=random.Random(7),  # the picks are repeatable; the timings are not
             tracing=False,

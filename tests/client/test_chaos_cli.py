@@ -33,6 +33,7 @@ from client import cli as _cli
 from client._chaos import MAX_COUNT, ChaosPlan, Mode, Round, exit_code
 from client._chaos_k8s import PodApi, run_chaos
 from client.cli import main_async
+from client.testing import FakeClock
 from tests.fake_http import JsonHandler, LoopbackHttpServer
 
 NS = "meshdemo"
@@ -363,35 +364,20 @@ async def test_usage_errors_exit_2_and_send_nothing(
     assert fake.requests == []
 
 
-class FakeTime:
-    """A clock that moves only when the run sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-
-
 async def test_duration_bounds_a_run_without_a_count(fake: FakePodsApi) -> None:
     for name in ("users-d", "users-e", "users-f"):
         fake.pods[name] = pod(name)
     plan = ChaosPlan(NS, USERS, Mode.DELETE, count=0, interval=3.0, duration=10.0)
-    time = FakeTime()
+    time = FakeClock(auto_advance=True)
     seen: list[Round] = []
     with ApiClient(Configuration(host=fake.url)) as client:
         rounds = await run_chaos(
             plan, PodApi(client), seen.append, random=random.Random(1),
-            clock=time.clock, sleep=time.sleep,
+            clock=time, sleep=time.sleep,
         )  # fmt: skip
     # Rounds start at 0, 3, 6 and 9 s; the one at 12 s would be past the 10 s bound.
     assert [r.outcome for r in rounds] == ["deleted"] * 4
-    assert time.slept == [3.0, 3.0, 3.0]
+    assert time.sleeps == [3.0, 3.0, 3.0]
     assert seen == rounds
 
 

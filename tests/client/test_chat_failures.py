@@ -26,10 +26,11 @@ from client import (
     UnavailableError,
     UserClient,
 )
+from client.testing import ManualResolver, eventually
 from meshdemo.v1 import user_pb2
 from service.testing import InProcessServer, reader_token
 from tests.client.conftest import serve_many, static_target
-from tests.client.helpers import EchoUsers, ManualResolver, echo_server, eventually
+from tests.client.helpers import EchoUsers, echo_server
 
 pytestmark = pytest.mark.timeout(30)
 

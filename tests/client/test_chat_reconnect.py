@@ -26,8 +26,8 @@ from client import (
     UserClient,
 )
 from client.cli import main_async
+from client.testing import eventually
 from service.testing import ReplicaProcess, reader_token
-from tests.client.helpers import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 

@@ -31,10 +31,10 @@ from client import (
     UserClient,
 )
 from client._picker import preferred_group
+from client.testing import FakeReplica, ManualResolver, eventually
 from meshdemo.v1 import user_pb2
 from service.testing import InProcessServer, admin_token, reader_token
 from tests.client.conftest import static_target
-from tests.client.helpers import CountingResolver, EchoUsers, address, echo_server, eventually
 
 C = TypeVar("C")
 
@@ -309,10 +309,10 @@ async def test_calls_still_go_out_when_every_endpoint_is_ejected(client: UserCli
 
 async def test_a_stalled_replica_costs_one_attempt_timeout() -> None:
     async with (
-        echo_server("127.0.0.2", EchoUsers("stalled", delay=10)) as slow,
-        echo_server("127.0.0.3", EchoUsers("quick")) as quick,
+        FakeReplica("127.0.0.2", name="stalled", delay=10) as slow,
+        FakeReplica("127.0.0.3", name="quick") as quick,
         UserClient(
-            f"static:///{slow},{quick}",
+            f"static:///{slow.address},{quick.address}",
             policy=FirstNotExcluded(),
             tracing=False,
             attempt_timeouts={"GetUser": 0.3},
@@ -328,8 +328,8 @@ async def test_a_stalled_replica_costs_one_attempt_timeout() -> None:
 
 async def test_the_per_call_timeout_wins(client: UserClient) -> None:
     async with (
-        echo_server("127.0.0.2", EchoUsers("stalled", delay=10)) as slow,
-        UserClient(f"static:///{slow}", tracing=False, deadlines={"GetUser": 30}) as c,
+        FakeReplica("127.0.0.2", name="stalled", delay=10) as slow,
+        UserClient(f"static:///{slow.address}", tracing=False, deadlines={"GetUser": 30}) as c,
     ):
         started = time.monotonic()
         with pytest.raises(DeadlineExceededError):
@@ -384,7 +384,7 @@ async def test_an_unavailable_endpoint_triggers_re_resolution(
     replicas: list[InProcessServer],
 ) -> None:
     dead = closed_port("127.0.0.2")
-    resolver = CountingResolver(frozenset({address(dead), address(replicas[1].address)}))
+    resolver = ManualResolver(dead, replicas[1].address)
     async with UserClient(
         "static:///unused:1",
         resolver=resolver,

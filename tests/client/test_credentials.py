@@ -17,8 +17,9 @@ import grpc
 import pytest
 
 from client import Address, Endpoint, EndpointSet, PoolConfig, StaticResolver
-from meshdemo.v1 import user_pb2, user_pb2_grpc
-from tests.client.helpers import EchoUsers, address
+from client.testing import FakeReplica
+from meshdemo.v1 import user_pb2
+from tests.client.helpers import address
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -44,14 +45,9 @@ def certificate(tmp_path: Path) -> tuple[bytes, bytes]:
 
 @contextlib.asynccontextmanager
 async def tls_server(key: bytes, cert: bytes) -> AsyncIterator[str]:
-    server = grpc.aio.server()
-    user_pb2_grpc.add_UserServiceServicer_to_server(EchoUsers("tls"), server)
-    port = server.add_secure_port("127.0.0.2:0", grpc.ssl_server_credentials([(key, cert)]))
-    await server.start()
-    try:
-        yield f"127.0.0.2:{port}"
-    finally:
-        await server.stop(0)
+    credentials = grpc.ssl_server_credentials([(key, cert)])
+    async with FakeReplica("127.0.0.2", name="tls", credentials=credentials) as replica:
+        yield replica.address
 
 
 async def get(endpoint: Endpoint) -> user_pb2.GetUserResponse:

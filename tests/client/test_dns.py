@@ -7,9 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from client import UserClient
-from client.testing import DnsServer
+from client.testing import DnsServer, eventually
 from service.testing import admin_token, serve
-from tests.client.helpers import eventually
 
 NAME = "users.mesh.test."
 

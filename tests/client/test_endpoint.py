@@ -12,9 +12,10 @@ import pytest
 
 from client import EjectionConfig, Endpoint, EndpointDrainingError, EndpointState, PoolConfig
 from client._interceptors import auth_interceptors
+from client.testing import FakeClock, FakeReplica, eventually
 from meshdemo.v1 import user_pb2
 from service.testing import InProcessServer, admin_token, serve
-from tests.client.helpers import EchoUsers, ManualClock, address, echo_server, eventually
+from tests.client.helpers import address
 
 
 def free_port(host: str) -> int:
@@ -30,14 +31,14 @@ async def server() -> AsyncIterator[InProcessServer]:
         yield running
 
 
-def make_endpoint(hostport: str, clock: ManualClock | None = None, **pool: object) -> Endpoint:
+def make_endpoint(hostport: str, clock: FakeClock | None = None, **pool: object) -> Endpoint:
     settings: dict[str, object] = {"health_check": False, **pool}
     return Endpoint(
         address(hostport),
         pool=PoolConfig(**settings),  # type: ignore[arg-type]
         ejection=EjectionConfig(consecutive_failures=3, base_ejection_time=1.0),
         interceptors=auth_interceptors(admin_token),
-        clock=clock or ManualClock(),
+        clock=clock or FakeClock(),
     )
 
 
@@ -104,7 +105,7 @@ async def test_channels_open_lazily(server: InProcessServer) -> None:
 async def test_pool_grows_past_the_threshold_and_shrinks_when_idle(
     server: InProcessServer,
 ) -> None:
-    clock = ManualClock()
+    clock = FakeClock()
     endpoint = make_endpoint(
         server.address, clock, max_concurrent_per_channel=2, max_channels=3, idle_timeout=5.0
     )
@@ -169,7 +170,7 @@ async def test_repr_shows_state_and_counts(server: InProcessServer) -> None:
 
 
 def test_consecutive_failures_eject_with_a_growing_time() -> None:
-    clock = ManualClock()
+    clock = FakeClock()
     endpoint = make_endpoint("127.0.0.2:1", clock)
     for _ in range(2):
         endpoint.record_outcome(grpc.StatusCode.UNAVAILABLE)
@@ -210,7 +211,7 @@ def test_success_and_answers_reset_the_failure_streak(ending: str) -> None:
 
 
 def test_failures_while_ejected_do_not_lengthen_the_ejection() -> None:
-    clock = ManualClock()
+    clock = FakeClock()
     endpoint = make_endpoint("127.0.0.2:1", clock)
     for _ in range(3):
         endpoint.record_outcome(grpc.StatusCode.UNAVAILABLE)
@@ -222,7 +223,7 @@ def test_failures_while_ejected_do_not_lengthen_the_ejection() -> None:
 
 
 def test_record_outcome_feeds_the_latency_estimate_and_counts_only_failures() -> None:
-    clock = ManualClock()
+    clock = FakeClock()
     endpoint = make_endpoint("127.0.0.2:1", clock)
     assert endpoint.latency_estimate() == 0.0
     endpoint.record_outcome(grpc.StatusCode.OK, 0.25)
@@ -251,8 +252,8 @@ async def test_health_watch_follows_not_serving_and_back(server: InProcessServer
 
 
 async def test_a_server_without_health_service_is_assumed_serving() -> None:
-    async with echo_server("127.0.0.3", EchoUsers("plain")) as hostport:
-        endpoint = make_endpoint(hostport, health_check=True)
+    async with FakeReplica("127.0.0.3", name="plain") as plain:
+        endpoint = make_endpoint(plain.address, health_check=True)
         endpoint.start()
         await eventually(lambda: endpoint.state is EndpointState.SERVING)
         assert endpoint.is_available()

@@ -20,7 +20,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client import Endpoint, EndpointState, PoolConfig
 from client._discovery_backoff import DiscoveryBackoff
-from tests.client.helpers import address, eventually
+from client.testing import eventually
+from tests.client.helpers import address
 
 SERVING = health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 

@@ -21,8 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client._discovery_backoff import DiscoveryBackoff
 from client._health_watch import HEALTH_SERVICE_NAME, HealthWatch
 from client._state import EndpointState
-from client.testing import FakeClock
-from tests.client.helpers import eventually
+from client.testing import FakeClock, eventually
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

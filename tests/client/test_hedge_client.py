@@ -28,8 +28,9 @@ from client import (
     UserClient,
 )
 from client._client import hedging_by_method
+from client.testing import eventually
 from meshdemo.v1 import user_pb2
-from tests.client.helpers import EchoUsers, echo_server, eventually
+from tests.client.helpers import EchoUsers, echo_server
 from tests.client.test_client import FirstNotExcluded
 
 pytestmark = pytest.mark.timeout(30)

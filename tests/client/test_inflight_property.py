@@ -9,14 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from client import Endpoint, PoolConfig
-from tests.client.helpers import ManualClock, address
+from client.testing import FakeClock
+from tests.client.helpers import address
 
 # True opens a lease, False closes the oldest open one; the clock moves by the float.
 steps = st.lists(st.tuples(st.booleans(), st.floats(0, 3)), max_size=40)
 
 
 async def run(script: list[tuple[bool, float]]) -> None:
-    clock = ManualClock()
+    clock = FakeClock()
     pool = PoolConfig(
         max_concurrent_per_channel=2, max_channels=3, idle_timeout=2.0, health_check=False
     )

@@ -9,9 +9,9 @@ import grpc
 import pytest
 
 from client import EndpointSet, EndpointState, NoEndpointError, PoolConfig
+from client.testing import ManualResolver, eventually
 from service.testing import InProcessServer
 from tests.client.conftest import HOSTS, serve_many
-from tests.client.helpers import CountingResolver, ManualResolver, address, eventually
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ async def test_an_empty_set_raises_no_endpoint() -> None:
 
 
 def test_unavailable_asks_the_resolver_to_re_resolve() -> None:
-    resolver = CountingResolver(frozenset({address("127.0.0.2:1")}))
+    resolver = ManualResolver("127.0.0.2:1")
     endpoints = endpoint_set(resolver)
     fake = object()
     endpoints.report_failure(fake, grpc.StatusCode.NOT_FOUND)  # type: ignore[arg-type]
@@ -116,7 +116,7 @@ def test_unavailable_asks_the_resolver_to_re_resolve() -> None:
 
 
 async def test_stats_and_repr_count_endpoints(two: list[InProcessServer]) -> None:
-    resolver = CountingResolver(frozenset(address(s.address) for s in two))
+    resolver = ManualResolver(*(s.address for s in two))
     endpoints = endpoint_set(resolver)
     endpoint = await endpoints.wait_pick(max_wait=5)
     async with endpoint.lease():

@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from client import PoolConfig, UserClient
-from tests.client.helpers import EchoUsers, echo_server
+from client.testing import FakeReplica
 from tests.client.test_client import FirstNotExcluded
 
 
@@ -26,12 +26,12 @@ def by_name(spans: tuple[ReadableSpan, ...], suffix: str) -> list[ReadableSpan]:
 async def test_attempt_spans_are_children_of_the_logical_span(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    servicer = EchoUsers("traced")
+    servicer = FakeReplica("127.0.0.3", name="traced")
     dead = closed_port("127.0.0.2")
     async with (
-        echo_server("127.0.0.3", servicer) as live,
+        servicer,
         UserClient(
-            f"static:///{dead},{live}",
+            f"static:///{dead},{servicer.address}",
             tracer_provider=provider,
             policy=FirstNotExcluded(),
             pool=PoolConfig(health_check=False),
@@ -60,10 +60,10 @@ async def test_attempt_spans_are_children_of_the_logical_span(
 async def test_a_listing_has_one_logical_span(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    servicer = EchoUsers("traced")
+    servicer = FakeReplica("127.0.0.3", name="traced")
     async with (
-        echo_server("127.0.0.3", servicer) as live,
-        UserClient(f"static:///{live}", tracer_provider=provider) as c,
+        servicer,
+        UserClient(f"static:///{servicer.address}", tracer_provider=provider) as c,
     ):
         with pytest.raises(Exception, match="UNIMPLEMENTED"):
             async for _ in c.list_users():
@@ -82,10 +82,10 @@ async def test_a_listing_has_one_logical_span(
 async def test_tracing_off_creates_no_spans(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
-    servicer = EchoUsers("quiet")
+    servicer = FakeReplica("127.0.0.3", name="quiet")
     async with (
-        echo_server("127.0.0.3", servicer) as live,
-        UserClient(f"static:///{live}", tracer_provider=provider, tracing=False) as c,
+        servicer,
+        UserClient(f"static:///{servicer.address}", tracer_provider=provider, tracing=False) as c,
     ):
         await c.get_user("u-1")
     assert exporter.get_finished_spans() == ()
