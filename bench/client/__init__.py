@@ -7,6 +7,7 @@ takes a :class:`Cluster` and :class:`Bounds` and returns a dict of figures.
 from bench.client._cluster import HOSTS, NAME, Cluster
 from bench.client._compare import Bounds
 from bench.client._suite import SCENARIOS, run_suite
+from bench.client.cpu import cpu_per_call
 from bench.client.kill import DNS_MODES, sigkill
 from bench.client.slow_replica import slow_replica
 from bench.client.stall import stall
@@ -20,6 +21,7 @@ __all__ = [
     "SCENARIOS",
     "Bounds",
     "Cluster",
+    "cpu_per_call",
     "healthy_hedges",
     "run_suite",
     "sigkill",

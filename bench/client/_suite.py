@@ -12,6 +12,7 @@ import grpc
 
 from bench.client._cluster import Cluster
 from bench.client._compare import Bounds
+from bench.client.cpu import cpu_per_call
 from bench.client.kill import DNS_MODES, sigkill
 from bench.client.slow_replica import slow_replica
 from bench.client.stall import stall
@@ -21,7 +22,7 @@ from bench.client.throughput import throughput
 __all__ = ["FULL", "QUICK", "SCENARIOS", "machine", "run_suite"]
 
 #: Scenario names, in the order they run.
-SCENARIOS = ("throughput", "healthy", "slow", "throttle", "kill", "stall")
+SCENARIOS = ("throughput", "cpu", "healthy", "slow", "throttle", "kill", "stall")
 #: Closed loops of 5 s at 16 workers; open loops of 6 s at 200 calls/s; 3 rounds.
 FULL = {
     "closed": Bounds(rounds=3, duration=5.0, concurrency=16),
@@ -65,6 +66,9 @@ async def run_suite(
     async with Cluster(seed_users=50 if quick else 200) as cluster:
         if "throughput" in only:
             results["throughput"] = await throughput(cluster, closed)
+        if "cpu" in only:
+            levels = (1, 8) if quick else (1, 32, 128)
+            results["cpu"] = await cpu_per_call(cluster, closed, levels)
         if "healthy" in only:
             results["healthy"] = await healthy_hedges(cluster, chaos)
         if "slow" in only:

@@ -1,0 +1,94 @@
+"""Scenario 1b: client CPU per call at 1, 32 and 128 calls in flight, ours / grpcio round_robin.
+
+Closed loops over three healthy replicas, each side measured in alternating
+order. Goals (issue #8): CPU per call ≤ 1.1x the baseline's and calls/s ≥
+0.95x its, for the defaults (hedging on) and with hedging off.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.client._clients import BASELINE, OURS, OURS_NO_HEDGING
+from bench.client._cluster import Cluster
+from bench.client._compare import Bounds, alternate, measure, medians
+from bench.client._loop import Call, LoopResult, closed_loop
+from bench.client._report import ratio, row
+
+__all__ = ["CPU_GOAL", "IN_FLIGHT", "RATE_GOAL", "cpu_per_call"]
+
+#: Most acceptable ours ÷ baseline CPU per call.
+CPU_GOAL = 1.1
+#: Least acceptable ours ÷ baseline calls per second.
+RATE_GOAL = 0.95
+#: The calls in flight measured.
+IN_FLIGHT = (1, 32, 128)
+_SIDES = (OURS, OURS_NO_HEDGING, BASELINE)
+_TIMEOUT = 2.0
+
+
+async def cpu_per_call(
+    cluster: Cluster, bounds: Bounds, levels: tuple[int, ...] = IN_FLIGHT
+) -> dict[str, Any]:
+    """For each level of calls in flight: CPU per call and calls/s of each side, and ratios.
+
+    Returns:
+        ``levels`` (per level: ``median`` per side and the ``cpu_ratio`` and
+        ``rate_ratio`` of both our sides), ``met`` and the table ``rows``.
+    """
+    results: dict[int, Any] = {}
+    rows = []
+    met = True
+    for level in levels:
+
+        async def run(call: Call, level: int = level) -> LoopResult:
+            return await closed_loop(
+                call,
+                concurrency=level,
+                max_calls=bounds.max_calls,
+                duration=bounds.duration,
+                call_timeout=_TIMEOUT,
+            )
+
+        async def side(name: str) -> dict[str, Any]:
+            return await measure(
+                cluster, name, run, call_timeout=_TIMEOUT, warmup_calls=bounds.warmup_calls
+            )
+
+        rounds = await alternate(bounds.rounds, side, _SIDES)
+        mid = medians(rounds, ["rate", "cpu_us_per_call", "failed"])
+        level_result: dict[str, Any] = {"median": mid}
+        for ours in (OURS, OURS_NO_HEDGING):
+            cpu = ratio(mid[ours]["cpu_us_per_call"], mid[BASELINE]["cpu_us_per_call"])
+            rate = ratio(mid[ours]["rate"], mid[BASELINE]["rate"])
+            ok = cpu <= CPU_GOAL and rate >= RATE_GOAL
+            met = met and ok
+            level_result[ours] = {"cpu_ratio": cpu, "rate_ratio": rate, "met": ok}
+            label = "defaults (hedging on)" if ours == OURS else "hedging off"
+            rows.append(
+                row(
+                    f"1b. {level} in flight, {label}",
+                    "client CPU per call (us)",
+                    mid[ours]["cpu_us_per_call"],
+                    mid[BASELINE]["cpu_us_per_call"],
+                    goal=f"ratio <= {CPU_GOAL}",
+                    met=cpu <= CPU_GOAL,
+                )
+            )
+            rows.append(
+                row(
+                    f"1b. {level} in flight, {label}",
+                    "GetUser calls/s",
+                    mid[ours]["rate"],
+                    mid[BASELINE]["rate"],
+                    goal=f"ratio >= {RATE_GOAL}",
+                    met=rate >= RATE_GOAL,
+                )
+            )
+        results[level] = level_result
+    return {
+        "settings": {"in_flight": list(levels), "duration_s": bounds.duration},
+        "levels": results,
+        "met": met,
+        "rows": rows,
+    }

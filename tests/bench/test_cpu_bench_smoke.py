@@ -1,0 +1,36 @@
+"""Smoke test of the CPU-per-call scenario: tiny bounds, every level and side reports.
+
+No speed is asserted (the machine is shared): only that the figures are there
+and the verdict follows from them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.client import Bounds, Cluster, cpu_per_call
+from bench.client._clients import BASELINE, OURS, OURS_NO_HEDGING
+from bench.client.cpu import CPU_GOAL, RATE_GOAL
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+TINY = Bounds(rounds=1, duration=0.5, warmup_calls=10)
+
+
+async def test_each_level_reports_cpu_and_rate_for_every_side() -> None:
+    async with Cluster(seed_users=10) as cluster:
+        result = await cpu_per_call(cluster, TINY, levels=(1, 4))
+    assert set(result["levels"]) == {1, 4}
+    verdicts = []
+    for level in (1, 4):
+        figures = result["levels"][level]
+        for side in (OURS, OURS_NO_HEDGING, BASELINE):
+            assert figures["median"][side]["cpu_us_per_call"] > 0, (level, side)
+            assert figures["median"][side]["rate"] > 0, (level, side)
+        for side in (OURS, OURS_NO_HEDGING):
+            ratios = figures[side]
+            ok = ratios["cpu_ratio"] <= CPU_GOAL and ratios["rate_ratio"] >= RATE_GOAL
+            assert ratios["met"] is ok
+            verdicts.append(ok)
+    assert result["met"] is all(verdicts)
+    assert len(result["rows"]) == 2 * 2 * 2  # levels x our sides x (CPU, rate)
