@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import grpc
+
+from meshdemo.watched import WatchedFiles
 
 __all__ = [
     "ChannelSecurity",
@@ -102,18 +102,6 @@ class ChannelSecurity(Protocol):
         ...
 
 
-#: A file's identity: (device, inode, size, mtime in ns); None when it cannot be stat'ed.
-_Stamp = tuple[int, int, int, int] | None
-
-
-def _stamp(path: str) -> _Stamp:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
 def _read(path: str, what: str) -> bytes | None:
     if not path:
         return None
@@ -152,15 +140,15 @@ class TlsCredentials:
     ) -> None:
         self.config = config
         self.server_name = config.server_name or server_name or None
-        self._interval = check_interval
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._stamps = self._current_stamps()
-        self._credentials = self._load()
-        self._checked = clock()
-        self._rejected: tuple[_Stamp, ...] | None = None
-        #: How many times changed files were taken up.
-        self.reloads = 0
+        self._files = WatchedFiles(
+            (config.ca_file, config.cert_file, config.key_file),
+            self._load,
+            errors=(ValueError,),
+            what="TLS files",
+            log=log,
+            check_interval=check_interval,
+            clock=clock,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -168,9 +156,10 @@ class TlsCredentials:
             f"server_name={self.server_name!r}, reloads={self.reloads})"
         )
 
-    def _current_stamps(self) -> tuple[_Stamp, ...]:
-        paths = (self.config.ca_file, self.config.cert_file, self.config.key_file)
-        return tuple(_stamp(p) if p else None for p in paths)
+    @property
+    def reloads(self) -> int:
+        """How many times changed files were taken up."""
+        return self._files.reloads
 
     def _load(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
@@ -183,35 +172,13 @@ class TlsCredentials:
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         """The credentials for a channel opened now, re-read first if the files changed."""
-        with self._lock:
-            self._look()
-            return self._credentials
+        self._files.refresh()
+        return self._files.value
 
     def generation(self) -> int:
         """How many times changed files were taken up (:attr:`reloads`), looking first."""
-        with self._lock:
-            self._look()
-            return self.reloads
-
-    def _look(self) -> None:
-        now = self._clock()
-        if now - self._checked >= self._interval:
-            self._checked = now
-            self._reload_if_changed()
-
-    def _reload_if_changed(self) -> None:
-        stamps = self._current_stamps()
-        if stamps in (self._stamps, self._rejected):
-            return
-        try:
-            credentials = self._load()
-        except ValueError as exc:
-            self._rejected = stamps
-            log.warning("new TLS files cannot be used; keeping the current ones: %s", exc)
-            return
-        self._credentials, self._stamps, self._rejected = credentials, stamps, None
-        self.reloads += 1
-        log.info("TLS files changed: new channels use them")
+        self._files.refresh()
+        return self._files.reloads
 
     def channel_options(self) -> list[tuple[str, Any]]:
         """``grpc.ssl_target_name_override`` when a name is to be verified instead of the host."""

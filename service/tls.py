@@ -17,25 +17,20 @@ keeps the previous pair and logs one warning per such state of the files.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from meshdemo.watched import WatchedFiles
 from service.config import ServiceConfig, StartupError
 
 __all__ = ["CertificateFiles", "TlsFileError", "read_pair", "server_credentials"]
 
 log = logging.getLogger("meshdemo.tls")
-
-#: A file's identity: (device, inode, size, mtime in ns); None when it cannot be stat'ed.
-_Stamp = tuple[int, int, int, int] | None
 
 
 class TlsFileError(Exception):
@@ -46,22 +41,6 @@ class TlsFileError(Exception):
         self.path = path
         self.setting = setting
         self.problem = problem
-
-
-@dataclass(frozen=True, slots=True)
-class _Pair:
-    """What one successful read produced: grpc's configuration and the files' stamps."""
-
-    configuration: grpc.ServerCertificateConfiguration
-    stamps: tuple[_Stamp, ...]
-
-
-def _stamp(path: str) -> _Stamp:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _read(path: str, setting: str) -> bytes:
@@ -144,16 +123,15 @@ class CertificateFiles:
         self.cert_file = cert_file
         self.key_file = key_file
         self.client_ca_file = client_ca_file
-        self._interval = check_interval
-        self._clock = clock
-        # grpc calls the fetcher from its own threads; one lock keeps the
-        # check-and-swap whole. Nothing else is locked inside it.
-        self._lock = threading.Lock()
-        self._current = self._load()
-        self._checked = clock()
-        self._rejected: tuple[_Stamp, ...] | None = None
-        #: How many times a changed pair was taken up since start-up.
-        self.reloads = 0
+        self._files = WatchedFiles(
+            (cert_file, key_file, client_ca_file),
+            self._load,
+            errors=(TlsFileError,),
+            what="TLS files",
+            log=log,
+            check_interval=check_interval,
+            clock=clock,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -167,23 +145,19 @@ class CertificateFiles:
         return bool(self.client_ca_file)
 
     @property
+    def reloads(self) -> int:
+        """How many times a changed pair was taken up since start-up."""
+        return self._files.reloads
+
+    @property
     def configuration(self) -> grpc.ServerCertificateConfiguration:
         """The configuration served now."""
-        return self._current.configuration
+        return self._files.value
 
-    def _paths(self) -> tuple[str, ...]:
-        return tuple(p for p in (self.cert_file, self.key_file, self.client_ca_file) if p)
-
-    def _load(self) -> _Pair:
-        # Stamps are taken before reading: a write racing the read changes the
-        # stamp again, so the next look reads the files once more.
-        stamps = tuple(_stamp(p) for p in self._paths())
+    def _load(self) -> grpc.ServerCertificateConfiguration:
         chain, key = read_pair(self.cert_file, self.key_file)
         root = _read_client_ca(self.client_ca_file) if self.client_ca_file else None
-        configuration = grpc.ssl_server_certificate_configuration(
-            [(key, chain)], root_certificates=root
-        )
-        return _Pair(configuration, stamps)
+        return grpc.ssl_server_certificate_configuration([(key, chain)], root_certificates=root)
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """A new configuration when the files changed and read well, else None (keep the old).
@@ -191,33 +165,10 @@ class CertificateFiles:
         Never raises: grpc calls it on every handshake.
         """
         try:
-            with self._lock:
-                return self._fetch_locked()
+            return self._files.value if self._files.refresh() else None
         except Exception:
             log.exception("checking the TLS files failed; keeping the current certificate")
             return None
-
-    def _fetch_locked(self) -> grpc.ServerCertificateConfiguration | None:
-        now = self._clock()
-        if now - self._checked < self._interval:
-            return None
-        self._checked = now
-        stamps = tuple(_stamp(p) for p in self._paths())
-        if stamps == self._current.stamps or stamps == self._rejected:
-            return None
-        try:
-            pair = self._load()
-        except TlsFileError as exc:
-            self._rejected = stamps
-            log.warning(
-                "new TLS files cannot be used; keeping the current certificate",
-                extra={"error": str(exc)},
-            )
-            return None
-        self._current, self._rejected = pair, None
-        self.reloads += 1
-        log.info("TLS files changed: serving the new certificate", extra={"file": self.cert_file})
-        return pair.configuration
 
 
 def server_credentials(

@@ -147,5 +147,5 @@ def test_a_fetcher_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     def broken(*_: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(files, "_fetch_locked", broken)
+    monkeypatch.setattr(files._files, "refresh", broken)
     assert files.fetch() is None
