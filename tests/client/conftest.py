@@ -1,7 +1,9 @@
-"""Fixtures: three real in-process replicas on 127.0.0.2-4 sharing one SQLite store."""
+"""Fixtures: three real replicas on 127.0.0.2-4 sharing one SQLite store, in process or as
+processes (``processes``: for signals, SIGKILL and SIGSTOP)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import Any
 import pytest
 
 from client import UserClient
-from service.testing import InProcessServer, admin_token, serve
+from service.testing import InProcessServer, ReplicaProcess, admin_token, serve
 
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 
@@ -47,3 +49,16 @@ async def replicas(store_url: str) -> AsyncIterator[list[InProcessServer]]:
 async def client(replicas: list[InProcessServer]) -> AsyncIterator[UserClient]:
     async with UserClient(static_target(replicas), token=admin_token(), tracing=False) as c:
         yield c
+
+
+@pytest.fixture
+async def processes(store_url: str) -> AsyncIterator[list[ReplicaProcess]]:
+    """Replica processes on HOSTS; never left running or stopped."""
+    procs = [ReplicaProcess(host, store_url=store_url) for host in HOSTS]
+    try:
+        await asyncio.gather(*(p.start() for p in procs))
+        yield procs
+    finally:
+        for proc in procs:
+            proc.resume()  # never leave a stopped process behind
+            await proc.close()

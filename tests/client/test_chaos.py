@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -16,18 +16,6 @@ pytestmark = pytest.mark.slow
 
 CALLS = 300
 CONCURRENCY = 20
-
-
-@pytest.fixture
-async def processes(store_url: str) -> AsyncIterator[list[ReplicaProcess]]:
-    procs = [ReplicaProcess(host, store_url=store_url) for host in HOSTS]
-    try:
-        await asyncio.gather(*(p.start() for p in procs))
-        yield procs
-    finally:
-        for proc in procs:
-            proc.resume()  # Never leave a stopped process behind.
-            await proc.close()
 
 
 def target(procs: list[ReplicaProcess]) -> str:

@@ -9,6 +9,7 @@ to the first address of the target, so the tests choose which replica is slow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,13 +94,20 @@ def hedging_client(*addresses: str, **options: Any) -> UserClient:
     return UserClient("static:///" + ",".join(addresses), **settings)
 
 
+@contextlib.asynccontextmanager
+async def pair(first: Holding, second: Holding, **options: Any) -> AsyncIterator[UserClient]:
+    """``first`` on 127.0.0.2, ``second`` on 127.0.0.3, and a hedging client of both."""
+    async with (
+        echo_server("127.0.0.2", first) as a,
+        echo_server("127.0.0.3", second) as b,
+        hedging_client(a, b, **options) as client,
+    ):
+        yield client
+
+
 async def test_a_hedge_to_another_replica_wins_and_the_server_sees_the_cancel() -> None:
     slow, quick = Holding("slow", delay=HOLD), Holding("quick")
-    async with (
-        echo_server("127.0.0.2", slow) as s,
-        echo_server("127.0.0.3", quick) as q,
-        hedging_client(s, q) as client,
-    ):
+    async with pair(slow, quick) as client:
         user = await asyncio.wait_for(client.get_user("u-1"), 5)
         assert user.name == "quick"
         await eventually(lambda: slow.cancelled == 1)  # the loser's server saw the cancel
@@ -113,11 +121,7 @@ async def test_a_hedge_to_another_replica_wins_and_the_server_sees_the_cancel() 
 
 async def test_a_quick_answer_sends_no_hedge() -> None:
     first, second = Holding("first"), Holding("second")
-    async with (
-        echo_server("127.0.0.2", first) as a,
-        echo_server("127.0.0.3", second) as b,
-        hedging_client(a, b, hedging={"GetUser": HedgingPolicy(delay=2.0)}) as client,
-    ):
+    async with pair(first, second, hedging={"GetUser": HedgingPolicy(delay=2.0)}) as client:
         for _ in range(5):
             assert (await client.get_user("u")).name == "first"
         assert second.calls == 0
@@ -126,11 +130,7 @@ async def test_a_quick_answer_sends_no_hedge() -> None:
 
 async def test_a_fatal_answer_ends_the_call_without_waiting_for_the_hedge() -> None:
     slow, missing = Holding("slow", delay=HOLD), Holding("missing", not_found=True)
-    async with (
-        echo_server("127.0.0.2", slow) as s,
-        echo_server("127.0.0.3", missing) as m,
-        hedging_client(s, m) as client,
-    ):
+    async with pair(slow, missing) as client:
         with pytest.raises(NotFoundError):
             await asyncio.wait_for(client.get_user("nobody"), 5)
         await eventually(lambda: slow.cancelled == 1)
@@ -154,11 +154,7 @@ async def test_an_unreachable_first_replica_is_hedged_at_once() -> None:
 async def test_an_empty_budget_sends_no_hedge() -> None:
     slow, quick = Holding("slow", delay=0.3), Holding("quick")
     budget = RetryBudget(ratio=0.0, min_per_second=0.0)
-    async with (
-        echo_server("127.0.0.2", slow) as s,
-        echo_server("127.0.0.3", quick) as q,
-        hedging_client(s, q, budget=budget) as client,
-    ):
+    async with pair(slow, quick, budget=budget) as client:
         assert (await client.get_user("u")).name == "slow"
         assert quick.calls == 0
         assert client.stats().hedges == 0
@@ -166,11 +162,7 @@ async def test_an_empty_budget_sends_no_hedge() -> None:
 
 async def test_create_user_is_not_hedged_by_default() -> None:
     slow, other = Holding("slow", delay=0.3), Holding("other")
-    async with (
-        echo_server("127.0.0.2", slow) as s,
-        echo_server("127.0.0.3", other) as o,
-        hedging_client(s, o, hedging=None) as client,
-    ):
+    async with pair(slow, other, hedging=None) as client:
         assert (await client.create_user("Ada", "ada@example.com", 36)).name == "slow"
         assert (slow.created, other.created) == (1, 0)
         assert "CreateUser" not in client.stats().hedging
@@ -178,11 +170,7 @@ async def test_create_user_is_not_hedged_by_default() -> None:
 
 async def test_create_user_with_a_request_id_may_be_hedged_when_asked() -> None:
     slow, other = Holding("slow", delay=HOLD), Holding("other")
-    async with (
-        echo_server("127.0.0.2", slow) as s,
-        echo_server("127.0.0.3", other) as o,
-        hedging_client(s, o, hedging={"CreateUser": FIXED}) as client,
-    ):
+    async with pair(slow, other, hedging={"CreateUser": FIXED}) as client:
         user = await asyncio.wait_for(client.create_user("Ada", "a@example.com", 3), 5)
         assert user.name == "other"
         assert client.stats().hedging["CreateUser"].won == 1
@@ -190,11 +178,7 @@ async def test_create_user_with_a_request_id_may_be_hedged_when_asked() -> None:
 
 async def test_hedging_can_be_switched_off() -> None:
     slow, other = Holding("slow", delay=0.3), Holding("other")
-    async with (
-        echo_server("127.0.0.2", slow) as s,
-        echo_server("127.0.0.3", other) as o,
-        hedging_client(s, o, hedging=False) as client,
-    ):
+    async with pair(slow, other, hedging=False) as client:
         assert (await client.get_user("u")).name == "slow"
         assert other.calls == 0
         assert client.stats().hedging == {}
@@ -226,11 +210,7 @@ def test_a_call_that_may_not_be_repeated_cannot_be_hedged(method: str) -> None:
 
 async def test_the_first_response_of_a_listing_is_hedged() -> None:
     slow, quick = Holding("slow", delay=HOLD), Holding("quick")
-    async with (
-        echo_server("127.0.0.2", slow) as s,
-        echo_server("127.0.0.3", quick) as q,
-        hedging_client(s, q) as client,
-    ):
+    async with pair(slow, quick) as client:
         listing = client.list_users()
         users = await asyncio.wait_for(_all(listing), 5)
         assert [(u.id, u.name) for u in users] == [
@@ -246,11 +226,7 @@ async def test_the_first_response_of_a_listing_is_hedged() -> None:
 
 async def test_a_quick_listing_is_not_hedged() -> None:
     first, second = Holding("first"), Holding("second")
-    async with (
-        echo_server("127.0.0.2", first) as a,
-        echo_server("127.0.0.3", second) as b,
-        hedging_client(a, b, hedging={"ListUsers": HedgingPolicy(delay=2.0)}) as client,
-    ):
+    async with pair(first, second, hedging={"ListUsers": HedgingPolicy(delay=2.0)}) as client:
         assert len(await _all(client.list_users())) == 3
         assert (first.listed, second.listed) == (1, 0)
 
@@ -263,11 +239,7 @@ async def test_one_span_per_copy_and_the_loser_is_marked_cancelled(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     slow, quick = Holding("slow", delay=HOLD), Holding("quick")
-    async with (
-        echo_server("127.0.0.2", slow) as s,
-        echo_server("127.0.0.3", quick) as q,
-        hedging_client(s, q, tracing=True, tracer_provider=provider) as client,
-    ):
+    async with pair(slow, quick, tracing=True, tracer_provider=provider) as client:
         await asyncio.wait_for(client.get_user("u-1"), 5)
     spans = exporter.get_finished_spans()
     copies = sorted(
@@ -293,11 +265,7 @@ async def test_a_listings_losing_copy_span_is_marked_cancelled(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     slow, quick = Holding("slow", delay=HOLD), Holding("quick")
-    async with (
-        echo_server("127.0.0.2", slow) as s,
-        echo_server("127.0.0.3", quick) as q,
-        hedging_client(s, q, tracing=True, tracer_provider=provider) as client,
-    ):
+    async with pair(slow, quick, tracing=True, tracer_provider=provider) as client:
         assert len(await asyncio.wait_for(_all(client.list_users()), 5)) == 3
     copies = [
         x

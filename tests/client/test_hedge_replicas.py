@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
 from client import HedgingPolicy, UserClient
 from service.testing import ReplicaProcess, admin_token
-from tests.client.conftest import HOSTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -25,18 +23,6 @@ ATTEMPT_TIMEOUT = 8.0
 #: Far below the attempt timeout, far above the hedge delay plus a loaded machine's latency.
 BOUND = 3.0
 CALLS = 60
-
-
-@pytest.fixture
-async def processes(store_url: str) -> AsyncIterator[list[ReplicaProcess]]:
-    procs = [ReplicaProcess(host, store_url=store_url) for host in HOSTS]
-    try:
-        await asyncio.gather(*(p.start() for p in procs))
-        yield procs
-    finally:
-        for proc in procs:
-            proc.resume()  # never leave a stopped process behind
-            await proc.close()
 
 
 async def test_a_paused_replica_holds_no_call_past_about_the_hedge_delay(
