@@ -31,11 +31,12 @@ cold client does not hedge everything. Time comes through seams (``clock``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
@@ -184,15 +185,17 @@ class HedgeDelay:
     no hedge would ever go out. A copy that lost the race counts with the time it
     ran, a lower bound of its latency.
 
-    Bounded and cheap: the last ``policy.window`` (endpoint, latency) pairs in a
-    ring, the delay recomputed every 32 new ones.
+    Bounded and cheap: the last ``policy.window`` latencies, kept per endpoint
+    (so a recomputation sorts each endpoint's own, with no grouping pass), the
+    delay recomputed every 32 new ones.
     """
 
-    __slots__ = ("_policy", "_samples", "_seen", "_value")
+    __slots__ = ("_policy", "_rings", "_seen", "_value")
 
     def __init__(self, policy: HedgingPolicy) -> None:
         self._policy = policy
-        self._samples: deque[tuple[object, float]] = deque(maxlen=policy.window)
+        #: Per endpoint: the sequence numbers and the latencies of its samples, oldest first.
+        self._rings: dict[object, tuple[deque[int], deque[float]]] = {}
         self._seen = 0
         self._value = policy.delay if policy.delay is not None else policy.max_delay
 
@@ -212,23 +215,35 @@ class HedgeDelay:
 
     def observe(self, latency: float, endpoint: object = None) -> None:
         """One copy's latency (seconds, from that copy's own start) on ``endpoint``."""
-        if not self._policy.adaptive or not (latency >= 0 and math.isfinite(latency)):
+        policy = self._policy
+        if policy.delay is not None or not (latency >= 0 and math.isfinite(latency)):
             return
-        self._samples.append((endpoint, latency))
+        ring = self._rings.get(endpoint)
+        if ring is None:
+            ring = self._rings[endpoint] = (
+                deque(maxlen=policy.window),
+                deque(maxlen=policy.window),
+            )
         self._seen += 1
-        warmup = max(1, self._policy.warmup)
+        ring[0].append(self._seen)
+        ring[1].append(latency)
+        warmup = max(1, policy.warmup)
         if self._seen >= warmup and (self._seen % _REFRESH == 0 or self._seen == warmup):
             self._refresh()
 
     def _refresh(self) -> None:
         policy = self._policy
-        by_endpoint: dict[object, list[float]] = {}
-        for endpoint, latency in self._samples:
-            by_endpoint.setdefault(endpoint, []).append(latency)
-        groups = [g for g in by_endpoint.values() if len(g) >= _MIN_PER_ENDPOINT]
-        ranked = sorted(
-            exact_percentile(g, policy.percentile) for g in groups or by_endpoint.values()
-        )
+        oldest = self._seen - policy.window  # Samples numbered up to this left the window.
+        for endpoint in list(self._rings):
+            numbers, latencies = self._rings[endpoint]
+            while numbers and numbers[0] <= oldest:
+                numbers.popleft()
+                latencies.popleft()
+            if not numbers:
+                del self._rings[endpoint]
+        everyone = [latencies for _, latencies in self._rings.values()]
+        groups = [g for g in everyone if len(g) >= _MIN_PER_ENDPOINT] or everyone
+        ranked = sorted(exact_percentile(g, policy.percentile) for g in groups)
         raw = ranked[(len(ranked) - 1) // 2]
         # Above the cap the typical replica itself is slow (overload everywhere): a copy
         # would only add load, so no hedge until it is back under (failures still are).
@@ -289,7 +304,13 @@ class _Flight:
 
 @dataclass(eq=False)
 class _Hedging(Generic[T]):
-    """The state of one hedged call; changed only by :func:`call_with_hedging`'s task."""
+    """The state of one hedged call and what it calls; changed by one task at a time.
+
+    That task is the caller's until the hedge delay first passes, then the
+    hedger's (:class:`_FirstCopy`): the two never change it in the same stretch.
+    A flight is a copy's task, or for a first copy that runs in the caller's
+    task, a future the caller completes with that copy's outcome.
+    """
 
     policy: HedgingPolicy
     delay: float
@@ -297,7 +318,12 @@ class _Hedging(Generic[T]):
     deadline: float | None
     per_attempt_timeout: float | None
     clock: Callable[[], float]
-    flights: dict[asyncio.Task[T], _Flight] = field(default_factory=dict)
+    pick: Pick
+    run: Run[T]
+    sleep: Callable[[float], Awaitable[object]]
+    on_hedge: Callable[[int], None] | None
+    discard: Callable[[T], Awaitable[object]] | None
+    flights: dict[asyncio.Future[T], _Flight] = field(default_factory=dict)
     used: set[object] = field(default_factory=set)
     sent: int = 0
     stopped: bool = False
@@ -334,8 +360,21 @@ class _Hedging(Generic[T]):
         else:
             self.next_at = self.clock() + pushback
 
+    def ended(self, error: BaseException, per_attempt_limited: bool) -> None:
+        """A copy failed: raise what ends the call, or note a non-fatal failure."""
+        if not isinstance(error, AttemptFailed | grpc.RpcError):
+            raise error
+        rpc_error = error.error if isinstance(error, AttemptFailed) else error
+        if not self.policy.is_non_fatal(rpc_error, per_attempt_limited):
+            raise rpc_error
+        self.failed(rpc_error)
 
-async def call_with_hedging(
+    def hedges(self) -> bool:
+        """Whether a copy could ever follow the first without a failure first."""
+        return math.isfinite(self.delay) and self.policy.max_attempts > 1
+
+
+def call_with_hedging(
     pick: Pick,
     run: Run[T],
     *,
@@ -349,8 +388,14 @@ async def call_with_hedging(
     on_hedge: Callable[[int], None] | None = None,
     new_call: bool = True,
     discard: Callable[[T], Awaitable[object]] | None = None,
-) -> Won[T]:
+) -> Coroutine[Any, Any, Won[T]]:
     """Run copies of one call by the module's rules until one answers OK or none can.
+
+    Returns the coroutine to await (a function, not a coroutine of its own: one
+    frame less per call). The first copy runs in the caller's own task with one
+    timer beside it, so a call answered within the hedge delay (nearly every
+    call) costs no task and no wait; once the delay passed, the copies after it
+    run from a task of their own (:class:`_FirstCopy`).
 
     Args:
         pick: ``pick(used, max_wait)`` returns an endpoint, preferring one not in
@@ -381,41 +426,188 @@ async def call_with_hedging(
             passed before the first copy. Any other exception from ``run``
             propagates at once (the other copies cancelled).
     """
-    state: _Hedging[T] = _Hedging(policy, delay, budget, deadline, per_attempt_timeout, clock)
+    state: _Hedging[T] = _Hedging(
+        policy,
+        delay,
+        budget,
+        deadline,
+        per_attempt_timeout,
+        clock,
+        pick,
+        run,
+        sleep,
+        on_hedge,
+        discard,
+    )
     if budget is not None and new_call:
         budget.on_call()
+    return _FirstCopy(state).run()
+
+
+class _FirstCopy(Generic[T]):
+    """The first copy of a hedged call, run in the caller's task.
+
+    Until the hedge delay passes, the call is just this copy: if it answers,
+    that is the call's outcome, and if it fails the caller goes on to the loop
+    (:func:`_loop`) itself. When the delay passes first, the timer starts the
+    loop as a task of its own, the *hedger*, with this copy as one of its
+    flights: a future that this task completes with the copy's outcome. The
+    hedger decides the race; when this copy lost, it cancels that future, and
+    the future's callback cancels the caller's task, which unwinds the copy
+    (the server sees the cancel) and takes the hedger's outcome. The caller's
+    own cancellation is told apart by the task's cancel count, as
+    ``asyncio.timeout`` does.
+    """
+
+    __slots__ = (
+        "_caller",
+        "_copy",
+        "_endpoint",
+        "_flight",
+        "_hedger",
+        "_interrupted",
+        "_limited",
+        "_running",
+        "_state",
+        "_timer",
+    )
+
+    def __init__(self, state: _Hedging[T]) -> None:
+        self._state = state
+        self._caller: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | asyncio.Task[object] | None = None
+        self._flight: asyncio.Future[T] | None = None
+        self._hedger: asyncio.Task[Won[T]] | None = None
+        self._running = False
+        self._interrupted = False
+        self._endpoint: object = None
+        self._copy: Copy | None = None
+        self._limited = False
+
+    async def run(self) -> Won[T]:
+        """The call's outcome: this copy's, or else the loop's (:func:`_loop`)."""
+        state = self._state
+        self._caller = asyncio.current_task()
+        state.next_at = None
+        timeout, self._limited = state.timeout()
+        if timeout is not None and timeout <= 0:
+            return await _loop(state)  # Nothing to run or send: the loop fails the call.
+        try:
+            endpoint = await state.pick(frozenset(), timeout)
+        except AttemptFailed as failed:  # Nowhere to send at all: failed before the wire.
+            state.sent += 1
+            state.failed(failed.error)
+            return await _loop(state)
+        state.sent = 1
+        state.used.add(endpoint)
+        copy = self._copy = Copy(1, timeout, HedgeMark(1))
+        self._endpoint = endpoint
+        self._arm()
+        self._running = True
+        try:
+            value = await state.run(endpoint, copy)
+        except asyncio.CancelledError:
+            self._running = False
+            return await self._cancelled(copy)
+        except Exception as error:
+            self._running = False
+            self._disarm()
+            if self._hedger is None:
+                state.ended(error, self._limited)  # Raises what ends the call.
+                return await _loop(state)
+            if self._flight is not None and not self._flight.done():
+                self._flight.set_exception(error)
+            return await self._hedger
+        self._running = False
+        self._disarm()
+        if self._hedger is None:
+            return Won(value, 1)
+        if self._flight is not None and not self._flight.done():
+            self._flight.set_result(value)
+        elif state.discard is not None:  # It lost in this same instant.
+            await state.discard(value)
+        return await self._hedger
+
+    def _arm(self) -> None:
+        state = self._state
+        if not state.hedges():
+            return
+        if state.sleep is asyncio.sleep:
+            self._timer = asyncio.get_running_loop().call_later(state.delay, self._fire)
+        else:  # An injected sleep (a fake clock's) runs as a task.
+            timer = asyncio.ensure_future(_sleep(state.sleep, state.delay))
+            timer.add_done_callback(lambda done: None if done.cancelled() else self._fire())
+            self._timer = timer
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        """The delay passed with no answer: start the hedger, this copy one of its flights."""
+        self._timer = None
+        if not self._running:
+            return
+        state = self._state
+        assert self._copy is not None
+        flight: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        flight.add_done_callback(self._lost)
+        self._flight = flight
+        state.flights[flight] = _Flight(self._endpoint, self._copy, self._limited)
+        state.next_at = state.clock()
+        self._hedger = asyncio.ensure_future(_loop(state))
+
+    def _lost(self, flight: asyncio.Future[T]) -> None:
+        """The hedger cancelled this copy's flight: cancel the copy, in the caller's task."""
+        if flight.cancelled() and self._running and self._caller is not None:
+            self._interrupted = True
+            self._caller.cancel()
+
+    async def _cancelled(self, copy: Copy) -> Won[T]:
+        """The copy was cancelled: by the hedger (it lost) or by the caller."""
+        caller = asyncio.current_task()
+        ours = self._interrupted and caller is not None and caller.uncancel() == 0
+        if ours and self._hedger is not None:
+            return await self._hedger
+        copy.mark.lost = True
+        self._disarm()
+        if self._hedger is not None:
+            await _abandon(self._hedger, self._state.discard)
+        raise asyncio.CancelledError
+
+
+async def _loop(state: _Hedging[T]) -> Won[T]:
+    """Send and settle copies by the rules until one wins or none can; cancel the rest."""
     try:
-        await _send(state, pick, run, first=True, on_hedge=on_hedge)
         while True:
             while state.due():
-                await _send(state, pick, run, first=False, on_hedge=on_hedge)
-            done, fired = await _next_event(state, sleep)
+                await _send(state)
+            done, fired = await _next_event(state)
             if fired:
                 # The timer's own clock may run a hair ahead of ``clock``: it is due.
-                state.next_at = clock()
+                state.next_at = state.clock()
             won = _settle(state, done)
             if won is not None:
                 for flight in state.flights.values():
                     flight.copy.mark.outrun = flight.copy.number < won.number
                 return won
     finally:
-        await _cancel_rest(state, discard)
+        await _cancel_rest(state)
 
 
-async def _next_event(
-    state: _Hedging[Any], sleep: Callable[[float], Awaitable[object]]
-) -> tuple[set[asyncio.Task[Any]], bool]:
+async def _next_event(state: _Hedging[Any]) -> tuple[set[asyncio.Future[Any]], bool]:
     """Wait for a copy to end or the next copy to fall due: (copies done, whether it is due).
 
     With the real ``asyncio.sleep`` the wait's own timeout is the timer (one timer
-    handle, no task: this runs for every hedged call); an injected ``sleep`` (a
-    fake clock's) runs as a task beside the copies.
+    handle, no task); an injected ``sleep`` (a fake clock's) runs as a task
+    beside the copies.
 
     Raises:
         grpc.RpcError: no copy is running and none can be sent any more.
     """
     due = state.next_at if state.may_send() else None
-    if sleep is asyncio.sleep:
+    if state.sleep is asyncio.sleep:
         if not state.flights:
             if due is None:
                 raise state.last_error or _deadline_passed()
@@ -426,10 +618,10 @@ async def _next_event(
             state.flights, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
         return done, not done
-    _arm(state, sleep)
+    _arm(state)
     if not state.flights and state.timer is None:
         raise state.last_error or _deadline_passed()
-    waiting: set[asyncio.Task[Any]] = set(state.flights)
+    waiting: set[asyncio.Future[Any]] = set(state.flights)
     if state.timer is not None:
         waiting.add(state.timer)
     done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
@@ -439,14 +631,14 @@ async def _next_event(
     return done, fired
 
 
-def _arm(state: _Hedging[Any], sleep: Callable[[float], Awaitable[object]]) -> None:
+def _arm(state: _Hedging[Any]) -> None:
     """Keep the timer in step with ``next_at``: kept, replaced when it moved, or none."""
     due = state.next_at if state.may_send() else None
     if state.timer is not None and (state.timer_due != due or state.timer.done()):
         state.timer.cancel()
         state.timer = None
     if due is not None and state.timer is None:
-        state.timer = asyncio.ensure_future(_sleep(sleep, due - state.clock()))
+        state.timer = asyncio.ensure_future(_sleep(state.sleep, due - state.clock()))
         state.timer_due = due
 
 
@@ -454,61 +646,44 @@ async def _sleep(sleep: Callable[[float], Awaitable[object]], seconds: float) ->
     return await sleep(max(0.0, seconds))
 
 
-def _settle(state: _Hedging[T], done: set[asyncio.Task[Any]]) -> Won[T] | None:
+def _settle(state: _Hedging[T], done: set[asyncio.Future[Any]]) -> Won[T] | None:
     """Account for every finished copy: the winner, a fatal error, or non-fatal failures."""
-    for task in [t for t in state.flights if t in done]:
-        flight = state.flights.pop(task)
-        error = task.exception()
+    for future in [f for f in state.flights if f in done]:
+        flight = state.flights.pop(future)
+        error = future.exception()
         if error is None:
-            return Won(task.result(), flight.copy.number)
-        if not isinstance(error, AttemptFailed | grpc.RpcError):
-            raise error
-        rpc_error = error.error if isinstance(error, AttemptFailed) else error
-        if not state.policy.is_non_fatal(rpc_error, flight.per_attempt_limited):
-            raise rpc_error
-        state.failed(rpc_error)
+            return Won(future.result(), flight.copy.number)
+        state.ended(error, flight.per_attempt_limited)
     return None
 
 
-async def _send(
-    state: _Hedging[T],
-    pick: Pick,
-    run: Run[T],
-    *,
-    first: bool,
-    on_hedge: Callable[[int], None] | None,
-) -> None:
-    """Send the next copy if the rules allow it, and schedule the one after."""
+async def _send(state: _Hedging[T]) -> None:
+    """Send the next copy (a hedge) if the rules allow it, and schedule the one after."""
     state.next_at = None
     timeout, per_attempt_limited = state.timeout()
     if not state.may_send() or (timeout is not None and timeout <= 0):
         return
     try:
-        endpoint = await pick(frozenset(state.used), timeout)
-    except AttemptFailed as failed:
-        if first:  # Nowhere to send at all: the first copy failed before the wire.
-            state.sent += 1
-            state.failed(failed.error)
+        endpoint = await state.pick(frozenset(state.used), timeout)
+    except AttemptFailed:
         return
     # A hedge goes to an endpoint with no copy of this call in flight, or not at all.
     if endpoint in state.in_flight():
         return
-    if not first and state.budget is not None and not state.budget.try_spend():
+    if state.budget is not None and not state.budget.try_spend():
         state.stopped = True
         return
     state.sent += 1
     state.used.add(endpoint)
     copy = Copy(state.sent, timeout, HedgeMark(state.sent))
-    task = asyncio.ensure_future(run(endpoint, copy))
+    task = asyncio.ensure_future(state.run(endpoint, copy))
     state.flights[task] = _Flight(endpoint, copy, per_attempt_limited)
     state.next_at = state.clock() + state.delay if math.isfinite(state.delay) else None
-    if not first and on_hedge is not None:
-        on_hedge(copy.number)
+    if state.on_hedge is not None:
+        state.on_hedge(copy.number)
 
 
-async def _cancel_rest(
-    state: _Hedging[T], discard: Callable[[T], Awaitable[object]] | None
-) -> None:
+async def _cancel_rest(state: _Hedging[T]) -> None:
     """Cancel the copies still running (the losers) and the timer; wait for them to end.
 
     A copy that already failed is only read (its error is not the call's); one
@@ -533,10 +708,28 @@ async def _cancel_rest(
         except Exception:  # A loser's own failure is not the call's outcome.
             continue
         else:
-            if discard is not None and task in copies:
-                await discard(result)
+            if state.discard is not None and task in copies:
+                await state.discard(result)
     if cancelled_meanwhile:
         raise asyncio.CancelledError
+
+
+async def _abandon(
+    hedger: asyncio.Task[Won[T]], discard: Callable[[T], Awaitable[object]] | None
+) -> None:
+    """Cancel the hedger (the caller gave up) and wait until it ended; discard a winner it had.
+
+    The caller is being cancelled already: a further cancel while waiting does
+    not cut the wait short, so no copy outlives the call.
+    """
+    hedger.cancel()
+    while not hedger.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait((hedger,))
+    if hedger.cancelled() or hedger.exception() is not None:
+        return  # Its outcome is nobody's now.
+    if discard is not None:
+        await discard(hedger.result().value)
 
 
 def _deadline_passed() -> grpc.RpcError:

@@ -11,7 +11,7 @@ import asyncio
 import heapq
 import itertools
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -75,6 +75,8 @@ class Sent:
     at: float
     answer: asyncio.Future[str]
     cancelled: bool = False
+    #: The task the copy ran in.
+    task: asyncio.Task[object] | None = None
 
 
 @dataclass
@@ -87,6 +89,8 @@ class Replicas:
     picks: list[frozenset[object]] = field(default_factory=list)
     #: What ``pick`` returns once every endpoint was used (a picker's "excluded" group).
     fallback: str = "a"
+    #: Called as a copy unwinds from its cancellation, with the copy's number.
+    on_cancel: Callable[[int], object] | None = None
 
     async def pick(self, used: frozenset[object], max_wait: float | None) -> object:
         self.picks.append(used)
@@ -97,12 +101,14 @@ class Replicas:
 
     async def run(self, endpoint: object, copy: Copy) -> str:
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        sent = Sent(str(endpoint), copy, self.clock(), answer)
+        sent = Sent(str(endpoint), copy, self.clock(), answer, task=asyncio.current_task())
         self.sent.append(sent)
         try:
             return await answer
         except asyncio.CancelledError:
             sent.cancelled = True
+            if self.on_cancel is not None:
+                self.on_cancel(copy.number)
             raise
 
     def reply(self, number: int, value: str | BaseException) -> None:
@@ -396,3 +402,70 @@ async def test_an_infinite_delay_sends_no_hedge_but_follows_a_failure_at_once(
     assert len(replicas.sent) == 2  # but a failure is still followed by the next copy
     replicas.reply(2, "b")
     assert (await task).number == 2
+
+
+async def test_the_first_copy_runs_in_the_callers_own_task(replicas: Replicas) -> None:
+    # Nearly every call ends within the delay: its one copy costs no task of its own.
+    task = await start(replicas)
+    assert replicas.sent[0].task is task
+    await replicas.clock.advance(DELAY)
+    assert replicas.sent[1].task is not task  # a hedge runs beside it
+    replicas.reply(1, "a")
+    assert await task == Won("a", 1)
+    assert replicas.sent[1].cancelled
+
+
+async def test_the_first_copy_failing_after_the_delay_lets_the_hedge_run(
+    replicas: Replicas,
+) -> None:
+    task = await start(replicas)
+    await replicas.clock.advance(DELAY)
+    replicas.reply(1, AttemptFailed(UNAVAILABLE, "a"))
+    await settle()
+    # The third copy went at once (non-fatal); the second still runs.
+    assert offsets(replicas) == [0.0, DELAY, DELAY]
+    assert not replicas.sent[1].cancelled
+    replicas.reply(2, "b")
+    assert await task == Won("b", 2)
+    assert replicas.sent[2].cancelled
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        AttemptFailed(rpc_error(grpc.StatusCode.NOT_FOUND, "no such user"), "a"),
+        RuntimeError("a bug in the first copy"),
+    ],
+)
+async def test_the_first_copy_ending_the_call_after_the_delay_cancels_the_hedge(
+    replicas: Replicas, failure: Exception
+) -> None:
+    task = await start(replicas)
+    await replicas.clock.advance(DELAY)
+    replicas.reply(1, failure)
+    with pytest.raises((grpc.RpcError, RuntimeError)):
+        await task
+    assert replicas.sent[1].cancelled
+    assert not task.cancelled()
+
+
+async def test_the_caller_cancelling_as_the_first_copy_loses_still_cancels_the_call(
+    replicas: Replicas,
+) -> None:
+    task = await start(replicas)
+    hedger_done: list[bool] = []
+
+    def caller_gives_up(number: int) -> None:
+        # The hedge won and the first copy is unwinding from the hedger's cancel:
+        # the caller's own cancel arrives in that same stretch.
+        if number == 1:
+            task.cancel()
+            hedger_done.append(all(s.task is None or s.task.done() for s in replicas.sent[1:]))
+
+    replicas.on_cancel = caller_gives_up
+    await replicas.clock.advance(DELAY)
+    replicas.reply(2, "b")
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert replicas.sent[0].cancelled
+    assert hedger_done == [True]  # the winner had ended before the first copy was cancelled

@@ -135,6 +135,28 @@ def test_one_slow_endpoint_of_three_does_not_set_the_delay() -> None:
     assert delay.current() == pytest.approx(0.003)
 
 
+def test_an_endpoint_that_stopped_answering_leaves_the_window() -> None:
+    # Two endpoints were slow, then gone (replaced): once the window holds only the
+    # new endpoints' latencies, the old ones count for nothing.
+    delay = HedgeDelay(HedgingPolicy(warmup=10, window=64, min_delay=1e-4, max_delay=1))
+    for _ in range(32):
+        for endpoint in ("old-1", "old-2", "new"):
+            delay.observe(0.050, endpoint)
+    for _ in range(64):
+        delay.observe(0.004, "new")
+    assert delay.current() == pytest.approx(0.004)
+
+
+def test_memory_is_bounded_by_the_window_whatever_the_endpoints() -> None:
+    window = 64
+    delay = HedgeDelay(HedgingPolicy(warmup=1, window=window, min_delay=1e-4, max_delay=1))
+    for n in range(10_000):  # A fresh endpoint every call: churn without end.
+        delay.observe(0.001 * (1 + n % 7), f"endpoint-{n}")
+    kept = delay._rings  # What the window keeps between two recomputations.
+    assert len(kept) <= window + 32
+    assert sum(len(latencies) for _, latencies in kept.values()) <= window + 32
+
+
 def test_invalid_latencies_are_ignored() -> None:
     delay = HedgeDelay(HedgingPolicy(warmup=1))
     delay.observe(float("nan"))
