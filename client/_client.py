@@ -358,6 +358,8 @@ class UserClient:
         self.metrics = CallMetrics(clock)
         provider = token_provider or ((lambda: token) if token else None)
         self._token = provider
+        #: The last token sent and its metadata, built again only when the token changes.
+        self._sent_token: tuple[str | None, tuple[tuple[str, str], ...] | None] = (None, None)
         # Unary calls and ListUsers carry the token and are timed in the attempt itself;
         # only Chat's stream-stream calls still go through those two interceptors.
         interceptors = client_interceptors(
@@ -512,15 +514,31 @@ class UserClient:
 
     # --- the logical call -----------------------------------------------------------------
 
-    async def _unary(
+    def _unary(
         self,
         method: str,
         invoke: Callable[[Lease, float | None], Awaitable[T]],
         *,
         call_timeout: float | None,
         idempotent: bool = True,
-    ) -> T:
+    ) -> Awaitable[T]:
+        """The logical call, to await: its deadline fixed now, then retries or hedges.
+
+        A function, not a coroutine: with no tracing it hands back the retry
+        loop's own coroutine (no span to open, no frame of its own).
+        """
         deadline = self._deadline(method, call_timeout)
+        if not self._tracing:
+            return self._with_retries(method, invoke, deadline, idempotent)
+        return self._traced(method, invoke, deadline, idempotent)
+
+    async def _traced(
+        self,
+        method: str,
+        invoke: Callable[[Lease, float | None], Awaitable[T]],
+        deadline: float | None,
+        idempotent: bool,
+    ) -> T:
         with self._logical_span(method):
             return await self._with_retries(method, invoke, deadline, idempotent)
 
@@ -567,11 +585,10 @@ class UserClient:
     ) -> T:
         """One unary call as hedged copies (gRFC A6: instead of the retry loop)."""
 
-        async def run(endpoint: object, copy: Copy) -> T:
+        def run(endpoint: object, copy: Copy) -> Awaitable[T]:
             assert isinstance(endpoint, Endpoint)
             spec = Attempt(copy.number, copy.timeout, frozenset())
-            with _timing(hedge, endpoint, copy.mark, self._clock):
-                return await self._run_on(method, endpoint, invoke, spec, deadline, True, copy.mark)
+            return self._run_on(method, endpoint, invoke, spec, deadline, True, copy.mark, hedge)
 
         won = await call_with_hedging(
             self._pick,
@@ -612,16 +629,22 @@ class UserClient:
         deadline: float | None,
         timed: bool,
         mark: HedgeMark | None = None,
+        hedge: HedgeDelay | None = None,
     ) -> T:
         """One attempt (or hedge copy) on ``endpoint``, its outcome reported to the endpoint.
 
         The attempt's timing goes to ``self.metrics`` here, not in an interceptor:
-        a grpc.aio interceptor costs every call an extra task and wrapper.
+        a grpc.aio interceptor costs every call an extra task and wrapper. A hedge
+        copy's latency also feeds its method's ``hedge`` delay: an answer's, and a
+        lost race's as a lower bound.
         """
         started = self._clock()
         lease = _lease(endpoint)
-        peer = ATTEMPT_PEER.set(endpoint.address)
-        hedge = ATTEMPT_HEDGE.set(mark)
+        # For the attempt's span only: with no tracing, nothing reads them.
+        tracing = self._tracing
+        if tracing:
+            peer_token = ATTEMPT_PEER.set(endpoint.address)
+            mark_token = ATTEMPT_HEDGE.set(mark)
         try:
             result = await invoke(lease, spec.timeout)
         except grpc.RpcError as err:
@@ -632,6 +655,8 @@ class UserClient:
             self._attempt_failed(endpoint, err, cut, latency)
             raise AttemptFailed(err, endpoint) from err
         except asyncio.CancelledError:
+            if hedge is not None and mark is not None and mark.lost:
+                hedge.observe(self._clock() - started, endpoint.address)
             if mark is not None and mark.outrun and timed:
                 # A later copy outran this one by a hedge delay or more: a slow answer, like
                 # a per-attempt timeout (latency-aware pickers learn it, and several in a
@@ -641,10 +666,13 @@ class UserClient:
                 )
             raise
         finally:
-            ATTEMPT_HEDGE.reset(hedge)
-            ATTEMPT_PEER.reset(peer)
+            if tracing:
+                ATTEMPT_HEDGE.reset(mark_token)
+                ATTEMPT_PEER.reset(peer_token)
             await endpoint.release(lease)
         elapsed = self._clock() - started
+        if hedge is not None:
+            hedge.observe(elapsed, endpoint.address)
         self.metrics.record(method, grpc.StatusCode.OK, elapsed)
         # A stream's duration is set by its reader, so it says nothing of the replica.
         endpoint.record_outcome(grpc.StatusCode.OK, elapsed if timed else None)
@@ -653,10 +681,14 @@ class UserClient:
     def _metadata(self) -> tuple[tuple[str, str], ...] | None:
         """The attempt's call metadata: the bearer token, asked of the provider per attempt."""
         token = self._token() if self._token is not None else None
-        return (("authorization", f"Bearer {token}"),) if token else None
+        last, metadata = self._sent_token
+        if token != last:
+            metadata = (("authorization", f"Bearer {token}"),) if token else None
+            self._sent_token = (token, metadata)
+        return metadata
 
     async def _pick(self, excluded: Collection[object], max_wait: float | None) -> Endpoint:
-        exclude = [e for e in excluded if isinstance(e, Endpoint)]
+        exclude = [e for e in excluded if isinstance(e, Endpoint)] if excluded else ()
         try:
             return await self.endpoints.wait_pick(exclude, max_wait=max_wait)
         except NoEndpointError as exc:
@@ -831,8 +863,8 @@ class UserClient:
 
         async def open_copy(endpoint: object, copy: Copy) -> _OpenStream:
             assert isinstance(endpoint, Endpoint)
-            with _timing(hedge, endpoint, copy.mark, self._clock):
-                return await self._open_stream(endpoint, cursor.request(), copy)
+            opened = self._open_stream(endpoint, cursor.request(), copy)
+            return await _timed(hedge, endpoint, copy.mark, self._clock, opened)
 
         won = await call_with_hedging(
             pick,
@@ -1002,19 +1034,23 @@ def _code(err: grpc.RpcError) -> grpc.StatusCode:
     return value if isinstance(value, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
 
 
-@contextlib.contextmanager
-def _timing(
-    hedge: HedgeDelay, endpoint: Endpoint, mark: HedgeMark, clock: Callable[[], float]
-) -> Iterator[None]:
-    """Feed a copy's latency to its method's hedge delay (a lost race's: a lower bound)."""
+async def _timed(
+    hedge: HedgeDelay,
+    endpoint: Endpoint,
+    mark: HedgeMark,
+    clock: Callable[[], float],
+    attempt: Awaitable[T],
+) -> T:
+    """Await a copy, its latency fed to its method's hedge delay (a lost race's: a lower bound)."""
     started = clock()
     try:
-        yield
+        result = await attempt
     except asyncio.CancelledError:
         if mark.lost:
             hedge.observe(clock() - started, endpoint.address)
         raise
     hedge.observe(clock() - started, endpoint.address)
+    return result
 
 
 async def _close_iterator(stream: object) -> None:

@@ -26,6 +26,7 @@ log = logging.getLogger("meshdemo.client.endpoint")
 
 #: Codes that mean "this replica did not answer": they count towards ejection.
 OUTLIER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+_OK = grpc.StatusCode.OK
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,10 @@ class OutlierEjection:
             outlier: False for a failure that says nothing about the replica
                 (an application error, a deadline the caller set): it ends the streak.
         """
-        answered = code is not None and code not in OUTLIER_CODES  # OK is not an outlier code
+        if code is _OK:  # The common case, first: an answer ends the streak.
+            self._streak = 0
+            return
+        answered = code is not None and code not in OUTLIER_CODES
         if answered or not outlier:
             self._streak = 0
             return

@@ -53,6 +53,7 @@ __all__ = [
 TokenProvider = Callable[[], str | None]
 
 _HEALTH_PREFIX = "/grpc.health.v1.Health/"
+_OK = grpc.StatusCode.OK
 
 # grpc-stubs declares the interceptor classes generic; at run time they are not.
 if TYPE_CHECKING:
@@ -159,7 +160,8 @@ class _MethodCounter:
         self.failures = 0
         self.total_latency = 0.0
         self.max_latency = 0.0
-        self.codes: dict[str, int] = {}
+        #: Failures by status code (OK is ``calls - failures``), named only in snapshots.
+        self.codes: dict[grpc.StatusCode, int] = {}
 
 
 class CallMetrics:
@@ -171,19 +173,36 @@ class CallMetrics:
 
     def record(self, method: str, code: grpc.StatusCode, latency: float) -> None:
         """Count one finished attempt of ``method`` (a short name, e.g. ``GetUser``)."""
-        counter = self._methods.setdefault(method, _MethodCounter())
+        counter = self._methods.get(method)
+        if counter is None:
+            counter = self._methods[method] = _MethodCounter()
         counter.calls += 1
-        counter.failures += code != grpc.StatusCode.OK
         counter.total_latency += latency
-        counter.max_latency = max(counter.max_latency, latency)
-        counter.codes[code.name] = counter.codes.get(code.name, 0) + 1
+        if latency > counter.max_latency:
+            counter.max_latency = latency
+        if code is not _OK:  # OK is calls - failures: no dictionary work for an answer
+            counter.failures += 1
+            codes = counter.codes
+            codes[code] = codes.get(code, 0) + 1
 
     def snapshot(self) -> dict[str, MethodStats]:
         """An immutable copy of the counters, by method name."""
         return {
-            name: MethodStats(c.calls, c.failures, c.total_latency, c.max_latency, dict(c.codes))
+            name: MethodStats(
+                c.calls,
+                c.failures,
+                c.total_latency,
+                c.max_latency,
+                _code_counts(c),
+            )
             for name, c in sorted(self._methods.items())
         }
+
+
+def _code_counts(counter: _MethodCounter) -> dict[str, int]:
+    ok = counter.calls - counter.failures
+    counts = {code.name: count for code, count in counter.codes.items()}
+    return {_OK.name: ok, **counts} if ok else counts
 
 
 class _MetricsBase:

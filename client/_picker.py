@@ -120,18 +120,36 @@ class LeastConnPicker(_GroupPicker):
     As gRPC-Go's least_request balancer and Envoy's LEAST_REQUEST: nearly as
     good as a full scan at steering away from a loaded replica, and two random
     draws never herd every client onto the same "least loaded" one. The two
-    draws are ``rng.randrange(n)`` and ``rng.randrange(n - 1)`` (shifted past
-    the first), so the ordered pair is uniform; on a tie the first draw wins,
-    which is therefore a fair coin between the two.
+    draws are ``int(rng.random() * n)`` and ``int(rng.random() * (n - 1))``
+    (shifted past the first), so the ordered pair is uniform; on a tie the
+    first draw wins, which is therefore a fair coin between the two.
     """
 
+    def pick(self, endpoints: Sequence[C], exclude: Collection[object] = ()) -> C | None:
+        # The common case first: nothing excluded, and both draws available. Drawing
+        # from every endpoint and keeping the pair only when both are available is
+        # the same uniform pair as drawing from the available ones, and asks two
+        # endpoints instead of all of them; otherwise the preference groups decide.
+        count = len(endpoints)
+        if not exclude and count >= 2:
+            a, b = self._draw(endpoints)
+            if a.is_available() and b.is_available():
+                return b if self._load(b) < self._load(a) else a
+        return super().pick(endpoints, exclude)
+
     def _choose(self, group: Sequence[C]) -> C:
-        first = self._rng.randrange(len(group))
-        second = self._rng.randrange(len(group) - 1)
+        a, b = self._draw(group)
+        return b if self._load(b) < self._load(a) else a
+
+    def _draw(self, group: Sequence[C]) -> tuple[C, C]:
+        """Two distinct endpoints of ``group`` (at least two), the ordered pair uniform."""
+        random = self._rng.random
+        count = len(group)
+        first = int(random() * count)
+        second = int(random() * (count - 1))
         if second >= first:
             second += 1
-        a, b = group[first], group[second]
-        return b if self._load(b) < self._load(a) else a
+        return group[first], group[second]
 
     @staticmethod
     def _load(endpoint: Candidate) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
@@ -49,7 +49,7 @@ SIDES = (OURS, BASELINE)
 class GetUser(Protocol):
     """One logical GetUser with an overall deadline, as either client does it."""
 
-    async def __call__(self, user_id: str, timeout: float) -> object: ...
+    def __call__(self, user_id: str, timeout: float) -> Awaitable[object]: ...
 
 
 class HedgeCounts(Protocol):
@@ -134,8 +134,10 @@ class _OurGetUser:
         self._client = client
         self.stats = client.stats
 
-    async def __call__(self, user_id: str, timeout: float) -> object:
-        return await self._client.get_user(user_id, timeout=timeout)
+    def __call__(self, user_id: str, timeout: float) -> Awaitable[object]:
+        # The client's own coroutine, handed back: a wrapper coroutine here would
+        # cost our side a frame per call that the baseline's side does not pay.
+        return self._client.get_user(user_id, timeout=timeout)
 
 
 def _ours(target: str, token: str) -> AbstractAsyncContextManager[GetUser]:

@@ -356,6 +356,29 @@ async def test_the_token_provider_is_asked_per_attempt(replicas: list[InProcessS
     assert len(asked) == 2
 
 
+async def test_a_token_that_changes_is_sent_from_the_next_attempt_on(
+    replicas: list[InProcessServer],
+) -> None:
+    # The metadata is built again only when the provider's token changes: a new
+    # token must still reach the very next attempt.
+    tokens = [reader_token(), reader_token(), admin_token()]
+
+    async with UserClient(
+        static_target(replicas),
+        token_provider=lambda: tokens[0],
+        tracing=False,
+        pool=PoolConfig(health_check=False),
+    ) as c:
+        with pytest.raises(PermissionDeniedError):
+            await c.create_user("Kim", "kim@example.com", 30)
+        tokens.pop(0)
+        with pytest.raises(PermissionDeniedError):
+            await c.create_user("Kim", "kim@example.com", 30)
+        tokens.pop(0)
+        created = await c.create_user("Kim", "kim@example.com", 30)
+        assert created.email == "kim@example.com"
+
+
 async def test_a_failed_chat_raises_and_reconnects_elsewhere(
     replicas: list[InProcessServer], client: UserClient
 ) -> None:

@@ -23,15 +23,15 @@ class FakeClock(testing.FakeClock):
 
 
 class RecordingRandom(random.Random):
-    """A seeded Random that records every ``randrange`` result, in order."""
+    """A seeded Random that records every ``random()`` result, in order."""
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__(seed)
-        self.ranges: list[int] = []
+        self.draws: list[float] = []
 
-    def randrange(self, *args: int) -> int:  # type: ignore[override]
-        value = super().randrange(*args)
-        self.ranges.append(value)
+    def random(self) -> float:
+        value = super().random()
+        self.draws.append(value)
         return value
 
 

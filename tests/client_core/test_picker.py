@@ -147,6 +147,15 @@ def test_preferred_group_keeps_input_order() -> None:
 # -- least_conn: power of two choices -------------------------------------------------
 
 
+def _pair(group: list[FakeCandidate], u: float, v: float) -> tuple[FakeCandidate, FakeCandidate]:
+    """The two distinct endpoints that draws ``u`` and ``v`` name (the picker's documented rule)."""
+    first, second = int(u * len(group)), int(v * (len(group) - 1))
+    if second >= first:
+        second += 1
+    assert first != second
+    return group[first], group[second]
+
+
 @PROPERTY
 @given(seed=seeds, data=candidates_with_exclusions(min_size=1))
 def test_least_conn_picks_the_lighter_of_its_two_random_choices(
@@ -155,19 +164,36 @@ def test_least_conn_picks_the_lighter_of_its_two_random_choices(
     endpoints, excluded = data
     rng = RecordingRandom(seed)
     chosen = LeastConnPicker(rng).pick(endpoints, excluded)
+    assert chosen is not None
+    draws = list(rng.draws)
+    if not excluded and len(endpoints) >= 2:
+        # First over every endpoint; kept when both are available.
+        a, b = _pair(endpoints, draws.pop(0), draws.pop(0))
+        if a.is_available() and b.is_available():
+            assert chosen in (a, b)
+            assert chosen.in_flight == min(a.in_flight, b.in_flight)
+            assert draws == []
+            return
     group = preferred_group(endpoints, excluded)
     if len(group) == 1:
         assert chosen is group[0]
-        assert rng.ranges == []  # nothing to choose, no randomness used
+        assert draws == []  # nothing more to choose, no more randomness used
         return
-    first, second = rng.ranges
-    if second >= first:
-        second += 1
-    assert first != second
-    a, b = group[first], group[second]
+    a, b = _pair(group, *draws)
     assert chosen in (a, b)
-    assert chosen is not None
     assert chosen.in_flight == min(a.in_flight, b.in_flight)
+
+
+def test_least_conn_draws_every_available_pair_as_often() -> None:
+    # The fast path draws from every endpoint and falls back when a draw is
+    # unavailable: the pair chosen must still be uniform over the available ones.
+    endpoints = fleet(0, 0, 0, 0)
+    endpoints[3].available = False
+    picker = LeastConnPicker(random.Random(7))
+    counts = tally(picker, endpoints, 6000)
+    assert counts["e3"] == 0
+    for name in ("e0", "e1", "e2"):
+        assert 1800 < counts[name] < 2200  # a third each, give or take 4.5 sigma
 
 
 def test_least_conn_breaks_ties_at_random() -> None:
