@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 
 from bench.reliability.__main__ import BEGIN, END, _healthy, _write, main, render
 from bench.reliability._scenarios import Outcome
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -51,3 +54,29 @@ def test_a_file_without_markers_gets_the_table_appended(tmp_path: Path) -> None:
     assert f"{BEGIN}\n" in text and text.rstrip().endswith(END) and "| table |" in text
     _write(str(tmp_path / "new.md"), "| fresh |")
     assert "| fresh |" in (tmp_path / "new.md").read_text()
+
+
+# --- the benchmark stands on its own: it imports nothing from the test tree ----------------
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("package", ["bench", "service"])
+def test_nothing_outside_the_tests_imports_the_test_tree(package: str) -> None:
+    offenders = {
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in (ROOT / package).rglob("*.py")
+        for module in _imported_modules(path)
+        if module == "tests" or module.startswith("tests.")
+    }
+    assert offenders == set()
