@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,7 +59,7 @@ def test_a_file_without_markers_gets_the_table_appended(tmp_path: Path) -> None:
     assert "| fresh |" in (tmp_path / "new.md").read_text()
 
 
-# --- the benchmark stands on its own: it imports nothing from the test tree ----------------
+# --- the benchmark stands on its own: installed modules only, from any directory ----------
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -80,3 +83,14 @@ def test_nothing_outside_the_tests_imports_the_test_tree(package: str) -> None:
         if module == "tests" or module.startswith("tests.")
     }
     assert offenders == set()
+
+
+def test_the_command_runs_from_outside_the_repository(tmp_path: Path) -> None:
+    """Its imports (the private PostgreSQL helper among them) come from the installed project."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.reliability", "--help"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m bench.reliability")
