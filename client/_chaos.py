@@ -238,8 +238,9 @@ exit codes:
     0  every round ran (a PodDisruptionBudget refusal is an outcome, not an error)
     1  a call to the API failed, or no round found a Running pod
     2  usage error: bad option, a system namespace or an empty selector
-    3  the run went past its bound: --count rounds of API calls (each within
-       --timeout, retried by the Kubernetes client) and intervals, or --duration
+    3  the run went past its bound: --count rounds of API calls (each tried
+       once, within --timeout to connect and --timeout to answer) and intervals,
+       or --duration
     4  the API server said 403 Forbidden (RBAC)"""
 
 

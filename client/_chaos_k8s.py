@@ -18,6 +18,7 @@ import urllib3
 from kubernetes.client import ApiClient, Configuration, CoreV1Api, V1Eviction, V1ObjectMeta
 from kubernetes.client.exceptions import ApiException, OpenApiException
 from kubernetes.config import ConfigException
+from urllib3.util.retry import Retry
 
 from client._chaos import FATAL_OUTCOMES, ChaosPlan, Mode, Round
 from client._k8s import SERVICE_ACCOUNT_DIR, load_api_configuration
@@ -25,6 +26,13 @@ from client._k8s import SERVICE_ACCOUNT_DIR, load_api_configuration
 __all__ = ["ConfigurationError", "PodApi", "api_client", "run_against", "run_chaos"]
 
 _RUNNING = "status.phase=Running"
+
+#: The urllib3 retry policy of the API client: none. urllib3's default retries a GET or a
+#: DELETE that timed out or lost its connection three more times, each try with the full
+#: per-request timeout, which would make one call cost four. ``total=False`` (rather
+#: than 0) also lets the first error surface as it is (a read timeout, a dropped
+#: connection) instead of as "Max retries exceeded"; a failed round ends the run anyway.
+_NO_RETRIES = Retry(total=False)
 
 # Failures of the API or of the connection to it; anything else is a bug.
 _FAILURES = (
@@ -210,15 +218,21 @@ async def run_chaos(
 def api_client(server: str | None, kubeconfig: str | None) -> ApiClient:
     """A client for ``server`` (no credentials), else in-cluster config, else the kubeconfig.
 
+    Each request is tried once (see :data:`_NO_RETRIES`).
+
     Raises:
         ConfigurationError: No configuration found.
     """
     if server:
-        return ApiClient(Configuration(host=server.rstrip("/")))
-    try:
-        return ApiClient(load_api_configuration(SERVICE_ACCOUNT_DIR, kubeconfig))
-    except (ConfigException, OSError) as exc:
-        raise ConfigurationError(str(exc)) from exc
+        configuration = Configuration(host=server.rstrip("/"))
+    else:
+        try:
+            configuration = load_api_configuration(SERVICE_ACCOUNT_DIR, kubeconfig)
+        except (ConfigException, OSError) as exc:
+            raise ConfigurationError(str(exc)) from exc
+    # Read by ApiClient when it builds its urllib3 pool: set before creating it.
+    configuration.retries = _NO_RETRIES
+    return ApiClient(configuration)
 
 
 async def run_against(

@@ -23,6 +23,7 @@ import grpc
 
 from bench.reliability._registry import SCENARIOS, Scenario
 from bench.reliability._scenarios import Outcome
+from service.testing_postgres import why_no_local_postgres
 
 __all__ = ["main", "render", "run"]
 
@@ -81,11 +82,8 @@ def render(outcomes: Sequence[Outcome | tuple[str, str]]) -> str:
 
 
 async def _one(scenario: Scenario, rounds: int | None) -> Outcome | tuple[str, str]:
-    if scenario.needs_postgres:
-        from tests.store._local_postgres import why_no_local_postgres
-
-        if reason := why_no_local_postgres():
-            return (scenario.name, f"skipped: {reason}")
+    if scenario.needs_postgres and (reason := why_no_local_postgres()):
+        return (scenario.name, f"skipped: {reason}")
     options = {} if rounds is None else {"rounds": rounds}
     with tempfile.TemporaryDirectory(prefix="meshdemo-reliability-") as tmp:
         try:

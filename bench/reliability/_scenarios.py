@@ -24,6 +24,7 @@ from bench.reliability._traffic import Traffic, TrafficResult, audit_writes, eve
 from client import NewUserSpec, UserClient, mint_token
 from mesh._config import MeshConfig
 from mesh._supervisor import Mesh
+from service.testing_postgres import local_postgres
 
 __all__ = [
     "RECOVERY_LIMIT_S",
@@ -215,8 +216,6 @@ def _store_env(health_interval: float = 0.5) -> Mapping[str, str]:
 
 async def postgres_outage(state_dir: Path, *, rounds: int = 3, outage_s: float = 3.0) -> Outcome:
     """The replicas' PostgreSQL (a private initdb) stopped for ``outage_s`` s, then started."""
-    from tests.store._local_postgres import local_postgres
-
     outcome = Outcome(
         f"PostgreSQL stopped {outage_s:g} s, restarted",
         "40 calls/s (20 % creates), 10 s per round",

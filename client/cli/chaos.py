@@ -17,9 +17,9 @@ from client.cli._common import Io
 NAME = "chaos"
 #: API calls in one round (list the pods, then delete or evict one).
 _CALLS_PER_ROUND = 2
-#: Tries of one call: the Kubernetes client's urllib3 retries a GET or DELETE that
-#: timed out three times, and each try may take --timeout to connect, --timeout to answer.
-_WAITS_PER_CALL = (1 + 3) * 2
+#: Waits of one call: it is tried once (client._chaos_k8s turns urllib3's retries off),
+#: and the try may take --timeout to connect, then --timeout for the answer.
+_WAITS_PER_CALL = 2
 
 
 def add_parser(commands: Any, parent: argparse.ArgumentParser) -> None:

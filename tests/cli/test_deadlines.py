@@ -148,8 +148,9 @@ def test_budgets_follow_the_timeout() -> None:
         3 + SETUP_GRACE_S
     )
     chaos = ["chaos", "--namespace", "demo", "--selector", "app=x", "--timeout", "1"]
-    assert _budget([*chaos, "--count", "2", "--interval", "5"]) == 2 * 16 + 5
-    assert _budget([*chaos, "--count", "0", "--duration", "10"]) == 10 + 16
+    # Per round: two API calls, each tried once: --timeout to connect, --timeout to answer.
+    assert _budget([*chaos, "--count", "2", "--interval", "5"]) == 2 * 4 + 5
+    assert _budget([*chaos, "--count", "0", "--duration", "10"]) == 10 + 4
     assert COMMANDS["token"].budget(build_parser({}).parse_args(["token"])) is None
 
 

@@ -7,12 +7,14 @@ the three calls the tool makes as the real API server does: the pod list
 DELETE of a pod (a graceful delete marks it terminating with its own grace
 period, ``gracePeriodSeconds=0`` removes it at once) and the ``policy/v1``
 Eviction subresource (429 while a PodDisruptionBudget forbids it). The test
-makes it refuse with 403, fail with 500 or lose a pod, and checks every request
-the tool sent. The real ``kubernetes`` client and the real CLI run against it.
+makes it refuse with 403, fail with 500, lose a pod, never answer or drop the
+connection, and checks every request the tool sent. The real ``kubernetes``
+client and the real CLI run against it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import io
 import json
@@ -23,7 +25,8 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from time import monotonic
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -39,6 +42,12 @@ from tests.fake_http import JsonHandler, LoopbackHttpServer
 NS = "meshdemo"
 USERS = "app.kubernetes.io/instance=meshdemo,app.kubernetes.io/component=users"
 PODS = "/api/v1/namespaces/"
+#: How the fake fails a request: an HTTP status, "silent" or "drop" (see FakePodsApi.fail).
+Failure = int | Literal["silent", "drop"]
+#: Seconds a test may take at most (a hang guard, well above any bound it checks).
+TEST_BOUND = 30.0
+#: What a loaded machine may add to the command's bound (as in tests/cli/test_deadlines.py).
+SLACK = 2.0
 
 
 def pod(name: str, component: str = "users", phase: str = "Running", grace: int = 45) -> Any:
@@ -81,22 +90,30 @@ class FakePodsApi(LoopbackHttpServer):
         self._lock = threading.Lock()
         self.pods = {p["metadata"]["name"]: copy.deepcopy(p) for p in pods}
         self.requests: list[dict[str, Any]] = []
-        self.failures: dict[str, list[int]] = {"list": [], "delete": [], "evict": []}
+        self.failures: dict[str, list[Failure]] = {"list": [], "delete": [], "evict": []}
         self.pdb_allows = True
+        # Set by close(): the requests held by a "silent" failure end (unanswered).
+        self.released = threading.Event()
         super().__init__(_handler_for(self))
+
+    def close(self) -> None:
+        self.released.set()
+        super().close()
 
     def seen(self, method: str) -> list[dict[str, Any]]:
         with self._lock:
             return [r for r in self.requests if r["method"] == method]
 
-    def fail(self, verb: str, *statuses: int) -> None:
+    def fail(self, verb: str, *failures: Failure) -> None:
+        """Fail the next ``verb`` requests, one per failure: an HTTP status, ``"silent"``
+        (read the request, never answer) or ``"drop"`` (close the connection unanswered)."""
         with self._lock:
-            self.failures[verb].extend(statuses)
+            self.failures[verb].extend(failures)
 
     # Serving (handler threads).
 
-    def record(self, method: str, path: str, query: dict[str, str], body: Any) -> int | None:
-        """Log the request; the status to fail it with, if one is queued."""
+    def record(self, method: str, path: str, query: dict[str, str], body: Any) -> Failure | None:
+        """Log the request; the failure to fail it with, if one is queued."""
         verb = {"GET": "list", "DELETE": "delete", "POST": "evict"}[method]
         with self._lock:
             self.requests.append({"method": method, "path": path, "query": query, "body": body})
@@ -148,6 +165,11 @@ def _handler_for(api: FakePodsApi) -> type[BaseHTTPRequestHandler]:
             body = json.loads(raw) if raw else None
             parts = url.path.removeprefix(PODS).split("/")
             failure = api.record(self.command, url.path, query, body)
+            if failure == "silent":
+                api.released.wait(TEST_BOUND)
+            if isinstance(failure, str):  # no answer at all: the connection closes
+                self.close_connection = True
+                return "", [], {}, None
             if failure is not None:
                 self.send_json(failure, _status(failure, "Failure"))
                 return "", [], {}, None
@@ -200,6 +222,21 @@ async def chaos(fake: FakePodsApi, *args: str) -> tuple[int, str, str]:
     argv = ["chaos", "--server", fake.url, "--namespace", NS, "--selector", USERS, *args]
     code = await main_async(argv, env={}, stdout=out, stderr=err)
     return code, out.getvalue(), err.getvalue()
+
+
+def write_kubeconfig(directory: Path, server: str) -> Path:
+    """A kubeconfig whose current context is ``server`` with a token nobody checks."""
+    path = directory / "config"
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "me", "user": {"token": "not-checked"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
+        "current-context": "fake",
+    }
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
 
 
 def lines(out: str) -> list[dict[str, Any]]:
@@ -340,6 +377,64 @@ async def test_an_unreachable_api_server_fails_cleanly() -> None:
     assert "list pods" in err.getvalue()
 
 
+# A dead API server: it reads each request, then never answers ("silent") or closes the
+# connection ("drop"). urllib3's default under the kubernetes client would send a timed-out
+# or dropped GET or DELETE three more times, each try with the full --timeout; the tool
+# sends each call once, so the failed round (exit 1) comes well within the command's bound
+# (exit 3 would be the bound cutting it short).
+
+#: Tries urllib3's default would make of one call: the fake fails every one of them.
+DEFAULT_TRIES = 1 + 3
+DEAD = {"silent": "Read timed out", "drop": "Remote end closed connection"}
+
+
+async def timed(argv: list[str]) -> tuple[int, str, str, float, float]:
+    """Run the CLI, bounded by TEST_BOUND: (code, out, err, seconds taken, the command's bound)."""
+    bound = _cli.COMMANDS["chaos"].budget(_cli.build_parser({}).parse_args(argv))
+    assert bound is not None
+    out, err = io.StringIO(), io.StringIO()
+    started = monotonic()
+    run = main_async(argv, env={}, stdout=out, stderr=err)
+    code = await asyncio.wait_for(run, TEST_BOUND)
+    return code, out.getvalue(), err.getvalue(), monotonic() - started, bound
+
+
+@pytest.mark.parametrize("how", sorted(DEAD))
+@pytest.mark.parametrize(
+    ("verb", "method", "args"),
+    [("list", "GET", []), ("delete", "DELETE", []), ("evict", "POST", ["--evict"])],
+)
+async def test_a_dead_api_server_is_asked_once_and_the_run_ends_within_its_bound(
+    fake: FakePodsApi, how: Failure, verb: str, method: str, args: list[str]
+) -> None:
+    fake.fail(verb, *[how] * DEFAULT_TRIES)
+    argv = ["chaos", "--server", fake.url, "--namespace", NS, "--selector", USERS, *args,
+            "--timeout", "0.5", "--count", "3", "--interval", "0.01"]  # fmt: skip
+    code, out, err, took, bound = await timed(argv)
+    assert code == _cli.EXIT_RPC, err
+    assert len(fake.seen(method)) == 1, "one try, no retry"
+    assert f"{'list pods' if verb == 'list' else verb}: " in err
+    assert DEAD[str(how)] in err and "Max retries" not in err, err
+    assert len(out.splitlines()) == 1, "the failed round ended the run"
+    assert took <= bound + SLACK, (took, bound)  # a hang guard, not a speed test
+
+
+async def test_a_dead_api_server_from_the_kubeconfig_is_asked_once(
+    fake: FakePodsApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    silent: Failure = "silent"
+    fake.fail("list", *[silent] * DEFAULT_TRIES)
+    kubeconfig = write_kubeconfig(tmp_path, fake.url)
+    argv = ["chaos", "--kubeconfig", str(kubeconfig), "--namespace", NS, "--selector", USERS,
+            "--timeout", "0.5"]  # fmt: skip
+    code, _, err, took, bound = await timed(argv)
+    assert code == _cli.EXIT_RPC, err
+    assert len(fake.seen("GET")) == 1, "one try, no retry"
+    assert DEAD["silent"] in err, err
+    assert took <= bound + SLACK, (took, bound)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -419,20 +514,7 @@ async def test_outside_a_cluster_the_kubeconfig_is_used(
     fake: FakePodsApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-                "users": [{"name": "me", "user": {"token": "not-checked"}}],
-                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
-                "current-context": "fake",
-            }
-        ),
-        encoding="utf-8",
-    )
+    kubeconfig = write_kubeconfig(tmp_path, fake.url)
     out, err = io.StringIO(), io.StringIO()
     argv = ["chaos", "--kubeconfig", str(kubeconfig), "--namespace", NS, "--selector", USERS]
     code = await main_async(argv, env={}, stdout=out, stderr=err)

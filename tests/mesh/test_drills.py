@@ -188,7 +188,7 @@ async def test_a_replica_that_goes_not_serving_leaves_dns_and_comes_back(
 
 @pytest.mark.postgres
 async def test_store_outage_empties_dns_and_recovery_needs_no_restart(tmp_path: Path) -> None:
-    from tests.store._local_postgres import local_postgres, why_no_local_postgres
+    from service.testing_postgres import local_postgres, why_no_local_postgres
 
     if reason := why_no_local_postgres():
         pytest.skip(reason)

@@ -37,7 +37,7 @@ def _assert_survived(outcome: Outcome, rounds: int) -> None:
 
 @pytest.mark.postgres
 async def test_postgres_stopped_and_restarted_under_load(tmp_path: Path) -> None:
-    from tests.store._local_postgres import why_no_local_postgres
+    from service.testing_postgres import why_no_local_postgres
 
     if reason := why_no_local_postgres():
         pytest.skip(reason)

@@ -27,6 +27,12 @@ FAST = DiscoveryBackoff(initial=0.05, multiplier=2.0, cap=0.1, jitter=0.0)
 QUERY = dns.message.make_query(NAME, "A")
 #: Words that would mean an internal class leaked into a reason.
 CLASS_NAMES = ("dns.", "NXDOMAIN(", "LifetimeTimeout", "NoNameservers", "Exception", "Error")
+#: A DNS server that is only written into messages, never asked: the tests that name it
+#: are plain functions (no event loop), so their resolver never starts and sends nothing.
+#: Not 5353, where mDNS listens: a test that did send would reach a real server. The
+#: tests that do send use a server they started (``dns_server``, ``silent_server``).
+UNDIALLED_PORT = 1
+UNDIALLED = f"127.0.0.1:{UNDIALLED_PORT}"
 
 
 def make(server_address: str, **options: Any) -> DnsResolver:
@@ -40,6 +46,11 @@ def silent_server() -> Iterator[str]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def assert_never_started(resolver: DnsResolver) -> None:
+    """Nothing was sent: the task that makes the queries never began."""
+    assert resolver._task is None
 
 
 def assert_plain(reason: str | None) -> None:
@@ -162,14 +173,17 @@ async def test_a_server_that_stops_answering_then_comes_back(dns_server: DnsServ
     [
         (
             ConnectionRefusedError(111, "Connection refused"),
-            "asking 127.0.0.1:5353 failed: Connection refused",
+            f"asking {UNDIALLED} failed: Connection refused",
         ),
         (dns.resolver.NoResolverConfiguration(), "no DNS server configured"),
         (
             dns.resolver.NoNameservers(
-                request=QUERY, errors=[("Do53:127.0.0.1@5353", False, 5353, "BADVERS", None)]
+                request=QUERY,
+                errors=[
+                    (f"Do53:127.0.0.1@{UNDIALLED_PORT}", False, UNDIALLED_PORT, "BADVERS", None)
+                ],
             ),
-            "BADVERS from 127.0.0.1:5353",
+            f"BADVERS from {UNDIALLED}",
         ),
         (
             dns.resolver.NoNameservers(
@@ -181,24 +195,26 @@ async def test_a_server_that_stops_answering_then_comes_back(dns_server: DnsServ
     ],
 )
 def test_other_failures_are_described_in_words(exc: BaseException, reason: str) -> None:
-    resolver = make("127.0.0.1:5353")
+    resolver = make(UNDIALLED)
     described = resolver._describe_failure(exc)
     assert described.startswith(f"{NAME}: {reason}")
     assert_plain(described)
+    assert_never_started(resolver)
 
 
 def test_every_reason_is_free_of_class_names() -> None:
-    resolver = make("127.0.0.1:5353")
+    resolver = make(UNDIALLED)
     timeout = dns.resolver.LifetimeTimeout(timeout=1.0, errors=[])
     assert_plain(resolver._describe_failure(timeout))
     no_servers = dns.resolver.NoNameservers(request=QUERY, errors=[])
-    assert resolver._describe_failure(no_servers) == f"{NAME}: no answer from 127.0.0.1:5353"
+    assert resolver._describe_failure(no_servers) == f"{NAME}: no answer from {UNDIALLED}"
+    assert_never_started(resolver)
 
 
 @pytest.mark.parametrize(
     ("text", "port", "expected"),
     [
-        ("Do53:127.0.0.1@5353", 5353, "127.0.0.1:5353"),
+        (f"Do53:127.0.0.1@{UNDIALLED_PORT}", UNDIALLED_PORT, UNDIALLED),
         ("Do53:::1@53", 53, "[::1]:53"),
         ("10.96.0.10", 53, "10.96.0.10:53"),
         ("https://dns.example/dns-query", 443, "https://dns.example/dns-query"),
@@ -211,15 +227,16 @@ def test_nameserver_text(text: str, port: int, expected: str) -> None:
 def test_the_system_configuration_names_each_nameserver() -> None:
     system_like = dns.asyncresolver.Resolver(configure=False)
     system_like.nameservers = ["127.0.0.1", "::1"]
-    system_like.port = 5353
+    system_like.port = UNDIALLED_PORT
     resolver = DnsResolver.from_target("", f"{NAME}:1", dns_resolver=system_like)
     timeout = dns.resolver.LifetimeTimeout(timeout=1.0, errors=[])
     reason = resolver._describe_failure(timeout)
-    assert reason == f"{NAME}: timed out asking 127.0.0.1:5353, [::1]:5353"
+    assert reason == f"{NAME}: timed out asking {UNDIALLED}, [::1]:{UNDIALLED_PORT}"
+    assert_never_started(resolver)
 
 
 def test_str_is_the_canonical_target() -> None:
-    assert str(make("127.0.0.1:5353")) == f"dns://127.0.0.1:5353/{NAME}:50051"
+    assert str(make(UNDIALLED)) == f"dns://{UNDIALLED}/{NAME}:50051"
     assert str(DnsResolver.from_target("", "api:1")) == "dns:///api:1"
 
 

@@ -27,9 +27,9 @@ from meshdemo.v1 import user_pb2, user_pb2_grpc
 from service.health import SERVICE_NAME
 from service.store._sqlite import SQLiteStore
 from service.testing import admin_token, serve
+from service.testing_postgres import LocalPostgres, local_postgres, why_no_local_postgres
 from tests.aio_stubs import EOF
 from tests.service.helpers import create_request
-from tests.store._local_postgres import LocalPostgres, local_postgres, why_no_local_postgres
 from tests.store._readonly import read_only
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

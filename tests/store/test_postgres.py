@@ -18,7 +18,7 @@ from psycopg import sql
 from service.domain import NewUser, User, new_user_id
 from service.store import StoreUnavailable, open_store
 from service.store._postgres import PostgresStore
-from tests.store._local_postgres import LocalPostgres, local_postgres, why_no_local_postgres
+from service.testing_postgres import LocalPostgres, local_postgres, why_no_local_postgres
 from tests.store._users import collect, new_user
 from tests.store.conftest import with_database
 

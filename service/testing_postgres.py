@@ -1,10 +1,12 @@
-"""A throwaway PostgreSQL server of the test's own, to stop and start at will.
+"""A throwaway PostgreSQL server of the caller's own, to stop and start at will.
 
-The shared server at ``MESH_TEST_POSTGRES_URL`` is never stopped; outage
-tests run this one instead: ``initdb`` into a fresh temporary directory, a
-free loopback port, trust authentication on 127.0.0.1 only, its socket in
-its own directory. When the tests run as root, the server runs as the
-``postgres`` system user (PostgreSQL refuses to run as root).
+Public (next to :mod:`service.testing`) so that the outage tests and the
+reliability benchmark (``python -m bench.reliability``) start one the same
+way. The shared server at ``MESH_TEST_POSTGRES_URL`` is never stopped; they
+run this one instead: ``initdb`` into a fresh temporary directory, a free
+loopback port, trust authentication on 127.0.0.1 only, its socket in its own
+directory. When run as root, the server runs as the ``postgres`` system user
+(PostgreSQL refuses to run as root). Only the standard library is used.
 """
 
 from __future__ import annotations
