@@ -661,8 +661,12 @@ class UserClient:
                 # A later copy outran this one by a hedge delay or more: a slow answer, like
                 # a per-attempt timeout (latency-aware pickers learn it, and several in a
                 # row eject the replica, so least_conn stops feeding a stalled one).
+                # Counted as an outrun, not a failure: no call failed.
                 endpoint.record_outcome(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, self._clock() - started, outlier=True
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    self._clock() - started,
+                    outlier=True,
+                    outrun=True,
                 )
             raise
         finally:

@@ -69,6 +69,9 @@ class EndpointStats:
     total_calls: int
     failures: int
     times_ejected: int
+    #: Hedge copies a later copy beat (docs/hedging.md rule 8): slow answers, not in
+    #: ``failures``, though they count towards ejection as outlier failures.
+    outruns: int = 0
 
 
 class Endpoint:
@@ -137,6 +140,8 @@ class Endpoint:
         self._latency = PeakEwma(clock=clock)
         #: Failed attempts, whatever their kind.
         self.failures = 0
+        #: Hedge copies outrun by a later copy (not failures; see record_outcome).
+        self.outruns = 0
 
     # --- the Candidate protocol -----------------------------------------------------------
 
@@ -165,7 +170,12 @@ class Endpoint:
     # --- outcomes -------------------------------------------------------------------------
 
     def record_outcome(
-        self, code: grpc.StatusCode | None, latency: float | None = None, *, outlier: bool = True
+        self,
+        code: grpc.StatusCode | None,
+        latency: float | None = None,
+        *,
+        outlier: bool = True,
+        outrun: bool = False,
     ) -> None:
         """The one way in for an attempt's result on this endpoint.
 
@@ -180,10 +190,15 @@ class Endpoint:
                 (UNAVAILABLE, a per-attempt timeout, a connection failure).
                 Application errors (NOT_FOUND, INVALID_ARGUMENT…) are answers:
                 they end the failure streak.
+            outrun: A hedge copy that a later copy beat (docs/hedging.md rule 8):
+                counted in ``outruns``, not ``failures`` (no call failed), while
+                ``code`` and ``outlier`` feed the ejection as for any attempt.
         """
         if latency is not None:
             self._latency.observe(latency)
-        if code is not _OK:
+        if outrun:
+            self.outruns += 1
+        elif code is not _OK:
             self.failures += 1
         self._ejection.record(code, outlier=outlier)
 
@@ -234,6 +249,7 @@ class Endpoint:
             total_calls=self._channels.total_calls,
             failures=self.failures,
             times_ejected=self._ejection.times_ejected,
+            outruns=self.outruns,
         )
 
     def __repr__(self) -> str:

@@ -48,7 +48,11 @@ __all__ = [
 Label = Mapping[str, str] | Callable[[str], str | None] | None
 
 #: Column headers of the live endpoint table, in order.
-ENDPOINT_COLUMNS = ("Endpoint", "State", "Rate/s", "Share%", "In-fl", "Calls", "Fail", "Ej")
+#: ``Fail`` counts failed attempts; ``Out`` hedge copies a later copy outran (slow
+#: answers, not failures, though they count towards ejection); ``Ej`` ejections.
+ENDPOINT_COLUMNS = (
+    "Endpoint", "State", "Rate/s", "Share%", "In-fl", "Calls", "Fail", "Out", "Ej",
+)  # fmt: skip
 #: Most characters an endpoint's name and address take in a table or an event line.
 ENDPOINT_WIDTH = 26
 #: Event lines the live view keeps on screen.
@@ -133,6 +137,11 @@ def _line(*parts: str | tuple[str, str]) -> Text:
     return text
 
 
+def _rate(value: float) -> str:
+    # No tenths from 1000/s on: the table keeps to 80 columns (as ``_ms`` does for ms).
+    return f"{value:.1f}" if value < 1000 else f"{value:.0f}"
+
+
 def _endpoint_table(snapshot: LoadSnapshot, label: Label) -> Table:
     table = Table(
         title="Endpoints",
@@ -150,11 +159,12 @@ def _endpoint_table(snapshot: LoadSnapshot, label: Label) -> Table:
         table.add_row(
             Text(endpoint_text(row.address, label)),  # Text: an address is never markup
             Text(row.state, style=_STATE_STYLES.get(row.state, "")),
-            Text(f"{row.rate:.1f}"),
+            Text(_rate(row.rate)),
             Text(f"{row.share * 100:.1f}"),
             Text(str(row.in_flight)),
             Text(str(row.calls)),
             Text(str(row.failures), style="red" if row.failures else ""),
+            Text(str(row.outruns), style="yellow" if row.outruns else ""),
             Text(str(row.ejections)),
         )
     if not snapshot.endpoints:
@@ -320,11 +330,14 @@ def status_line(
 
 
 def endpoint_line(row: EndpointRow, label: Label = None, rate: float | None = None) -> str:
-    """One plain line for one endpoint: state, rate (default: the last tick's), share, counts."""
+    """One plain line for one endpoint: state, rate (default: the last tick's), share, counts.
+
+    ``outrun`` counts its hedge copies that a later copy beat: slow answers, not failures.
+    """
     return (
         f"  {endpoint_text(row.address, label)} {row.state} "
         f"rate={row.rate if rate is None else rate:.1f}/s share={row.share * 100:.1f}% "
-        f"calls={row.calls} failed={row.failures} ejected={row.ejections}"
+        f"calls={row.calls} failed={row.failures} ejected={row.ejections} outrun={row.outruns}"
     )
 
 
@@ -421,7 +434,7 @@ def _operations_table(summary: LoadSummary) -> Table:
 
 
 def _summary_endpoints(summary: LoadSummary, label: Label) -> Table:
-    headers = ("Endpoint", "Calls", "Share%", "Failures", "Ejections", "Final state")
+    headers = ("Endpoint", "Calls", "Share%", "Failures", "Outruns", "Ejections", "Final state")
     table = _table("Per endpoint", headers, last_left=True)
     for address, row in summary.per_endpoint.items():
         table.add_row(
@@ -429,6 +442,7 @@ def _summary_endpoints(summary: LoadSummary, label: Label) -> Table:
             Text(str(row.calls)),
             Text(f"{row.share * 100:.1f}"),
             Text(str(row.failures)),
+            Text(str(row.outruns)),
             Text(str(row.ejections)),
             Text(row.state, style=_STATE_STYLES.get(row.state, "")),
         )

@@ -111,6 +111,8 @@ class EndpointInfo(Protocol):
     def failures(self) -> int: ...
     @property
     def times_ejected(self) -> int: ...
+    @property
+    def outruns(self) -> int: ...
 
 
 class ClientInfo(Protocol):
@@ -438,6 +440,8 @@ class EndpointRow:
         rate: Attempts per second since the previous snapshot (in a summary: the
             run's average).
         ejections: Times it was ejected as an outlier during the run.
+        outruns: Hedge copies on it that a later copy beat since the run started:
+            slow answers, not ``failures`` (they count towards ejection all the same).
     """
 
     address: str
@@ -448,6 +452,7 @@ class EndpointRow:
     share: float
     rate: float = 0.0
     ejections: int = 0
+    outruns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +559,7 @@ class LoadSummary:
                     "share": round(row.share, 6),
                     "failures": row.failures,
                     "ejections": row.ejections,
+                    "outruns": row.outruns,
                     "final_state": row.state,
                 }
                 for address, row in sorted(self.per_endpoint.items())
@@ -691,29 +697,36 @@ async def _chat_round_trips(session: ChatStream, count: int) -> None:
 # --- the run: counters, pacing, snapshots -----------------------------------------------------
 
 
+#: One endpoint's raw counters: (total_calls, failures, times_ejected, outruns).
+_Raw = tuple[int, int, int, int]
+_NO_COUNTS: _Raw = (0, 0, 0, 0)
+
+
 @dataclass(slots=True)
 class _Tally:
     """One address's counts during the run, kept across the client's endpoint objects.
 
-    ``seen`` holds the raw (total_calls, failures, times_ejected) last observed for
-    the address. Raw counters only grow for one endpoint object, so a drop means
-    the client replaced it: the new object's counters are then added whole.
+    ``seen`` holds the raw (total_calls, failures, times_ejected, outruns) last
+    observed for the address. Raw counters only grow for one endpoint object, so a
+    drop means the client replaced it: the new object's counters are then added whole.
     """
 
-    seen: tuple[int, int, int]
+    seen: _Raw
     calls: int = 0
     failures: int = 0
     ejections: int = 0
+    outruns: int = 0
     state: str = REMOVED
     in_flight: int = 0
     present: bool = False
 
-    def observe(self, raw: tuple[int, int, int]) -> None:
+    def observe(self, raw: _Raw) -> None:
         replaced = any(now < before for now, before in zip(raw, self.seen, strict=True))
-        base = (0, 0, 0) if replaced else self.seen
+        base = _NO_COUNTS if replaced else self.seen
         self.calls += raw[0] - base[0]
         self.failures += raw[1] - base[1]
         self.ejections += raw[2] - base[2]
+        self.outruns += raw[3] - base[3]
         self.seen = raw
 
 
@@ -723,20 +736,20 @@ class _Endpoints:
     def __init__(self, baseline: ClientInfo) -> None:
         self._tallies: dict[str, _Tally] = {}
         for address, raw in _raw_by_address(baseline).items():
-            self._tallies[address] = _Tally(seen=raw[:3])
+            self._tallies[address] = _Tally(seen=raw[0])
 
     def observe(self, stats: ClientInfo) -> None:
         current = _raw_by_address(stats)
         for tally in self._tallies.values():
             tally.present = False
-        for address, (calls, failures, ejections, state, in_flight) in current.items():
-            tally = self._tallies.setdefault(address, _Tally(seen=(0, 0, 0)))
-            tally.observe((calls, failures, ejections))
+        for address, (raw, state, in_flight) in current.items():
+            tally = self._tallies.setdefault(address, _Tally(seen=_NO_COUNTS))
+            tally.observe(raw)
             tally.state, tally.in_flight, tally.present = state, in_flight, True
         for tally in self._tallies.values():
             if not tally.present:
                 # Gone: a later endpoint of this address starts from zero.
-                tally.seen, tally.state, tally.in_flight = (0, 0, 0), REMOVED, 0
+                tally.seen, tally.state, tally.in_flight = _NO_COUNTS, REMOVED, 0
 
     def items(self) -> list[tuple[str, _Tally]]:
         return list(self._tallies.items())
@@ -748,19 +761,25 @@ class _Endpoints:
         return sum(t.calls for t in self._tallies.values())
 
 
-def _raw_by_address(stats: ClientInfo) -> dict[str, tuple[int, int, int, str, int]]:
-    """(calls, failures, ejections, state, in_flight) per address; the first entry's state.
+def _raw_by_address(stats: ClientInfo) -> dict[str, tuple[_Raw, str, int]]:
+    """(raw counters, state, in_flight) per address; the first entry's state.
 
     The client lists active endpoints before draining ones, so when an address has
-    both (re-added while the old one drains) the state shown is the active one's.
+    both (re-added while the old one drains) the counters are summed and the state
+    shown is the active one's.
     """
-    merged: dict[str, tuple[int, int, int, str, int]] = {}
+    merged: dict[str, tuple[_Raw, str, int]] = {}
     for e in stats.endpoints:
-        calls, failures, ejections, state, in_flight = merged.get(e.address, (0, 0, 0, "", 0))
+        (calls, failures, ejections, outruns), state, in_flight = merged.get(
+            e.address, (_NO_COUNTS, "", 0)
+        )
         merged[e.address] = (
-            calls + e.total_calls,
-            failures + e.failures,
-            ejections + e.times_ejected,
+            (
+                calls + e.total_calls,
+                failures + e.failures,
+                ejections + e.times_ejected,
+                outruns + e.outruns,
+            ),
             state or str(e.state),
             in_flight + e.in_flight,
         )
@@ -889,6 +908,7 @@ class _Run:
                 share=tally.calls / total if total else 0.0,
                 rate=rate(address, tally),
                 ejections=tally.ejections,
+                outruns=tally.outruns,
             )
             for address, tally in self._endpoints.items()
         ]

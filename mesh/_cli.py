@@ -148,7 +148,8 @@ def _add_demo(commands: Any, parent: argparse.ArgumentParser) -> None:
         help="the narrated demo: load, a SIGKILL, a graceful restart, a scale-up, a summary",
         description="Bring a mesh up, seed users and run the load generator with its live view; "
         "SIGKILL one replica, later restart another gracefully and scale up by one; then print "
-        "the summary, the waterfall of a trace with a retry, and the timeline picture's path. "
+        "the summary, the waterfall of a trace with a retry (else of one with a hedge), and "
+        "the timeline picture's path. "
         "Exits 1 if any call failed. Leaves nothing running.",
     )
     cmd.add_argument(

@@ -4,8 +4,9 @@ The demo brings a mesh up, seeds users and runs the load generator with its
 live view through a :class:`~client.UserClient` that exports spans to the
 mesh. On a schedule it SIGKILLs one replica, later restarts another
 gracefully and scales up by one. At the end it prints the load summary, how
-traffic moved at each event, the waterfall of a trace that needed a retry,
-and where the timeline picture is. It exits 1 if any call failed.
+traffic moved at each event, the waterfall of a trace that needed a retry (or,
+when no call was retried, of one that sent a hedge), and where the timeline
+picture is. It exits 1 if any call failed.
 """
 
 from __future__ import annotations
@@ -282,9 +283,10 @@ def _report(console: Console, mesh: Mesh, summary: LoadSummary, recorder: DemoRe
     console.print("\n[bold]3. summary[/]")
     console.print(render_summary(summary, label=recorder.label))
     console.print(recorder.render(summary))
-    console.print("\n[bold]4. a trace that needed a retry[/]")
     names = {r.address: r.name for r in mesh.replicas}
-    console.print(_waterfall(mesh.state.root, names), markup=False)
+    heading, waterfall = _waterfall(mesh.state.root, names)
+    console.print(f"\n[bold]4. {heading}[/]")
+    console.print(waterfall, markup=False)
     if summary.failed:
         console.print(f"\n[bold red]{summary.failed} calls failed[/]")
         return 1
@@ -292,14 +294,29 @@ def _report(console: Console, mesh: Mesh, summary: LoadSummary, recorder: DemoRe
     return 0
 
 
-def _waterfall(root: Path, names: dict[str, str]) -> str:
-    from mesh._spans import find_trace, has_retry, recent_traces
+#: Said under a waterfall with a hedge (the rows alone do not say what one is).
+_HEDGE_NOTE = (
+    "A hedge is a copy of the call sent to another replica when the first copy had no\n"
+    "answer after the hedge delay, or had failed; the first answer wins and the other\n"
+    "copies are cancelled (CANCELLED)."
+)
+
+
+def _waterfall(root: Path, names: dict[str, str]) -> tuple[str, str]:
+    """The heading and the body of the demo's trace: the newest trace with a retry,
+    else the newest with a hedge (hedged calls recover by a hedge, not a retry)."""
+    from mesh._spans import find_trace, has_hedge, has_retry, recent_traces, summarize
     from mesh._waterfall import render_waterfall
 
-    trace = find_trace(root, has_retry)
-    if trace is not None:
-        return render_waterfall(trace, names=names)
-    summaries = recent_traces(root, limit=1)
-    if not summaries:
-        return "no trace reached the receiver"
-    return "no call needed a retry this run; see `python -m mesh traces` for the others"
+    trace = find_trace(root, has_retry, has_hedge)
+    if trace is None:
+        heading = "a trace that needed a retry or a hedge"
+        if not recent_traces(root, limit=1):
+            return heading, "no trace reached the receiver"
+        return heading, (
+            "no call needed a retry or a hedge this run; see `python -m mesh traces` for the others"
+        )
+    summary = summarize(trace)
+    heading = "a trace that needed a retry" if summary.retries else "a trace with a hedge"
+    body = render_waterfall(trace, names=names)
+    return heading, f"{body}\n{_HEDGE_NOTE}" if summary.hedges else body

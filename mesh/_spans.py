@@ -13,7 +13,13 @@ traces``, in another process, reads the file while it grows. Invariants:
 
 A :class:`Trace` is every span of one trace id; :func:`summarize` says what a
 person scanning a list wants to know of it (root call, duration, replicas
-touched, retries, errors).
+touched, retries, hedges, errors).
+
+Retries and hedges are told apart: the client's attempt spans of a hedged call
+carry ``meshdemo.hedge.number`` (1 for the first copy, 2 for the first hedge,
+…), and its logical span has a ``retry`` event per retry and a ``hedge`` event
+per hedge sent. A hedge's losing copy ends CANCELLED with
+``meshdemo.hedge.cancelled``: it lost a race, nothing failed.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ __all__ = [
     "TraceSummary",
     "find_trace",
     "group_traces",
+    "has_hedge",
     "has_retry",
     "is_attempt",
+    "is_hedge",
     "load_trace",
     "read_spans",
     "recent_traces",
@@ -306,9 +314,13 @@ class TraceSummary:
         duration_ns: From the first start to the last end.
         span_count: Number of spans.
         replicas: Instance names of the SERVER spans (the replicas that served it).
-        retries: Attempts beyond the first, summed over every call in the trace.
-        errors: Spans with status ERROR.
+        retries: Attempts beyond the first, summed over every call in the trace
+            (hedge copies are not retries).
+        errors: Spans with status ERROR, but for a hedge's losing copy (cancelled
+            because another copy answered first: nothing failed).
         services: Every ``service.name`` in the trace.
+        hedges: Hedge copies (copies after the first of a hedged call), summed
+            over every call in the trace.
     """
 
     trace_id: str
@@ -320,6 +332,7 @@ class TraceSummary:
     retries: int
     errors: int
     services: frozenset[str]
+    hedges: int = 0
 
 
 def is_attempt(span: SpanRecord) -> bool:
@@ -330,16 +343,37 @@ def is_attempt(span: SpanRecord) -> bool:
     return span.kind == "CLIENT" and span.attributes.get("rpc.system") == "grpc"
 
 
+def is_hedge(span: SpanRecord) -> bool:
+    """Whether ``span`` is a hedge: an attempt (see :func:`is_attempt`) whose
+    ``meshdemo.hedge.number`` is 2 or more (1 is a hedged call's first copy)."""
+    number = span.attributes.get("meshdemo.hedge.number")
+    hedged = isinstance(number, int) and not isinstance(number, bool) and number > 1
+    return hedged and is_attempt(span)
+
+
+def _lost_the_race(span: SpanRecord) -> bool:
+    return span.attributes.get("meshdemo.hedge.cancelled") is True
+
+
+def _events(span: SpanRecord, name: str) -> int:
+    return sum(1 for event in span.events if event.name == name)
+
+
 def _retries_under(span: SpanRecord, children: Sequence[SpanRecord]) -> int:
     """Attempts beyond the first of the call ``span`` stands for.
 
-    The larger of two signs: attempt children (see :func:`is_attempt`) minus
-    one, and the ``retry`` events the client adds to its logical span (which
-    still count when an attempt span was lost).
+    The larger of two signs: attempt children (see :func:`is_attempt`) that
+    are not hedges, minus one, and the ``retry`` events the client adds to its
+    logical span (which still count when an attempt span was lost).
     """
-    attempts = sum(1 for child in children if is_attempt(child))
-    events = sum(1 for event in span.events if event.name == "retry")
-    return max(attempts - 1, events, 0)
+    attempts = sum(1 for child in children if is_attempt(child) and not is_hedge(child))
+    return max(attempts - 1, _events(span, "retry"), 0)
+
+
+def _hedges_under(span: SpanRecord, children: Sequence[SpanRecord]) -> int:
+    """Hedges sent for the call ``span`` stands for: the larger of its hedge children
+    and the ``hedge`` events on it (which still count when a copy's span was lost)."""
+    return max(sum(1 for child in children if is_hedge(child)), _events(span, "hedge"))
 
 
 def summarize(trace: Trace) -> TraceSummary:
@@ -353,14 +387,20 @@ def summarize(trace: Trace) -> TraceSummary:
         span_count=len(trace.spans),
         replicas=frozenset(s.instance for s in trace.spans if s.kind == "SERVER" and s.instance),
         retries=sum(_retries_under(s, tree.get(s.span_id, ())) for s in trace.spans),
-        errors=sum(1 for s in trace.spans if s.is_error),
+        errors=sum(1 for s in trace.spans if s.is_error and not _lost_the_race(s)),
         services=frozenset(s.service for s in trace.spans if s.service),
+        hedges=sum(_hedges_under(s, tree.get(s.span_id, ())) for s in trace.spans),
     )
 
 
 def has_retry(trace: Trace) -> bool:
-    """Whether any call in ``trace`` needed more than one attempt (a predicate for find_trace)."""
+    """Whether any call in ``trace`` was retried (a predicate for find_trace); hedges aside."""
     return summarize(trace).retries > 0
+
+
+def has_hedge(trace: Trace) -> bool:
+    """Whether any call in ``trace`` sent a hedge (a predicate for find_trace)."""
+    return summarize(trace).hedges > 0
 
 
 def _newest_first(state_dir: str | os.PathLike[str]) -> list[Trace]:
@@ -374,10 +414,22 @@ def recent_traces(state_dir: str | os.PathLike[str], limit: int = 20) -> list[Tr
 
 
 def find_trace(
-    state_dir: str | os.PathLike[str], predicate: Callable[[Trace], bool]
+    state_dir: str | os.PathLike[str],
+    predicate: Callable[[Trace], bool],
+    *fallbacks: Callable[[Trace], bool],
 ) -> Trace | None:
-    """The newest trace for which ``predicate`` holds (e.g. :func:`has_retry`), or None."""
-    return next((t for t in _newest_first(state_dir) if predicate(t)), None)
+    """The newest trace for which ``predicate`` holds (e.g. :func:`has_retry`), or None.
+
+    With ``fallbacks`` (e.g. :func:`has_hedge`): when no trace satisfies
+    ``predicate``, the newest that satisfies the first fallback, and so on;
+    the span files are read once.
+    """
+    traces = _newest_first(state_dir)
+    for wanted in (predicate, *fallbacks):
+        found = next((t for t in traces if wanted(t)), None)
+        if found is not None:
+            return found
+    return None
 
 
 class TraceLookupError(LookupError):

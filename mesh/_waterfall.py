@@ -15,7 +15,18 @@ A waterfall row per span, children under their parent ordered by start::
 
 Each attempt of a retried call (the gRPC CLIENT spans under a logical call) is its
 own row, named ``attempt N``; a failed attempt shows ``✗`` and its gRPC code,
-a cancelled one (a hedge's loser) ``⊘ CANCELLED``, the winner ``✓``.
+a cancelled one (a hedge's loser) ``⊘ CANCELLED``, the winner ``✓``. A hedge
+(a later copy of a hedged call, sent to another replica while the earlier had
+no answer or had failed: ``meshdemo.hedge.number`` 2 or more) is its own row
+too, named ``hedge N`` (the call's Nth hedge), not counted as an attempt::
+
+    client  GetUser           -           0.0 |██████████████ |   31.2 ✓
+    client   attempt 1        users-0     1.0 |██████████████ |   30.0 ⊘ CANCELLED
+    client   hedge 1          users-1    10.0 |    ██████     |   19.0 ✓
+    user      GetUser         users-1    12.0 |     █████     |   16.0 ✓
+
+The header counts retries and, when there were any, hedges apart; a hedge's
+losing copy is no error there (it lost a race, nothing failed).
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from mesh._spans import SpanRecord, Trace, TraceSummary, is_attempt, summarize
+from mesh._spans import SpanRecord, Trace, TraceSummary, is_attempt, is_hedge, summarize
 
 __all__ = [
     "ASCII",
@@ -113,8 +124,8 @@ def render_trace_list(
     """A table of traces, one row each, in the order given (``recent_traces`` is newest first).
 
     Columns: short trace id (16 hex digits, enough for ``mesh traces ID``),
-    local start time, root call, duration in ms, span count, retries, errors,
-    and the replicas that served it.
+    local start time, root call, duration in ms, span count, retries, hedges,
+    errors, and the replicas that served it.
 
     Args:
         summaries: From :func:`mesh._spans.recent_traces` or :func:`mesh._spans.summarize`.
@@ -128,7 +139,8 @@ def render_trace_list(
     if not rows:
         return "no traces yet"
     header = (
-        f"{'TRACE':<16} {'START':<8} {'CALL':<16} {'MS':>8} {'SPANS':>5} {'RETRY':>5} {'ERR':>3}"
+        f"{'TRACE':<16} {'START':<8} {'CALL':<16} {'MS':>6} {'SPANS':>5} {'RETRY':>5} "
+        f"{'HEDGE':>5} {'ERR':>3}"
     )
     room = max(0, width - len(header) - 1)
     lines = [_fit(f"{header} REPLICAS", width, glyphs)]
@@ -136,8 +148,9 @@ def render_trace_list(
         replicas = ",".join(sorted(s.replicas)) or "-"
         line = (
             f"{s.trace_id[:16]:<16} {_clock(s.start_ns):<8} "
-            f"{_fit(short_name(s.root_name), 16, glyphs):<16} {_ms(s.duration_ns):>8} "
-            f"{s.span_count:>5} {s.retries:>5} {s.errors:>3} {_fit(replicas, room, glyphs)}"
+            f"{_fit(short_name(s.root_name), 16, glyphs):<16} {_ms(s.duration_ns):>6} "
+            f"{s.span_count:>5} {s.retries:>5} {s.hedges:>5} {s.errors:>3} "
+            f"{_fit(replicas, room, glyphs)}"
         )
         lines.append(line.rstrip())
     return "\n".join(lines)
@@ -161,9 +174,12 @@ def _rows(trace: Trace) -> Iterator[_Row]:
     def walk(span: SpanRecord, depth: int, label: str, server_side: bool) -> Iterator[_Row]:
         server_side = server_side or span.kind == "SERVER"
         yield _Row(span, depth, label, server_side)
-        attempt = 0
+        attempt = hedge = 0
         for child in tree.get(span.span_id, ()):
-            if is_attempt(child):
+            if is_hedge(child):
+                hedge += 1
+                child_label = f"hedge {hedge}"
+            elif is_attempt(child):
                 attempt += 1
                 child_label = f"attempt {attempt}"
             else:
@@ -221,7 +237,10 @@ def _header(trace: Trace, glyphs: Glyphs, width: int) -> list[str]:
     when = datetime.datetime.fromtimestamp(s.start_ns / 1e9).strftime("%Y-%m-%d %H:%M:%S")
     replicas = ",".join(sorted(s.replicas)) or "-"
     title = f"trace {trace.trace_id}  {short_name(s.root_name)}  {_ms(s.duration_ns)} ms  {when}"
-    facts = f"{s.span_count} spans, {s.retries} retries, {s.errors} errors, replicas {replicas}"
+    hedges = f"{s.hedges} hedges, " if s.hedges else ""
+    facts = (
+        f"{s.span_count} spans, {s.retries} retries, {hedges}{s.errors} errors, replicas {replicas}"
+    )
     return [_fit(title, width, glyphs), _fit(facts, width, glyphs)]
 
 

@@ -25,17 +25,18 @@ from client._load import EndpointRow, LoadConfig, LoadSnapshot, LoadSummary, Ope
 LAT = LatencySummary(p50=1.25, p95=4.5, p99=9.75, max=12.0, mean=2.0)
 SLOW = LatencySummary(p50=40.0, p95=80.0, p99=123.5, max=250.0, mean=45.0)
 TWO = (
-    EndpointRow("127.0.0.2:40001", "SERVING", 2, 90, 1, 0.6, rate=55.5, ejections=0),
+    EndpointRow("127.0.0.2:40001", "SERVING", 2, 90, 1, 0.6, rate=55.5, ejections=0, outruns=3),
     EndpointRow("127.0.0.3:40002", "EJECTED", 2, 60, 2, 0.4, rate=0.0, ejections=1),
 )
 #: Five endpoints with long addresses and every troublesome width.
 FIVE = (
-    EndpointRow("[::1]:50051", "SERVING", 16, 9_999_999, 0, 0.5, rate=12345.6, ejections=0),
+    EndpointRow("[::1]:50051", "SERVING", 16, 9_999_999, 0, 0.5, rate=12345.6, ejections=0,
+                outruns=999),
     EndpointRow("127.0.0.3:50051", "UNREACHABLE", 0, 600_000, 20_000, 0.2, 0.0, 12),
     EndpointRow("[fd00:1234:5678:9abc:def0:1234:5678:9abc]:50051", "NOT_SERVING", 0, 60, 2,
                 0.1, 0.0, 3),
     EndpointRow("127.0.0.5:50051", "CONNECTING", 0, 0, 0, 0.0, 0.0, 0),
-    EndpointRow("127.0.0.6:50051", "DRAINING", 1, 123_456, 7, 0.2, 999.9, 100),
+    EndpointRow("127.0.0.6:50051", "DRAINING", 1, 123_456, 7, 0.2, 999.9, 100, 45),
 )  # fmt: skip
 LABELS = {
     "[::1]:50051": "users-0",
@@ -94,6 +95,28 @@ def test_view_names_endpoints_columns_and_figures() -> None:
                      "Achieved rps", "Late", "Last tick", "124", "failed 2",
                      "retries 5"):  # fmt: skip
         assert expected in text, expected
+
+
+def _cells(text: str, address: str) -> list[str]:
+    """The cells of the table row (or summary row) that starts with ``address``."""
+    [line] = [line for line in text.splitlines() if line.startswith(address + " ")]
+    return line.split()
+
+
+def test_outruns_have_their_own_column_and_are_not_failures() -> None:
+    text = _render(render_snapshot(_snapshot()), width=80)
+    [header] = [line for line in text.splitlines() if line.startswith("Endpoint ")]
+    assert header.split() == list(ENDPOINT_COLUMNS)
+    # SERVING, rate, share, in flight, calls, Fail 1, Out 3, Ej 0
+    assert _cells(text, "127.0.0.2:40001")[1:] == ["SERVING", "55.5", "60.0", "2", "90", "1",
+                                                   "3", "0"]  # fmt: skip
+    assert _cells(text, "127.0.0.3:40002")[6:] == ["2", "0", "1"]
+
+
+def test_rates_from_1000_per_second_drop_their_tenths() -> None:
+    text = _render(render_snapshot(_snapshot(endpoints=FIVE)), width=80)
+    assert _cells(text, "[::1]:50051")[2] == "12346"
+    assert _cells(text, "127.0.0.6:50051")[2] == "999.9"
 
 
 def test_view_before_any_endpoint_or_error() -> None:
@@ -197,7 +220,9 @@ def test_plain_progress_writes_figures_once_per_interval_and_at_the_end() -> Non
     assert status == ["t=1.0s", "t=2.1s", "t=2.2s"]
     endpoint_lines = [line for line in lines if line.startswith("  127.0.0.2:40001 ")]
     assert len(endpoint_lines) == 3
-    assert "SERVING rate=55.5/s share=60.0% calls=90 failed=1 ejected=0" in endpoint_lines[0]
+    assert endpoint_lines[0].endswith(
+        "SERVING rate=55.5/s share=60.0% calls=90 failed=1 ejected=0 outrun=3"
+    )
 
 
 def test_plain_progress_prints_events_as_they_happen() -> None:
@@ -258,6 +283,17 @@ def test_summary_shows_totals_operations_endpoints_and_seed() -> None:
                      "repeat with --seed 1234567"):  # fmt: skip
         assert expected in text, expected
     assert "Interrupted" not in text
+
+
+def test_summary_shows_outruns_apart_from_failures() -> None:
+    text = _render(render_summary(_summary()), width=80)
+    [header] = [line for line in text.splitlines() if line.startswith("Endpoint ")]
+    assert header.split()[:6] == ["Endpoint", "Calls", "Share%", "Failures", "Outruns",
+                                  "Ejections"]  # fmt: skip
+    # calls, share, failures, outruns, ejections, final state
+    assert _cells(text, "[::1]:50051")[1:] == ["9999999", "50.0", "0", "999", "0", "SERVING"]
+    assert _cells(text, "127.0.0.6:50051")[1:] == ["123456", "20.0", "7", "45", "100",
+                                                   "DRAINING"]  # fmt: skip
 
 
 def test_an_interrupted_summary_says_so() -> None:

@@ -355,5 +355,5 @@ async def test_summary_keeps_the_old_keys_and_adds_the_new_ones(clock: FakeClock
            "latency_ms", "per_endpoint", "policy", "duration", "config"}  # fmt: skip
     assert old | {"seed", "per_operation", "interrupted", "hedges", "hedges_won"} == set(document)
     row = document["per_endpoint"]["127.0.0.2:1"]
-    assert set(row) == {"calls", "share", "failures", "ejections", "final_state"}
+    assert set(row) == {"calls", "share", "failures", "ejections", "outruns", "final_state"}
     assert row["final_state"] == "SERVING"

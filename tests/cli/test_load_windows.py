@@ -31,6 +31,7 @@ class _Counters:
     calls: int = 0
     failures: int = 0
     ejected: int = 0
+    outruns: int = 0
 
 
 @dataclass
@@ -40,6 +41,7 @@ class ScriptedClient:
     * B fails every call in [1.0, 2.0) and is EJECTED (once) from 1.0 to 2.0.
     * Every call takes 50 ms in [2.0, 3.0), else 5 ms.
     * C is DRAINING in [3.0, 3.5), gone in [3.5, 4.0), then a new endpoint.
+    * Every call on C is outrun by a hedge (an outrun, not a failure).
     """
 
     start: float
@@ -74,6 +76,8 @@ class ScriptedClient:
         self.turn += 1
         counters = self.counters[address]
         counters.calls += 1
+        if address == C:
+            counters.outruns += 1
         started = self.now()
         await asyncio.sleep(0.05 if 2.0 <= started < 3.0 else 0.005)
         if address == B and 1.0 <= started < 2.0:
@@ -92,7 +96,7 @@ class ScriptedClient:
             self.counters[B].ejected = 1
         present = self._present()
         endpoints = tuple(
-            EndpointStats(a, self._state(a), 1, 0, c.calls, c.failures, c.ejected)
+            EndpointStats(a, self._state(a), 1, 0, c.calls, c.failures, c.ejected, c.outruns)
             for a, c in ((a, self.counters[a]) for a in present)
         )
         return ClientStats(endpoints=endpoints, calls=0, retries=self.retries, failures=0)
@@ -203,6 +207,11 @@ def test_an_endpoint_replaced_by_the_client_keeps_its_counts(scripted: Any) -> N
     assert sum(r.calls for r in summary.per_endpoint.values()) == summary.calls
     assert sum(r.share for r in summary.per_endpoint.values()) == pytest.approx(1.0)
     assert summary.per_endpoint[C].calls > client.counters[C].calls
+    # Outruns too, and they are not failures.
+    assert summary.per_endpoint[C].outruns == summary.per_endpoint[C].calls
+    assert summary.per_endpoint[C].failures == 0
+    assert summary.as_dict()["per_endpoint"][C]["outruns"] == summary.per_endpoint[C].outruns
+    assert summary.per_endpoint[A].outruns == 0
 
 
 def test_an_endpoint_gone_at_the_end_is_reported_removed() -> None:

@@ -235,6 +235,22 @@ def test_record_outcome_feeds_the_latency_estimate_and_counts_only_failures() ->
     assert (endpoint.failures, endpoint.stats().failures) == (1, 1)
 
 
+def test_an_outrun_copy_counts_apart_from_failures_but_still_ejects() -> None:
+    clock = FakeClock()
+    endpoint = make_endpoint("127.0.0.2:1", clock)
+    for _ in range(2):
+        endpoint.record_outcome(grpc.StatusCode.DEADLINE_EXCEEDED, 0.5, outrun=True)
+    assert endpoint.is_available()
+    assert (endpoint.failures, endpoint.outruns) == (0, 2)
+    assert endpoint.latency_estimate() == pytest.approx(0.5)  # a slow answer, learnt
+    endpoint.record_outcome(grpc.StatusCode.DEADLINE_EXCEEDED, 0.5, outrun=True)
+    assert endpoint.is_ejected()  # Three in a row, as three timeouts would.
+    stats = endpoint.stats()
+    assert (stats.failures, stats.outruns, stats.times_ejected) == (0, 3, 1)
+    endpoint.record_outcome(grpc.StatusCode.UNAVAILABLE)
+    assert (endpoint.stats().failures, endpoint.stats().outruns) == (1, 3)
+
+
 # --- health -----------------------------------------------------------------------------------
 
 

@@ -291,7 +291,11 @@ async def test_a_replica_outrun_by_hedges_again_and_again_is_ejected() -> None:
             await asyncio.wait_for(client.get_user("u"), 5)
         [stalled] = [e for e in client.stats().endpoints if e.address == s]
         assert stalled.state == "EJECTED"
-        assert stalled.failures == 3
+        # Outrun, not failed: no call failed, though the outruns ejected it.
+        assert (stalled.outruns, stalled.failures) == (3, 0)
+        assert [(e.outruns, e.failures) for e in client.stats().endpoints if e.address == q] == [
+            (0, 0)
+        ]
         await eventually(lambda: slow.cancelled == 3)
         calls = slow.calls
         await asyncio.wait_for(client.get_user("u"), 5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ from mesh._spans import (
     TraceLookupError,
     find_trace,
     group_traces,
+    has_hedge,
     has_retry,
+    is_hedge,
     load_trace,
     read_spans,
     recent_traces,
@@ -73,6 +76,37 @@ def retried_get(trace_id: str = "a" * 32, start_ms: int = 0) -> list[SpanRecord]
         span("store.get_user", "5", "4", kind="CLIENT", start_ms=start_ms + 13,
              end_ms=start_ms + 20, service="meshdemo-user-service", instance="users-1",
              attributes={"db.system": "sqlite"}, trace_id=trace_id),
+    ]  # fmt: skip
+
+
+def hedged_get(trace_id: str = "c" * 32, start_ms: int = 0) -> list[SpanRecord]:
+    """A GetUser whose first copy, on a slow users-0, was outrun by a hedge to users-1.
+
+    As the client records it: both copies carry ``meshdemo.hedge.number``, the
+    loser ends CANCELLED (ERROR) with ``meshdemo.hedge.cancelled``, the logical
+    span has a ``hedge`` event and no ``retry`` event.
+    """
+    hedge = SpanEvent("hedge", 0, {"meshdemo.hedge.number": 2})
+    first = {
+        **GRPC,
+        "meshdemo.hedge.number": 1,
+        "rpc.grpc.status_code": 1,
+        "meshdemo.cancelled": True,
+        "meshdemo.hedge.cancelled": True,
+    }
+    second = {**GRPC, "meshdemo.hedge.number": 2, "rpc.grpc.status_code": 0}
+    return [
+        span("GetUser logical", "1", start_ms=start_ms, end_ms=start_ms + 30, events=(hedge,),
+             trace_id=trace_id),
+        span("/GetUser", "2", "1", kind="CLIENT", start_ms=start_ms + 1, end_ms=start_ms + 29,
+             status="ERROR", attributes=first, trace_id=trace_id),
+        span("GetUser", "3", "2", kind="SERVER", start_ms=start_ms + 2, end_ms=start_ms + 29,
+             service="meshdemo-user-service", instance="users-0", trace_id=trace_id,
+             attributes={"rpc.grpc.status_code": 1}),
+        span("/GetUser", "4", "1", kind="CLIENT", start_ms=start_ms + 11, end_ms=start_ms + 28,
+             attributes=second, trace_id=trace_id),
+        span("GetUser", "5", "4", kind="SERVER", start_ms=start_ms + 12, end_ms=start_ms + 27,
+             service="meshdemo-user-service", instance="users-1", trace_id=trace_id),
     ]  # fmt: skip
 
 
@@ -135,6 +169,48 @@ def test_summary_of_a_retried_call() -> None:
     assert has_retry(trace)
 
 
+def test_a_hedged_call_counts_a_hedge_not_a_retry_nor_an_error() -> None:
+    [trace] = group_traces(hedged_get()).values()
+    summary = summarize(trace)
+    assert (summary.retries, summary.hedges) == (0, 1)
+    assert summary.errors == 0  # The cancelled loser lost a race: nothing failed.
+    assert summary.replicas == {"users-0", "users-1"}
+    assert has_hedge(trace)
+    assert not has_retry(trace)
+    assert [is_hedge(s) for s in trace.spans] == [False, False, False, True, False]
+    # The retried call is the other way round.
+    [retried] = group_traces(retried_get()).values()
+    assert (summarize(retried).retries, summarize(retried).hedges) == (1, 0)
+    assert not has_hedge(retried)
+
+
+def test_a_hedge_after_a_failed_copy_is_a_hedge_and_the_failure_an_error() -> None:
+    spans = hedged_get()
+    failed = {**GRPC, "meshdemo.hedge.number": 1, "rpc.grpc.status_code": 14}
+    spans[1] = replace(spans[1], end_ns=spans[1].start_ns + 5 * MS, attributes=failed)
+    [trace] = group_traces([s for s in spans if s.span_id != "3".rjust(16, "0")]).values()
+    summary = summarize(trace)
+    assert (summary.retries, summary.hedges, summary.errors) == (0, 1, 1)
+
+
+def test_hedge_events_count_when_copy_spans_are_missing() -> None:
+    hedges = tuple(SpanEvent("hedge", 0, {"meshdemo.hedge.number": n}) for n in (2, 3))
+    [trace] = group_traces([span("GetUser logical", "1", events=hedges)]).values()
+    assert (summarize(trace).hedges, summarize(trace).retries) == (2, 0)
+
+
+def test_a_retried_stream_whose_first_responses_were_hedged_counts_both() -> None:
+    """ListUsers: each attempt of the retry loop is a first copy (number 1), hedged again."""
+    copy = [{**GRPC, "meshdemo.hedge.number": n} for n in (1, 2, 1)]
+    spans = [
+        span("ListUsers logical", "1", events=(SpanEvent("retry", 0), SpanEvent("hedge", 0))),
+        *(span("/ListUsers", f"{n + 2}", "1", kind="CLIENT", start_ms=n, attributes=a)
+          for n, a in enumerate(copy)),
+    ]  # fmt: skip
+    [trace] = group_traces(spans).values()
+    assert (summarize(trace).retries, summarize(trace).hedges) == (1, 1)
+
+
 def test_retry_events_count_when_attempt_spans_are_missing() -> None:
     retries = tuple(SpanEvent("retry", 0, {"retry": n}) for n in (1, 2))
     [trace] = group_traces([span("GetUser logical", "1", events=retries)]).values()
@@ -174,11 +250,19 @@ def test_recent_find_and_load(tmp_path: Path) -> None:
     store.append(retried_get("1" * 32, start_ms=0))
     store.append([span("plain", "9", trace_id="2" * 32, start_ms=100, end_ms=110)])
     store.append([span("plain", "8", trace_id="3" * 32, start_ms=200, end_ms=210)])
-    assert [s.trace_id[0] for s in recent_traces(tmp_path)] == ["3", "2", "1"]
-    assert [s.trace_id[0] for s in recent_traces(tmp_path, limit=2)] == ["3", "2"]
+    store.append(hedged_get("4" * 32, start_ms=150))
+    assert [s.trace_id[0] for s in recent_traces(tmp_path)] == ["3", "4", "2", "1"]
+    assert [s.trace_id[0] for s in recent_traces(tmp_path, limit=2)] == ["3", "4"]
     found = find_trace(tmp_path, has_retry)
     assert found is not None
-    assert found.trace_id == "1" * 32
+    assert found.trace_id == "1" * 32  # Not the newer hedged one.
+    hedged = find_trace(tmp_path, has_hedge)
+    assert hedged is not None
+    assert hedged.trace_id == "4" * 32
+    # Fallbacks in order: the first predicate that any trace satisfies wins.
+    assert find_trace(tmp_path, has_retry, has_hedge) == found
+    assert find_trace(tmp_path, lambda t: False, has_hedge) == hedged
+    assert find_trace(tmp_path, lambda t: False, lambda t: False) is None
     assert find_trace(tmp_path, lambda t: False) is None
     assert load_trace(tmp_path, "22").trace_id == "2" * 32
     assert load_trace(tmp_path, "3" * 32).trace_id == "3" * 32
