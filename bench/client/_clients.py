@@ -23,6 +23,7 @@ from meshdemo.v1 import user_pb2, user_pb2_grpc
 
 __all__ = [
     "BASELINE",
+    "BASELINE_HEALTHY_ONLY",
     "OURS",
     "OURS_LEAST_CONN",
     "OURS_NO_HEDGING",
@@ -42,6 +43,9 @@ OURS_PEAK_EWMA = "ours_peak_ewma"
 #: Ours with the default policy and hedging off: what hedging itself buys.
 OURS_NO_HEDGING = "ours_no_hedging"
 BASELINE = "baseline"
+#: The baseline dialling only the replicas that are healthy (a static target): what a
+#: client that never sent a call to a slow one would see, the floor of a comparison.
+BASELINE_HEALTHY_ONLY = "baseline_healthy_only"
 #: The two sides of every comparison.
 SIDES = (OURS, BASELINE)
 
@@ -179,6 +183,7 @@ _OPENERS: dict[str, Callable[[str, str], AbstractAsyncContextManager[GetUser]]] 
     OURS_PEAK_EWMA: _ours_peak_ewma,
     OURS_NO_HEDGING: _ours_no_hedging,
     BASELINE: _baseline,
+    BASELINE_HEALTHY_ONLY: _baseline,
 }
 
 

@@ -64,8 +64,11 @@ async def measure(
     *,
     call_timeout: float,
     warmup_calls: int,
+    target: str | None = None,
 ) -> dict[str, Any]:
     """Open ``side``'s client, warm it up, run ``run`` with its GetUser; the figures.
+
+    The client dials ``target``, the cluster's DNS name unless given.
 
     Figures: the loop's summary, plus ``per_replica`` (GetUser calls each replica
     served during the loop, retries and hedges included), their ``share`` and the
@@ -73,7 +76,7 @@ async def measure(
     client also ``hedges`` and ``hedges_won`` during the loop and ``hedge_share``
     (hedges per call).
     """
-    async with open_client(side, cluster.target, reader_token()) as get_user:
+    async with open_client(side, target or cluster.target, reader_token()) as get_user:
 
         async def call() -> object:
             return await get_user(cluster.random_user_id(), call_timeout)

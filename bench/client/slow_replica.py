@@ -11,7 +11,10 @@ light load nothing queues and it is close to random); peak_ewma compares
 latency itself; a hedge sends a second copy elsewhere after the hedge delay.
 Sides: our defaults, least_conn named, peak_ewma, our defaults with hedging
 off, and the baseline (goal: defaults and least_conn at most 0.2 of the
-baseline's p99).
+baseline's p99). One more side gives the floor: the baseline dialling only the
+two healthy replicas (a static ``ipv4:`` target), i.e. a client that never sent
+the slow one a call and added no cost of its own. When the floor's own ratio is
+above 0.2, the healthy replicas' tail on this machine, not the client, decides.
 
 (An earlier version ran a closed loop of 16 workers: there the fast
 replicas' own queueing latency was a third of the slow one's, so no policy
@@ -22,11 +25,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.client._clients import BASELINE, OURS, OURS_PEAK_EWMA
+from bench.client._clients import BASELINE, BASELINE_HEALTHY_ONLY, OURS, OURS_PEAK_EWMA
 from bench.client._cluster import HOSTS, Cluster
 from bench.client._compare import Bounds, alternate, measure, medians
 from bench.client._loop import Call, LoopResult, open_loop
-from bench.client._report import row
+from bench.client._report import ratio, row
 from bench.client.throttle import SIDES, hedged_result
 
 __all__ = ["fault_delay", "slow_replica"]
@@ -53,6 +56,7 @@ async def slow_replica(cluster: Cluster, bounds: Bounds) -> dict[str, Any]:
         replica is healthy again afterwards.
     """
     slow = HOSTS[0]
+    healthy_only = "ipv4:" + ",".join(f"{host}:{cluster.port}" for host in HOSTS[1:])
 
     async def run(call: Call) -> LoopResult:
         return await open_loop(
@@ -61,7 +65,12 @@ async def slow_replica(cluster: Cluster, bounds: Bounds) -> dict[str, Any]:
 
     async def side(name: str) -> dict[str, Any]:
         figures = await measure(
-            cluster, name, run, call_timeout=_TIMEOUT, warmup_calls=bounds.warmup_calls
+            cluster,
+            name,
+            run,
+            call_timeout=_TIMEOUT,
+            warmup_calls=bounds.warmup_calls,
+            target=healthy_only if name == BASELINE_HEALTHY_ONLY else None,
         )
         figures["slow_share"] = figures["share"].get(slow, 0.0)
         return figures
@@ -76,7 +85,7 @@ async def slow_replica(cluster: Cluster, bounds: Bounds) -> dict[str, Any]:
     delay = fault_delay(healthy["p50_ms"])
     await cluster.restart(slow, env={"MESH_FAULT_DELAY": f"{delay:.4f}"})
     try:
-        rounds = await alternate(bounds.rounds, side, SIDES)
+        rounds = await alternate(bounds.rounds, side, (*SIDES, BASELINE_HEALTHY_ONLY))
     finally:
         await cluster.restart(slow)
     return _result(rounds, delay, healthy, bounds)
@@ -85,7 +94,25 @@ async def slow_replica(cluster: Cluster, bounds: Bounds) -> dict[str, Any]:
 def _result(
     rounds: dict[str, list[dict[str, Any]]], delay: float, healthy: dict[str, Any], bounds: Bounds
 ) -> dict[str, Any]:
+    floor_rounds = rounds.pop(BASELINE_HEALTHY_ONLY)
     result = hedged_result(_NAME, rounds, bounds)
+    floor = medians({BASELINE_HEALTHY_ONLY: floor_rounds}, ["p50_ms", "p99_ms"])[
+        BASELINE_HEALTHY_ONLY
+    ]
+    base = result["median"][BASELINE]["p99_ms"]
+    result["rows"].append(
+        row(
+            _NAME,
+            "p99 latency (ms), the floor: round_robin over the two healthy replicas only",
+            floor["p99_ms"],
+            base,
+            goal="",
+            met=None,
+        )
+    )
+    result["median"][BASELINE_HEALTHY_ONLY] = floor
+    result["rounds"][BASELINE_HEALTHY_ONLY] = floor_rounds
+    result["ratio_floor"] = ratio(floor["p99_ms"], base)
     shares = medians(rounds, ["slow_share"])
     result["rows"] += [
         row(

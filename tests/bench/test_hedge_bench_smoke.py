@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.client import Bounds, Cluster, healthy_hedges, throttled
-from bench.client._clients import BASELINE, OURS
+from bench.client import Bounds, Cluster, healthy_hedges, slow_replica, throttled
+from bench.client._clients import BASELINE, BASELINE_HEALTHY_ONLY, OURS
 from bench.client._cluster import HOSTS
 from bench.client.throttle import SIDES
 
@@ -51,3 +51,19 @@ async def test_the_throttled_and_healthy_scenarios_report_hedges() -> None:
         healthy["median"][OURS]["hedge_share"] <= 0.02
         and healthy["median"]["ours_least_conn"]["hedge_share"] <= 0.02
     )
+
+
+async def test_the_slow_replica_scenario_reports_its_floor_from_the_healthy_replicas() -> None:
+    async with Cluster(seed_users=10) as cluster:
+        result = await slow_replica(cluster, TINY)
+    assert set(result["rounds"]) == {*SIDES, BASELINE_HEALTHY_ONLY}
+    (floor,) = result["rounds"][BASELINE_HEALTHY_ONLY]
+    assert floor["calls"] == floor["ok"] > 0
+    # The floor's client never dialled the slow replica; the baseline's did.
+    assert floor["per_replica"].get(HOSTS[0], 0) == 0
+    assert result["rounds"][BASELINE][0]["per_replica"].get(HOSTS[0], 0) > 0
+    base = result["median"][BASELINE]["p99_ms"]
+    assert result["ratio_floor"] == pytest.approx(floor["p99_ms"] / base)
+    assert any(r["figure"].startswith("p99 latency (ms), the floor") for r in result["rows"])
+    # The goal is judged on our sides only, never on the floor.
+    assert result["met"] == (result["ratio"] <= 0.2 and result["ratio_least_conn"] <= 0.2)
