@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 import uuid
@@ -343,6 +344,8 @@ class UserClient:
         self.target = target
         self._hedges = {m: HedgeDelay(p) for m, p in hedging_by_method(hedging).items()}
         self._hedge_counts: dict[str, list[int]] = {m: [0, 0] for m in self._hedges}
+        #: Per hedged method, what each hedge sent reports to (made once, not per call).
+        self._hedge_reports = {m: functools.partial(self._on_hedge, m) for m in self._hedges}
         self._retry = retry or RetryPolicy()
         self._deadlines = {**DEFAULT_DEADLINES, **(deadlines or {})}
         self._attempt_timeouts = {**DEFAULT_ATTEMPT_TIMEOUTS, **(attempt_timeouts or {})}
@@ -599,7 +602,7 @@ class UserClient:
             deadline=deadline,
             per_attempt_timeout=self._policy(method).per_attempt_timeout,
             clock=self._clock,
-            on_hedge=lambda number: self._on_hedge(method, number),
+            on_hedge=self._hedge_reports[method],
         )
         if won.number > 1:
             self._hedge_counts[method][1] += 1
@@ -656,7 +659,7 @@ class UserClient:
             raise AttemptFailed(err, endpoint) from err
         except asyncio.CancelledError:
             if hedge is not None and mark is not None and mark.lost:
-                hedge.observe(self._clock() - started, endpoint.address)
+                hedge.observe(self._clock() - started, endpoint)
             if mark is not None and mark.outrun and timed:
                 # A later copy outran this one by a hedge delay or more: a slow answer, like
                 # a per-attempt timeout (latency-aware pickers learn it, and several in a
@@ -676,7 +679,7 @@ class UserClient:
             await endpoint.release(lease)
         elapsed = self._clock() - started
         if hedge is not None:
-            hedge.observe(elapsed, endpoint.address)
+            hedge.observe(elapsed, endpoint)
         self.metrics.record(method, grpc.StatusCode.OK, elapsed)
         # A stream's duration is set by its reader, so it says nothing of the replica.
         endpoint.record_outcome(grpc.StatusCode.OK, elapsed if timed else None)
@@ -878,7 +881,7 @@ class UserClient:
             budget=self._budget,
             deadline=deadline,
             clock=self._clock,
-            on_hedge=lambda number: self._on_hedge("ListUsers", number),
+            on_hedge=self._hedge_reports["ListUsers"],
             new_call=False,
             discard=self._close_stream,
         )
@@ -1051,9 +1054,9 @@ async def _timed(
         result = await attempt
     except asyncio.CancelledError:
         if mark.lost:
-            hedge.observe(clock() - started, endpoint.address)
+            hedge.observe(clock() - started, endpoint)
         raise
-    hedge.observe(clock() - started, endpoint.address)
+    hedge.observe(clock() - started, endpoint)
     return result
 
 

@@ -190,10 +190,11 @@ class HedgeDelay:
     delay recomputed every 32 new ones.
     """
 
-    __slots__ = ("_policy", "_rings", "_seen", "_value")
+    __slots__ = ("_policy", "_rings", "_seen", "_value", "_warmup")
 
     def __init__(self, policy: HedgingPolicy) -> None:
         self._policy = policy
+        self._warmup = max(1, policy.warmup)
         #: Per endpoint: the sequence numbers and the latencies of its samples, oldest first.
         self._rings: dict[object, tuple[deque[int], deque[float]]] = {}
         self._seen = 0
@@ -214,7 +215,11 @@ class HedgeDelay:
         return self._value
 
     def observe(self, latency: float, endpoint: object = None) -> None:
-        """One copy's latency (seconds, from that copy's own start) on ``endpoint``."""
+        """One copy's latency (seconds, from that copy's own start) on ``endpoint``.
+
+        ``endpoint`` is any hashable key; the client passes the Endpoint itself,
+        whose identity hash is cheaper than its address's.
+        """
         policy = self._policy
         if policy.delay is not None or not (latency >= 0 and math.isfinite(latency)):
             return
@@ -224,11 +229,10 @@ class HedgeDelay:
                 deque(maxlen=policy.window),
                 deque(maxlen=policy.window),
             )
-        self._seen += 1
-        ring[0].append(self._seen)
+        seen = self._seen = self._seen + 1
+        ring[0].append(seen)
         ring[1].append(latency)
-        warmup = max(1, policy.warmup)
-        if self._seen >= warmup and (self._seen % _REFRESH == 0 or self._seen == warmup):
+        if (seen % _REFRESH == 0 or seen == self._warmup) and seen >= self._warmup:
             self._refresh()
 
     def _refresh(self) -> None:
@@ -533,7 +537,8 @@ class _FirstCopy(Generic[T]):
         if not state.hedges():
             return
         if state.sleep is asyncio.sleep:
-            self._timer = asyncio.get_running_loop().call_later(state.delay, self._fire)
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_at(loop.time() + state.delay, self._fire)
         else:  # An injected sleep (a fake clock's) runs as a task.
             timer = asyncio.ensure_future(_sleep(state.sleep, state.delay))
             timer.add_done_callback(lambda done: None if done.cancelled() else self._fire())
