@@ -8,6 +8,10 @@ Invariants:
    n-th ejection lasts ``min(base * n, max)`` seconds.
 3. Failures while ejected (calls that went anyway) do not lengthen the ejection.
 4. Re-admission is lazy: by the clock, when ``is_ejected()`` is next asked.
+5. A re-admitted endpoint is on probation until it answers: its first outlier
+   failure ejects it again at once (Finagle's and Linkerd's failure accrual
+   probe the same way), so a replica that is still dead or slow costs one
+   attempt per ejection, not ``consecutive_failures``.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ class EjectionConfig:
 
     Attributes:
         consecutive_failures: Failures in a row (UNAVAILABLE, connection failure, attempt
-            timeout) that eject the endpoint.
+            timeout) that eject the endpoint; once it was ejected, one failure before its
+            next answer ejects it again.
         base_ejection_time: Seconds of the first ejection; the n-th lasts n times as long.
         max_ejection_time: Cap on one ejection's length.
     """
@@ -66,7 +71,15 @@ class OutlierEjection:
         name: How log lines name the endpoint.
     """
 
-    __slots__ = ("_clock", "_config", "_ejected_until", "_name", "_streak", "times_ejected")
+    __slots__ = (
+        "_clock",
+        "_config",
+        "_ejected_until",
+        "_name",
+        "_probation",
+        "_streak",
+        "times_ejected",
+    )
 
     def __init__(
         self, config: EjectionConfig, clock: Callable[[], float], *, name: str = ""
@@ -77,6 +90,8 @@ class OutlierEjection:
         self._streak = 0
         #: Clock reading when the current ejection ends; None when never ejected.
         self._ejected_until: float | None = None
+        #: Ejected since its last answer: one more outlier failure ejects again (invariant 5).
+        self._probation = False
         self.times_ejected = 0
 
     def is_ejected(self) -> bool:
@@ -94,20 +109,23 @@ class OutlierEjection:
         """
         if code is _OK:  # The common case, first: an answer ends the streak.
             self._streak = 0
+            self._probation = False
             return
         answered = code is not None and code not in OUTLIER_CODES
         if answered or not outlier:
             self._streak = 0
+            self._probation = self._probation and not answered
             return
         if self.is_ejected():
             return  # Already out; calls that went anyway do not lengthen it (invariant 3).
         self._streak += 1
-        if self._streak >= self._config.consecutive_failures:
+        if self._probation or self._streak >= self._config.consecutive_failures:
             self._eject()
 
     def _eject(self) -> None:
         self.times_ejected += 1
         self._streak = 0
+        self._probation = True
         duration = self._config.ejection_time(self.times_ejected)
         self._ejected_until = self._clock() + duration
         log.info("ejected %s for %.1f s (ejection %d)", self._name, duration, self.times_ejected)

@@ -21,16 +21,56 @@ def ejection(**settings: float) -> tuple[OutlierEjection, FakeClock]:
 def test_failures_in_a_row_eject_for_a_time_growing_to_the_cap() -> None:
     out, clock = ejection(consecutive_failures=2, base_ejection_time=1.0, max_ejection_time=2.5)
     lengths = []
-    for _ in range(4):
-        out.record(UNAVAILABLE)
-        assert not out.is_ejected()
-        out.record(None)  # a connection failure counts too
+    for n in range(4):
+        if n == 0:  # The first ejection takes the whole streak...
+            out.record(UNAVAILABLE)
+            assert not out.is_ejected()
+        out.record(None)  # ...(a connection failure counts too); later ones, one failure.
+        assert out.is_ejected()
         start = clock.now
         while out.is_ejected():
             clock.advance(0.25)
         lengths.append(clock.now - start)
     assert lengths == [1.0, 2.0, 2.5, 2.5]
     assert out.times_ejected == 4
+
+
+def test_a_readmitted_endpoint_is_ejected_again_by_its_first_failure() -> None:
+    # Probation: still dead or still slow costs one attempt per ejection, not three.
+    out, clock = ejection(consecutive_failures=3, base_ejection_time=1.0)
+    for _ in range(3):
+        out.record(UNAVAILABLE)
+    assert out.is_ejected()
+    clock.advance(1.0)
+    assert not out.is_ejected()
+    out.record(grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert out.is_ejected()
+    assert out.times_ejected == 2
+
+
+@pytest.mark.parametrize("answer", [grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND])
+def test_an_answer_after_readmission_ends_the_probation(answer: grpc.StatusCode) -> None:
+    out, clock = ejection(consecutive_failures=3, base_ejection_time=1.0)
+    for _ in range(3):
+        out.record(UNAVAILABLE)
+    clock.advance(1.0)
+    out.record(answer)  # it answered: back to a full streak before the next ejection
+    out.record(UNAVAILABLE)
+    out.record(UNAVAILABLE)
+    assert not out.is_ejected()
+    out.record(UNAVAILABLE)
+    assert out.is_ejected()
+
+
+def test_a_failure_that_says_nothing_of_the_replica_keeps_the_probation() -> None:
+    out, clock = ejection(consecutive_failures=3, base_ejection_time=1.0)
+    for _ in range(3):
+        out.record(UNAVAILABLE)
+    clock.advance(1.0)
+    out.record(grpc.StatusCode.DEADLINE_EXCEEDED, outlier=False)  # the caller's own deadline
+    assert not out.is_ejected()
+    out.record(UNAVAILABLE)
+    assert out.is_ejected()
 
 
 @pytest.mark.parametrize(
