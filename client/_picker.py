@@ -130,15 +130,17 @@ class LeastConnPicker(_GroupPicker):
         # from every endpoint and keeping the pair only when both are available is
         # the same uniform pair as drawing from the available ones, and asks two
         # endpoints instead of all of them; otherwise the preference groups decide.
-        count = len(endpoints)
-        if not exclude and count >= 2:
+        if not exclude and len(endpoints) >= 2:
             a, b = self._draw(endpoints)
             if a.is_available() and b.is_available():
-                return b if self._load(b) < self._load(a) else a
+                return self._lighter(a, b)
         return super().pick(endpoints, exclude)
 
     def _choose(self, group: Sequence[C]) -> C:
-        a, b = self._draw(group)
+        return self._lighter(*self._draw(group))
+
+    def _lighter(self, a: C, b: C) -> C:
+        """The one of the two with less load; the first drawn on a tie."""
         return b if self._load(b) < self._load(a) else a
 
     def _draw(self, group: Sequence[C]) -> tuple[C, C]:
