@@ -65,6 +65,8 @@ _MAX_COPIES: Final = 5
 _REFRESH: Final = 32
 #: Latencies an endpoint needs in the window before its own percentile counts.
 _MIN_PER_ENDPOINT: Final = 10
+#: What the first copy's pick excludes.
+_NOTHING_USED: Final[frozenset[object]] = frozenset()
 
 
 def _check(ok: bool, message: str) -> None:
@@ -306,7 +308,7 @@ class _Flight:
     per_attempt_limited: bool
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Hedging(Generic[T]):
     """The state of one hedged call and what it calls; changed by one task at a time.
 
@@ -497,7 +499,7 @@ class _FirstCopy(Generic[T]):
         if timeout is not None and timeout <= 0:
             return await _loop(state)  # Nothing to run or send: the loop fails the call.
         try:
-            endpoint = await state.pick(frozenset(), timeout)
+            endpoint = await state.pick(_NOTHING_USED, timeout)
         except AttemptFailed as failed:  # Nowhere to send at all: failed before the wire.
             state.sent += 1
             state.failed(failed.error)

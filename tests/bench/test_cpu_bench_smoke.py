@@ -27,10 +27,14 @@ async def test_each_level_reports_cpu_and_rate_for_every_side() -> None:
         for side in (OURS, OURS_NO_HEDGING, BASELINE):
             assert figures["median"][side]["cpu_us_per_call"] > 0, (level, side)
             assert figures["median"][side]["rate"] > 0, (level, side)
+        hedged = figures["median"][OURS]
+        assert 0 <= hedged["hedges_won"] <= hedged["hedges"]
+        assert 0 <= hedged["hedge_share"] <= 1
         for side in (OURS, OURS_NO_HEDGING):
             ratios = figures[side]
             ok = ratios["cpu_ratio"] <= CPU_GOAL and ratios["rate_ratio"] >= RATE_GOAL
             assert ratios["met"] is ok
             verdicts.append(ok)
     assert result["met"] is all(verdicts)
-    assert len(result["rows"]) == 2 * 2 * 2  # levels x our sides x (CPU, rate)
+    # Per level: our two sides x (CPU, rate), and the defaults' hedges.
+    assert len(result["rows"]) == 2 * (2 * 2 + 1)
