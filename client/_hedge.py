@@ -557,6 +557,10 @@ class _FirstCopy(Generic[T]):
         if not self._running:
             return
         state = self._state
+        if state.budget is not None and not state.budget.can_spend():
+            # No hedge could go (rule 5): the copy goes on alone, no hedger to start.
+            state.stopped = True
+            return
         assert self._copy is not None
         flight: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         flight.add_done_callback(self._lost)

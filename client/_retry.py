@@ -296,6 +296,11 @@ class RetryBudget:
             return True
         return False
 
+    def can_spend(self) -> bool:
+        """Whether :meth:`try_spend` would take a token now (nothing is taken)."""
+        self._refill_floor()
+        return self._floor >= 1 - _EPSILON or self._saved >= 1 - _EPSILON
+
     @property
     def available(self) -> float:
         """Tokens available now (whole retries are ``floor(available)``)."""

@@ -229,8 +229,23 @@ async def test_an_empty_budget_sends_no_hedge(replicas: Replicas) -> None:
     task = await start(replicas, budget=budget)
     await replicas.clock.advance(5 * DELAY)
     assert len(replicas.sent) == 1
+    # No hedger was started either: nothing picked an endpoint for a hedge that could not go.
+    assert replicas.picks == [frozenset()]
     replicas.reply(1, "alone")
     assert await task == Won("alone", 1)
+
+
+async def test_after_an_empty_budget_at_the_delay_a_non_fatal_failure_ends_the_call(
+    replicas: Replicas,
+) -> None:
+    budget = RetryBudget(ratio=0.0, min_per_second=0.0, clock=replicas.clock)
+    task = await start(replicas, budget=budget)
+    await replicas.clock.advance(2 * DELAY)
+    replicas.reply(1, AttemptFailed(UNAVAILABLE, "a"))
+    with pytest.raises(grpc.RpcError) as raised:
+        await task
+    assert raised.value is UNAVAILABLE  # no token for another copy, then or later
+    assert len(replicas.sent) == 1
 
 
 async def test_hedges_spend_the_retry_budget_one_token_each(replicas: Replicas) -> None:

@@ -305,7 +305,22 @@ def test_floor_is_spent_before_saved_tokens() -> None:
 def test_a_zero_budget_never_allows_a_retry() -> None:
     budget = RetryBudget(ratio=0, min_per_second=0, clock=FakeClock())
     budget.on_call()
+    assert not budget.can_spend()
     assert not budget.try_spend()
+
+
+def test_can_spend_tells_what_try_spend_would_do_and_takes_nothing() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.5, min_per_second=1, clock=clock)
+    assert budget.can_spend()  # the floor's one token
+    assert budget.available == pytest.approx(1)
+    assert budget.try_spend()
+    assert not budget.can_spend()
+    budget.on_call()
+    assert not budget.can_spend()  # half a token saved: not a whole retry
+    budget.on_call()
+    assert budget.can_spend()
+    assert budget.available == pytest.approx(1)
 
 
 def test_a_clock_that_steps_back_does_not_drain_the_floor() -> None:
