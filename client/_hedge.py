@@ -204,9 +204,9 @@ class HedgeDelay:
     delay recomputed every 32 new ones, and at once when 4 of the latencies
     since the last recomputation were above it: the latencies shifted up (a
     load step), and the old delay would hedge nearly every call until the next
-    regular recomputation. An early recomputation that did not raise the delay
-    (one slow replica, which the median ignores) turns this off until the next
-    regular one, so it costs at most one recomputation more per 32 latencies.
+    regular recomputation. An endpoint whose own percentile was above the delay
+    at the last recomputation (a slow replica, which the median ignores) is
+    slow as expected: its latencies do not count towards that.
 
     Then a back-off factor ``m >= 1`` multiplies the adaptive delay, never above
     ``max_delay``: :meth:`hedged` multiplies it by 1.1 per hedged call whose
@@ -227,6 +227,7 @@ class HedgeDelay:
         "_policy",
         "_rings",
         "_seen",
+        "_slow",
         "_value",
         "_warmup",
     )
@@ -243,8 +244,9 @@ class HedgeDelay:
         self._backoff = 1.0
         self._limit = 1.0
         #: A latency above this counts towards an early recomputation (none before
-        #: warm-up, nor after an early one that did not raise the delay).
+        #: warm-up), unless its endpoint is in ``_slow``.
         self._bar = math.inf
+        self._slow: frozenset[object] = frozenset()
         #: Latencies above ``_bar`` since the last recomputation.
         self._over = 0
         self._value = policy.delay if policy.delay is not None else policy.max_delay
@@ -288,10 +290,10 @@ class HedgeDelay:
         ring[1].append(latency)
         if (seen % _REFRESH == 0 or seen == self._warmup) and seen >= self._warmup:
             self._refresh()
-        elif latency > self._bar:
+        elif latency > self._bar and endpoint not in self._slow:
             self._over += 1
             if self._over >= _SHIFT:
-                self._refresh_early()
+                self._refresh()  # The latencies shifted up: do not wait for the period.
 
     def hedged(self, won: bool) -> None:
         """A call that sent at least one hedge ended OK; ``won``: a copy after the first won.
@@ -304,12 +306,6 @@ class HedgeDelay:
         self._backoff = min(max(factor, 1.0), self._limit)
         self._apply()
 
-    def _refresh_early(self) -> None:
-        before = self._adaptive
-        self._refresh()
-        if not self._adaptive > before:
-            self._bar = math.inf  # Not a shift up: wait for the regular recomputation.
-
     def _refresh(self) -> None:
         policy = self._policy
         oldest = self._seen - policy.window  # Samples numbered up to this left the window.
@@ -320,9 +316,10 @@ class HedgeDelay:
                 latencies.popleft()
             if not numbers:
                 del self._rings[endpoint]
-        everyone = [latencies for _, latencies in self._rings.values()]
-        groups = [g for g in everyone if len(g) >= _MIN_PER_ENDPOINT] or everyone
-        ranked = sorted(exact_percentile(g, policy.percentile) for g in groups)
+        everyone = [(endpoint, ring[1]) for endpoint, ring in self._rings.items()]
+        groups = [(e, g) for e, g in everyone if len(g) >= _MIN_PER_ENDPOINT] or everyone
+        own = [(exact_percentile(g, policy.percentile), e) for e, g in groups]
+        ranked = sorted(percentile for percentile, _ in own)
         raw = ranked[(len(ranked) - 1) // 2]
         # Above the cap the typical replica itself is slow (overload everywhere): a copy
         # would only add load, so no hedge until it is back under (failures still are).
@@ -332,7 +329,8 @@ class HedgeDelay:
             self._adaptive = max(raw, policy.min_delay)
             self._limit = policy.max_delay / self._adaptive
             self._backoff = min(self._backoff, self._limit)
-        self._bar = self._adaptive
+        bar = self._bar = self._adaptive
+        self._slow = frozenset(e for percentile, e in own if percentile > bar)
         self._over = 0
         self._apply()
 
