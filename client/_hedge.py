@@ -204,9 +204,9 @@ class HedgeDelay:
     delay recomputed every 32 new ones, and at once when 4 of the latencies
     since the last recomputation were above it: the latencies shifted up (a
     load step), and the old delay would hedge nearly every call until the next
-    regular recomputation. An endpoint whose own percentile was above the delay
-    at the last recomputation (a slow replica, which the median ignores) is
-    slow as expected: its latencies do not count towards that.
+    regular recomputation. An endpoint whose own median was above the delay at
+    the last recomputation (a slow replica, which the median over endpoints
+    ignores) is slow as expected: its latencies do not count towards that.
 
     Then a back-off factor ``m >= 1`` multiplies the adaptive delay, never above
     ``max_delay``: :meth:`hedged` multiplies it by 1.1 per hedged call whose
@@ -244,7 +244,7 @@ class HedgeDelay:
         self._backoff = 1.0
         self._limit = 1.0
         #: A latency above this counts towards an early recomputation (none before
-        #: warm-up), unless its endpoint is in ``_slow``.
+        #: warm-up), unless its endpoint is in ``_slow`` (median above it).
         self._bar = math.inf
         self._slow: frozenset[object] = frozenset()
         #: Latencies above ``_bar`` since the last recomputation.
@@ -318,8 +318,12 @@ class HedgeDelay:
                 del self._rings[endpoint]
         everyone = [(endpoint, ring[1]) for endpoint, ring in self._rings.items()]
         groups = [(e, g) for e, g in everyone if len(g) >= _MIN_PER_ENDPOINT] or everyone
-        own = [(exact_percentile(g, policy.percentile), e) for e, g in groups]
-        ranked = sorted(percentile for percentile, _ in own)
+        own: list[tuple[float, float, object]] = []  # Percentile, median, endpoint.
+        for endpoint, latencies in groups:
+            ordered = sorted(latencies)  # Sorted again inside: a pass over a sorted run.
+            median = ordered[(len(ordered) - 1) // 2]
+            own.append((exact_percentile(ordered, policy.percentile), median, endpoint))
+        ranked = sorted(percentile for percentile, _, _ in own)
         raw = ranked[(len(ranked) - 1) // 2]
         # Above the cap the typical replica itself is slow (overload everywhere): a copy
         # would only add load, so no hedge until it is back under (failures still are).
@@ -330,7 +334,8 @@ class HedgeDelay:
             self._limit = policy.max_delay / self._adaptive
             self._backoff = min(self._backoff, self._limit)
         bar = self._bar = self._adaptive
-        self._slow = frozenset(e for percentile, e in own if percentile > bar)
+        # Most of a slow replica's latencies are above the delay, as expected: not a shift.
+        self._slow = frozenset(e for _, median, e in own if median > bar)
         self._over = 0
         self._apply()
 
