@@ -70,7 +70,8 @@ _REFRESH: Final = 32
 _MIN_PER_ENDPOINT: Final = 10
 #: Latencies above the delay, since the last recomputation, that mean the latencies
 #: shifted: recompute at once. A p99 lets through 0.32 of 32 on average; 4 or more
-#: of the 31 before a regular recomputation, once in about 4000 periods.
+#: of the 31 before a regular recomputation, once in about 4000 periods (an exact
+#: p99's; the window's estimate, about once in 1000).
 _SHIFT: Final = 4
 #: The hedged calls' target share whose hedge won, where the back-off factor holds still.
 _TARGET_WINS: Final = 0.1
