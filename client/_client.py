@@ -134,14 +134,11 @@ class HedgeStats:
         sent: Copies sent after the first (each took a retry budget token).
         won: Calls whose answer came from such a copy.
         delay: The hedge delay now, in seconds.
-        backoff: The factor on the adaptive delay from hedges that lost their race
-            (1: none; see docs/hedging.md, "The delay"); 1 for a fixed delay.
     """
 
     sent: int
     won: int
     delay: float
-    backoff: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,9 +413,7 @@ class UserClient:
             hedges=sum(sent for sent, _ in self._hedge_counts.values()),
             hedges_won=sum(won for _, won in self._hedge_counts.values()),
             hedging={
-                method: HedgeStats(
-                    sent, won, self._hedges[method].current(), self._hedges[method].backoff
-                )
+                method: HedgeStats(sent, won, self._hedges[method].current())
                 for method, (sent, won) in sorted(self._hedge_counts.items())
             },
         )
@@ -609,15 +604,9 @@ class UserClient:
             clock=self._clock,
             on_hedge=self._hedge_reports[method],
         )
-        if won.sent > 1:
-            self._hedged_call_ended(method, hedge, won.number > 1)
-        return won.value
-
-    def _hedged_call_ended(self, method: str, hedge: HedgeDelay, won: bool) -> None:
-        """A call that sent a hedge ended OK: count a win, and move the delay's back-off."""
-        if won:
+        if won.number > 1:
             self._hedge_counts[method][1] += 1
-        hedge.hedged(won)
+        return won.value
 
     def _on_hedge(self, method: str, number: int) -> None:
         self._hedge_counts[method][0] += 1
@@ -896,8 +885,8 @@ class UserClient:
             new_call=False,
             discard=self._close_stream,
         )
-        if won.sent > 1:
-            self._hedged_call_ended("ListUsers", hedge, won.number > 1)
+        if won.number > 1:
+            self._hedge_counts["ListUsers"][1] += 1
         await self._read_listing(won.value, cursor, queue)
 
     async def _open_stream(

@@ -25,9 +25,8 @@ The delay is fixed, or adaptive (:class:`HedgeDelay`): a high percentile of
 the method's recent latencies on a typical endpoint, clamped to ``[min_delay,
 max_delay]``, and ``max_delay`` until ``warmup`` latencies were seen, so a
 cold client does not hedge everything. It is recomputed at once when a few
-latencies since the last recomputation were above it (the latencies shifted),
-and multiplied by a back-off factor that grows while hedges lose their races
-and shrinks when they win. Time comes through seams (``clock``, ``sleep``) so
+latencies since the last recomputation were above it (the latencies shifted).
+Time comes through seams (``clock``, ``sleep``) so
 tests drive the exact timing with a fake clock.
 """
 
@@ -75,13 +74,6 @@ _NOTHING_USED: Final[frozenset[object]] = frozenset()
 #: of the 31 before a regular recomputation, once in about 4000 periods (an exact
 #: p99's; the window's estimate, about once in 1000).
 _SHIFT: Final = 4
-#: The hedged calls' target share whose hedge won, where the back-off factor holds still.
-_TARGET_WINS: Final = 0.1
-#: The back-off factor's growth per hedged call whose hedges all lost.
-_GROW: Final = 1.1
-#: Its shrinkage per hedged call a hedge won: ``(1 - target) ln(grow) = target ln(shrink)``,
-#: so one win per nine losses leaves it where it was (1.1**9, about 2.36).
-_SHRINK: Final = math.exp((1 - _TARGET_WINS) / _TARGET_WINS * math.log(_GROW))
 
 
 def _check(ok: bool, message: str) -> None:
@@ -210,22 +202,10 @@ class HedgeDelay:
     regular recomputation. An endpoint whose own median was above the delay at
     the last recomputation (a slow replica, which the median over endpoints
     ignores) is slow as expected: its latencies do not count towards that.
-
-    Then a back-off factor ``m >= 1`` multiplies the adaptive delay, never above
-    ``max_delay``: :meth:`hedged` multiplies it by 1.1 per hedged call whose
-    hedges all lost, and divides it by 1.1**9 (about 2.36) per one a hedge won,
-    so it holds still where one hedged call in ten is won. When every replica
-    queues alike (a saturated client), hedges at the p99 never win and only add
-    load: the factor takes the delay up to ``max_delay``. While the adaptive
-    delay is ``inf`` the delay stays ``inf``. A fixed delay is the caller's
-    choice and none of this applies to it.
     """
 
     __slots__ = (
-        "_adaptive",
-        "_backoff",
         "_bar",
-        "_limit",
         "_over",
         "_policy",
         "_rings",
@@ -241,11 +221,6 @@ class HedgeDelay:
         #: Per endpoint: the sequence numbers and the latencies of its samples, oldest first.
         self._rings: dict[object, tuple[deque[int], deque[float]]] = {}
         self._seen = 0
-        #: The adaptive delay before the back-off (``max_delay`` during warm-up).
-        self._adaptive = policy.max_delay
-        #: The back-off factor, and its cap (where the delay reaches ``max_delay``).
-        self._backoff = 1.0
-        self._limit = 1.0
         #: A latency above this counts towards an early recomputation (none before
         #: warm-up), unless its endpoint is in ``_slow`` (median above it).
         self._bar = math.inf
@@ -263,11 +238,6 @@ class HedgeDelay:
     def seen(self) -> int:
         """Latencies observed so far."""
         return self._seen
-
-    @property
-    def backoff(self) -> float:
-        """The factor on the adaptive delay from hedges that lost (1: none; 1 when fixed)."""
-        return self._backoff
 
     def current(self) -> float:
         """Seconds to wait, now, before the next copy of a call of this method."""
@@ -298,17 +268,6 @@ class HedgeDelay:
             if self._over >= _SHIFT:
                 self._refresh()  # The latencies shifted up: do not wait for the period.
 
-    def hedged(self, won: bool) -> None:
-        """A call that sent at least one hedge ended OK; ``won``: a copy after the first won.
-
-        Moves the back-off factor (see the class); nothing for a fixed delay.
-        """
-        if self._policy.delay is not None:
-            return
-        factor = self._backoff / _SHRINK if won else self._backoff * _GROW
-        self._backoff = min(max(factor, 1.0), self._limit)
-        self._apply()
-
     def _refresh(self) -> None:
         policy = self._policy
         oldest = self._seen - policy.window  # Samples numbered up to this left the window.
@@ -330,32 +289,15 @@ class HedgeDelay:
         raw = ranked[(len(ranked) - 1) // 2]
         # Above the cap the typical replica itself is slow (overload everywhere): a copy
         # would only add load, so no hedge until it is back under (failures still are).
-        if raw > policy.max_delay:
-            self._adaptive = math.inf
-        else:
-            self._adaptive = max(raw, policy.min_delay)
-            self._limit = policy.max_delay / self._adaptive
-            self._backoff = min(self._backoff, self._limit)
-        bar = self._bar = self._adaptive
+        value = math.inf if raw > policy.max_delay else max(raw, policy.min_delay)
+        bar = self._value = self._bar = value
         # Most of a slow replica's latencies are above the delay, as expected: not a shift.
         self._slow = frozenset(e for _, median, e in own if median > bar)
         self._over = 0
-        self._apply()
-
-    def _apply(self) -> None:
-        """Set the delay ``current()`` reads: the adaptive one times the back-off, capped."""
-        adaptive = self._adaptive
-        if math.isinf(adaptive):
-            self._value = adaptive
-        else:
-            self._value = min(adaptive * self._backoff, self._policy.max_delay)
 
     def __repr__(self) -> str:
         kind = "adaptive" if self._policy.adaptive else "fixed"
-        return (
-            f"<HedgeDelay {kind} {self._value * 1000:.2f} ms seen={self._seen}"
-            f" backoff={self._backoff:.2f}>"
-        )
+        return f"<HedgeDelay {kind} {self._value * 1000:.2f} ms seen={self._seen}>"
 
 
 @dataclass(slots=True)
@@ -389,18 +331,10 @@ class Copy:
 
 @dataclass(frozen=True, slots=True)
 class Won(Generic[T]):
-    """The winning copy's result and number, and how many copies were sent.
-
-    Attributes:
-        value: the winning copy's result.
-        number: the winning copy's number (1: the first copy won).
-        sent: copies sent in all, the winner's included (1: no hedge was sent); not
-            compared: two outcomes are equal when their value and number are.
-    """
+    """The winning copy's result and number (1: the first copy won, no hedge needed)."""
 
     value: T
     number: int
-    sent: int = field(default=1, compare=False)
 
 
 Pick = Callable[[frozenset[object], float | None], Awaitable[object]]
@@ -769,7 +703,7 @@ def _settle(state: _Hedging[T], done: set[asyncio.Future[Any]]) -> Won[T] | None
         flight = state.flights.pop(future)
         error = future.exception()
         if error is None:
-            return Won(future.result(), flight.copy.number, state.sent)
+            return Won(future.result(), flight.copy.number)
         state.ended(error, flight.per_attempt_limited)
     return None
 
