@@ -12,8 +12,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-# What the image runs, from pyproject's package list; bench/ is left out (it needs the source
-# tree and the test helpers, not a cluster). README is the wheel's long description.
+# What the image runs, from pyproject's package list; bench/ is left out (benchmarks run on a
+# developer's machine against local replicas, not in a pod). README is the wheel's long description.
 COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY client/ client/

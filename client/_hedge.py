@@ -26,8 +26,8 @@ the method's recent latencies on a typical endpoint, clamped to ``[min_delay,
 max_delay]``, and ``max_delay`` until ``warmup`` latencies were seen, so a
 cold client does not hedge everything. It is recomputed at once when a few
 latencies since the last recomputation were above it (the latencies shifted).
-Time comes through seams (``clock``, ``sleep``) so
-tests drive the exact timing with a fake clock.
+Time comes through seams (``clock``, ``sleep``) so tests drive the exact
+timing with a fake clock.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from typing import Any, Final, Generic, TypeVar
 import grpc
 
 from ._errors import rpc_code
-from ._histogram import exact_percentile
+from ._histogram import percentile_of_sorted
 from ._retry import AttemptFailed, RetryBudget, is_local_transport_failure, pushback_delay
 
 __all__ = [
@@ -282,9 +282,9 @@ class HedgeDelay:
         groups = [(e, g) for e, g in everyone if len(g) >= _MIN_PER_ENDPOINT] or everyone
         own: list[tuple[float, float, object]] = []  # Percentile, median, endpoint.
         for endpoint, latencies in groups:
-            ordered = sorted(latencies)  # Sorted again inside: a pass over a sorted run.
-            median = ordered[(len(ordered) - 1) // 2]
-            own.append((exact_percentile(ordered, policy.percentile), median, endpoint))
+            ordered = sorted(latencies)
+            percentile = percentile_of_sorted(ordered, policy.percentile)
+            own.append((percentile, percentile_of_sorted(ordered, 0.5), endpoint))
         ranked = sorted(percentile for percentile, _, _ in own)
         raw = ranked[(len(ranked) - 1) // 2]
         # Above the cap the typical replica itself is slow (overload everywhere): a copy

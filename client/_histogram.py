@@ -16,10 +16,16 @@ can only move them closer to the true sample.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["DEFAULT_RELATIVE_ERROR", "LatencyHistogram", "LatencySummary", "exact_percentile"]
+__all__ = [
+    "DEFAULT_RELATIVE_ERROR",
+    "LatencyHistogram",
+    "LatencySummary",
+    "exact_percentile",
+    "percentile_of_sorted",
+]
 
 #: Relative error of every reported percentile, unless told otherwise.
 DEFAULT_RELATIVE_ERROR = 0.01
@@ -54,7 +60,15 @@ def exact_percentile(values: Iterable[float], q: float) -> float:
     Raises:
         ValueError: ``values`` is empty or ``q`` is outside (0, 1].
     """
-    ordered = sorted(values)
+    return percentile_of_sorted(sorted(values), q)
+
+
+def percentile_of_sorted(ordered: Sequence[float], q: float) -> float:
+    """:func:`exact_percentile` of values already in ascending order (no sort of its own).
+
+    Raises:
+        ValueError: ``ordered`` is empty or ``q`` is outside (0, 1].
+    """
     if not ordered:
         raise ValueError("no values")
     return ordered[_rank(q, len(ordered)) - 1]

@@ -287,14 +287,13 @@ class RetryBudget:
 
     def try_spend(self) -> bool:
         """Take one token for one retry; ``False`` (and nothing taken) when none is left."""
-        self._refill_floor()
-        if self._floor >= 1 - _EPSILON:
+        if not self.can_spend():
+            return False
+        if self._floor >= 1 - _EPSILON:  # The floor's tokens go first.
             self._floor = max(0.0, self._floor - 1)
-            return True
-        if self._saved >= 1 - _EPSILON:
+        else:
             self._saved = max(0.0, self._saved - 1)
-            return True
-        return False
+        return True
 
     def can_spend(self) -> bool:
         """Whether :meth:`try_spend` would take a token now (nothing is taken)."""

@@ -41,9 +41,6 @@ def adaptive(delay: float) -> HedgeDelay:
     return hedge
 
 
-# 1. The early recomputation.
-
-
 def test_a_step_up_is_followed_after_four_latencies_not_thirty_two(
     refreshes: list[int],
 ) -> None:
@@ -89,7 +86,7 @@ def test_a_stationary_tail_recomputes_on_schedule(refreshes: list[int]) -> None:
 
 def test_a_slow_endpoint_does_not_trigger_early_recomputations(refreshes: list[int]) -> None:
     # One replica of three 10x slower: nearly all its latencies are above the delay,
-    # but its own p99 is above it too, and the median ignores it.
+    # but so is its own median, so they say nothing of a shift (the median ignores it).
     rng = random.Random(5)
     hedge = HedgeDelay(HedgingPolicy())
     endpoints = [object() for _ in range(3)]
