@@ -219,8 +219,9 @@ class ChannelPool:
         self._opened = 0
         self.in_flight = 0
         self.total_calls = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        #: Set when the last call ends, made only by a drain that has calls to wait for
+        #: (so that a lease costs no event).
+        self._idle: asyncio.Event | None = None
         #: No new lease: set by :meth:`start_draining` or :meth:`close`, never cleared.
         self.draining = False
         self._closed = False
@@ -289,8 +290,11 @@ class ChannelPool:
     async def drain(self, grace: float) -> None:
         """Take no new lease; close the channels when the last call ends or after ``grace``."""
         self.start_draining()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), grace)
+        if self.in_flight:  # No new lease from here on: the count only goes down.
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
         await self.close()
 
     async def close(self) -> None:
@@ -365,7 +369,6 @@ class ChannelPool:
         best.in_flight += 1
         self.in_flight += 1
         self.total_calls += 1
-        self._idle.clear()
         return best
 
     def _give_back(self, pooled: _PooledChannel) -> None:
@@ -375,7 +378,7 @@ class ChannelPool:
         assert self.in_flight >= 0, f"endpoint in-flight went negative on {self._address}"
         if pooled.in_flight == 0:
             pooled.idle_since = self._clock()
-        if self.in_flight == 0:
+        if self.in_flight == 0 and self._idle is not None:
             self._idle.set()
 
     def _ensure_min_channels(self) -> None:

@@ -45,7 +45,7 @@ from client._endpoint import (
     PoolConfig,
 )
 from client._errors import from_rpc_error
-from client._hedge import Copy, HedgeDelay, HedgeMark, HedgingPolicy, call_with_hedging
+from client._hedge import Copy, HedgeDelay, HedgeMark, HedgingPolicy, Won, call_with_hedging
 from client._interceptors import (
     ATTEMPT_HEDGE,
     ATTEMPT_PEER,
@@ -559,12 +559,15 @@ class UserClient:
         self._calls += 1
         hedge = self._hedges.get(method) if idempotent and timed and attempt is None else None
 
-        async def one_attempt(spec: Attempt) -> T:
-            return await self._attempt(method, invoke, spec, deadline, timed)
+        def one_attempt(spec: Attempt) -> Awaitable[T]:
+            return self._attempt(method, invoke, spec, deadline, timed)  # no frame of its own
 
         try:
             if hedge is not None:
-                return await self._hedged(method, hedge, invoke, deadline)
+                won = await self._hedged(method, hedge, invoke, deadline)
+                if won.number > 1:
+                    self._hedge_counts[method][1] += 1
+                return won.value
             return await call_with_retries(
                 attempt or one_attempt,
                 policy=self._policy(method),
@@ -579,21 +582,24 @@ class UserClient:
             self._failures += 1
             _raise_mapped(err)
 
-    async def _hedged(
+    def _hedged(
         self,
         method: str,
         hedge: HedgeDelay,
         invoke: Callable[[Lease, float | None], Awaitable[T]],
         deadline: float | None,
-    ) -> T:
-        """One unary call as hedged copies (gRFC A6: instead of the retry loop)."""
+    ) -> Awaitable[Won[T]]:
+        """One unary call as hedged copies (gRFC A6: instead of the retry loop), to await.
+
+        A function: it hands back the hedging loop's coroutine, one frame less per call.
+        """
 
         def run(endpoint: object, copy: Copy) -> Awaitable[T]:
             assert isinstance(endpoint, Endpoint)
             spec = Attempt(copy.number, copy.timeout, frozenset())
             return self._run_on(method, endpoint, invoke, spec, deadline, True, copy.mark, hedge)
 
-        won = await call_with_hedging(
+        return call_with_hedging(
             self._pick,
             run,
             policy=hedge.policy,
@@ -604,9 +610,6 @@ class UserClient:
             clock=self._clock,
             on_hedge=self._hedge_reports[method],
         )
-        if won.number > 1:
-            self._hedge_counts[method][1] += 1
-        return won.value
 
     def _on_hedge(self, method: str, number: int) -> None:
         self._hedge_counts[method][0] += 1
@@ -696,8 +699,13 @@ class UserClient:
 
     async def _pick(self, excluded: Collection[object], max_wait: float | None) -> Endpoint:
         exclude = [e for e in excluded if isinstance(e, Endpoint)] if excluded else ()
+        endpoints = self.endpoints
+        if endpoints.resolved:  # The common case: no wait, so no coroutine of the set's.
+            endpoint = endpoints.pick(exclude)
+            if endpoint is not None:
+                return endpoint
         try:
-            return await self.endpoints.wait_pick(exclude, max_wait=max_wait)
+            return await endpoints.wait_pick(exclude, max_wait=max_wait)
         except NoEndpointError as exc:
             raise AttemptFailed(_unavailable(str(exc)), None) from exc
 

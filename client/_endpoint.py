@@ -93,6 +93,9 @@ class Endpoint:
         credentials: Channel credentials (TLS) for every channel, or a
             :class:`client.ChannelSecurity` asked anew for each channel
             (files re-read on change, the name to verify); None for plain text.
+        track_latency: Keep the latency estimate; False when no picker reads
+            it (``latency_estimate`` then stays 0.0), which spares every answer
+            a clock reading and an exponential.
 
     Raises:
         ValueError: Both ``channel_factory`` and ``credentials`` given (the
@@ -111,6 +114,7 @@ class Endpoint:
         rng: random.Random | None = None,
         channel_factory: ChannelFactory | None = None,
         credentials: grpc.ChannelCredentials | ChannelSecurity | None = None,
+        track_latency: bool = True,
     ) -> None:
         if channel_factory is not None and credentials is not None:
             raise ValueError("give channel_factory or credentials, not both")
@@ -136,8 +140,8 @@ class Endpoint:
             rng=rng,
         )
         self._ejection = OutlierEjection(ejection or EjectionConfig(), clock, name=str(address))
-        #: Recent answer latency, for the peak_ewma picker.
-        self._latency = PeakEwma(clock=clock)
+        #: Recent answer latency, for the peak_ewma picker; None when no picker reads it.
+        self._latency = PeakEwma(clock=clock) if track_latency else None
         #: Failed attempts, whatever their kind.
         self.failures = 0
         #: Hedge copies outrun by a later copy (not failures; see record_outcome).
@@ -164,8 +168,8 @@ class Endpoint:
         )
 
     def latency_estimate(self) -> float:
-        """Recent answer latency in seconds (peak EWMA; 0.0 before any sample)."""
-        return self._latency.value()
+        """Recent answer latency in seconds (peak EWMA; 0.0 before any sample, or untracked)."""
+        return 0.0 if self._latency is None else self._latency.value()
 
     # --- outcomes -------------------------------------------------------------------------
 
@@ -194,7 +198,7 @@ class Endpoint:
                 counted in ``outruns``, not ``failures`` (no call failed), while
                 ``code`` and ``outlier`` feed the ejection as for any attempt.
         """
-        if latency is not None:
+        if latency is not None and self._latency is not None:
             self._latency.observe(latency)
         if outrun:
             self.outruns += 1

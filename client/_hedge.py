@@ -314,9 +314,12 @@ class HedgeMark:
     outrun: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Copy:
-    """What one copy of a hedged call may use.
+    """What one copy of a hedged call may use; never changed once made.
+
+    Not frozen: a frozen dataclass sets each field through ``object.__setattr__``,
+    which made it three times as dear to build, and one is built per call.
 
     Attributes:
         number: 1 for the first copy, 2 for the first hedge, ...
@@ -329,9 +332,12 @@ class Copy:
     mark: HedgeMark
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Won(Generic[T]):
-    """The winning copy's result and number (1: the first copy won, no hedge needed)."""
+    """The winning copy's result and number (1: the first copy won, no hedge needed).
+
+    Never changed once made; not frozen for the reason :class:`Copy` gives.
+    """
 
     value: T
     number: int

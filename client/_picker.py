@@ -26,7 +26,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Collection, Sequence
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import ClassVar, Protocol, TypeVar, runtime_checkable
 
 __all__ = [
     "PICKERS",
@@ -94,8 +94,20 @@ def preferred_group(endpoints: Sequence[C], exclude: Collection[object] = ()) ->
     return next((group for group in groups if group), [])
 
 
+def reads_latency(picker: object) -> bool:
+    """Whether ``picker`` asks its candidates' ``latency_estimate`` (then they must keep one).
+
+    A picker says so with a ``reads_latency`` attribute; one that does not say
+    (a user's own) is taken to read it.
+    """
+    return bool(getattr(picker, "reads_latency", True))
+
+
 class _GroupPicker:
     """Shared shape: find the preferred group, then let the subclass choose in it."""
+
+    #: Whether this picker reads ``latency_estimate`` (see :func:`reads_latency`).
+    reads_latency: ClassVar[bool] = False
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = random.Random() if rng is None else rng
@@ -270,6 +282,7 @@ class PeakEwmaPicker(LeastConnPicker):
     Endpoints without a latency estimate cost 0 while idle, so they are tried.
     """
 
+    reads_latency = True
     _load = staticmethod(_ewma_cost)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from client._endpoint import EjectionConfig, Endpoint, EndpointStats, PoolConfig
-from client._picker import Picker, make_picker
+from client._picker import Picker, make_picker, reads_latency
 from client._resolver import Address, Resolver
 from client._tasks import cancel_and_wait
 from client._tls import ChannelSecurity
@@ -88,6 +88,8 @@ class EndpointSet:
         self._credentials = credentials
         self._rng = rng or random.Random()
         self._picker = make_picker(picker, self._rng) if isinstance(picker, str) else picker
+        #: Endpoints keep a latency estimate only for a picker that reads it (one per answer).
+        self._track_latency = reads_latency(self._picker)
         self._pool = pool or PoolConfig()
         self._ejection = ejection or EjectionConfig()
         self._interceptors = tuple(interceptors)
@@ -100,6 +102,9 @@ class EndpointSet:
         self._draining: set[Endpoint] = set()
         self._drain_tasks: set[asyncio.Task[None]] = set()
         self._resolved = asyncio.Event()
+        #: Whether the resolver published an address set yet (it may have been empty): the
+        #: event's state, read on every pick without a call.
+        self.resolved = False
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
@@ -173,6 +178,7 @@ class EndpointSet:
             self._active[endpoint.address] = endpoint
         self._ordered = [self._active[a] for a in sorted(self._active)]
         self._resolved.set()
+        self.resolved = True
         return added, removed
 
     def _new_endpoint(self, address: Address) -> Endpoint:
@@ -185,6 +191,7 @@ class EndpointSet:
             sleep=self._sleep,
             rng=self._rng,
             credentials=self._credentials,
+            track_latency=self._track_latency,
         )
 
     async def _drain(self, endpoint: Endpoint) -> None:

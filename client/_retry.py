@@ -322,9 +322,12 @@ class RetryBudget:
 # -- The loop --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
-    """What one attempt of a call may use.
+    """What one attempt of a call may use; never changed once made.
+
+    Not frozen: one is built per attempt, and a frozen dataclass, which sets
+    each field through ``object.__setattr__``, costs three times as much to build.
 
     Attributes:
         number: 1 for the first attempt, 2 for the first retry, ...

@@ -235,6 +235,15 @@ def test_record_outcome_feeds_the_latency_estimate_and_counts_only_failures() ->
     assert (endpoint.failures, endpoint.stats().failures) == (1, 1)
 
 
+def test_an_endpoint_that_keeps_no_latency_estimate_reports_zero_and_still_counts() -> None:
+    clock = FakeClock()
+    endpoint = Endpoint(address("127.0.0.2:1"), clock=clock, track_latency=False)
+    endpoint.record_outcome(grpc.StatusCode.OK, 0.25)
+    endpoint.record_outcome(grpc.StatusCode.UNAVAILABLE, 0.5)
+    assert endpoint.latency_estimate() == 0.0
+    assert endpoint.failures == 1
+
+
 def test_an_outrun_copy_counts_apart_from_failures_but_still_ejects() -> None:
     clock = FakeClock()
     endpoint = make_endpoint("127.0.0.2:1", clock)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Sequence
 
 import grpc
 import pytest
 
-from client import EndpointSet, EndpointState, NoEndpointError, PoolConfig
-from client.testing import ManualResolver, eventually
+from client import Endpoint, EndpointSet, EndpointState, NoEndpointError, PoolConfig
+from client.testing import FakeClock, ManualResolver, eventually
 from service.testing import InProcessServer
 from tests.client.conftest import HOSTS, serve_many
 
@@ -125,3 +125,33 @@ async def test_stats_and_repr_count_endpoints(two: list[InProcessServer]) -> Non
     assert [s.address for s in endpoints.stats()] == sorted(s.address for s in two)
     await endpoints.close()
     assert endpoints.stats() == []
+
+
+class _OwnPicker:
+    """A user's picker that does not say whether it reads latency estimates."""
+
+    def pick(self, endpoints: Sequence[Endpoint], exclude: Collection[object] = ()) -> Endpoint:
+        return endpoints[0]
+
+
+@pytest.mark.parametrize(
+    ("picker", "tracked"),
+    [("least_conn", False), ("round_robin", False), ("peak_ewma", True), (_OwnPicker(), True)],
+)
+async def test_endpoints_keep_a_latency_estimate_only_for_a_picker_that_may_read_it(
+    picker: object, tracked: bool
+) -> None:
+    resolver = ManualResolver("127.0.0.2:1")
+    endpoints = EndpointSet(
+        resolver,
+        picker=picker,  # type: ignore[arg-type]
+        clock=FakeClock(),  # The estimate decays with time: none passes here.
+        maintenance_interval=None,
+    )
+    assert not endpoints.resolved
+    endpoints.start()
+    await eventually(lambda: endpoints.resolved)
+    (endpoint,) = endpoints.endpoints
+    endpoint.record_outcome(grpc.StatusCode.OK, 0.25)
+    assert endpoint.latency_estimate() == (pytest.approx(0.25) if tracked else 0.0)
+    await endpoints.close()
