@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import time
@@ -13,6 +14,7 @@ import grpc
 from bench.client._cluster import Cluster
 from bench.client._compare import Bounds
 from bench.client.cpu import cpu_per_call
+from bench.client.instructions import instructions_per_call
 from bench.client.kill import DNS_MODES, sigkill
 from bench.client.slow_replica import slow_replica
 from bench.client.stall import stall
@@ -22,7 +24,7 @@ from bench.client.throughput import throughput
 __all__ = ["FULL", "QUICK", "SCENARIOS", "machine", "run_suite"]
 
 #: Scenario names, in the order they run.
-SCENARIOS = ("throughput", "cpu", "healthy", "slow", "throttle", "kill", "stall")
+SCENARIOS = ("instructions", "throughput", "cpu", "healthy", "slow", "throttle", "kill", "stall")
 #: Closed loops of 5 s at 16 workers; open loops of 6 s at 200 calls/s; 3 rounds.
 FULL = {
     "closed": Bounds(rounds=3, duration=5.0, concurrency=16),
@@ -63,6 +65,12 @@ async def run_suite(
         closed = Bounds(**{**_fields(closed), "rounds": rounds})
         chaos = Bounds(**{**_fields(chaos), "rounds": rounds})
     results: dict[str, Any] = {}
+    if "instructions" in only:  # Fake channels, no cluster: before the replicas start.
+        results["instructions"] = await asyncio.to_thread(
+            instructions_per_call, 300 if quick else 2000
+        )
+    if not set(only) - {"instructions"}:
+        return results
     async with Cluster(seed_users=50 if quick else 200) as cluster:
         if "throughput" in only:
             results["throughput"] = await throughput(cluster, closed)
