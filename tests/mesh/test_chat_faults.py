@@ -3,7 +3,7 @@
 Real replica processes behind the mesh's DNS, a real client. Each fault is
 repeated a few rounds on one conversation; what is checked is what the user
 sees: every message answered exactly once, in order, from a replica that
-still answers, and a reconnect reported for each fault. The measured time
+still answers, and a reconnect (or a move) reported for each fault. The measured time
 from each fault to the first answer from elsewhere is printed (``-s``).
 """
 
@@ -52,6 +52,7 @@ async def survive(mesh: Mesh, fault: Callable[[Replica], object], name: str) -> 
             for number in range(ROUNDS):
                 await round_trip(session, f"{name} {number} before")
                 victim = replica_of(mesh, session)
+                moves_before = len(events) + session.moves
                 started = loop.time()
                 fault(victim)
                 try:
@@ -59,15 +60,18 @@ async def survive(mesh: Mesh, fault: Callable[[Replica], object], name: str) -> 
                     # until the session has moved (bounded by the timeout per round trip).
                     for step in range(100):
                         answered_by = await round_trip(session, f"{name} {number} after {step}")
-                        if len(events) + session.moves > number:
+                        if len(events) + session.moves > moves_before:
                             break
                         await asyncio.sleep(0.1)
                 finally:
                     victim.resume()  # a paused one answers again; a no-op otherwise
                 recoveries.append(loop.time() - started)
                 assert answered_by != f"replica-{victim.host}"
+                # At least one reconnect or move per fault. Under a loaded machine the session
+                # may also move quietly off a replica that was briefly unavailable (its health
+                # watch broke): more moves, never a message lost or answered twice.
                 moved = len(events) + session.moves
-                assert moved == number + 1, f"round {number}: one reconnect or move per fault"
+                assert moved > moves_before, f"round {number}: a reconnect or move per fault"
                 ready = lambda: sum(r.ready for r in mesh.replicas) == 3  # noqa: E731
                 await eventually(ready, 20.0, "every replica ready again")
             await session.done_writing()
