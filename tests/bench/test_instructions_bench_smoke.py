@@ -23,9 +23,10 @@ def test_every_side_is_counted_and_ours_adds_to_the_bare_call() -> None:
     assert set(sides) == {BARE, OURS, OURS_NO_HEDGING}
     for side in (OURS, OURS_NO_HEDGING):
         assert sides[side]["hedges"] == 0 and sides[side]["failures"] == 0, side
-        assert result["added"][side] == sides[side]["instructions_per_call"] - sides[BARE][
-            "instructions_per_call"
-        ]
+        assert (
+            result["added"][side]
+            == sides[side]["instructions_per_call"] - sides[BARE]["instructions_per_call"]
+        )
         assert result["added"][side] > 0, side
     assert sides[BARE]["instructions_per_call"] > 1000  # A call, not an empty loop.
     assert result["met"] is True
