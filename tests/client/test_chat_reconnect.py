@@ -310,8 +310,14 @@ async def test_the_cli_chat_notes_a_reconnect_and_answers_every_line(
     assert code == 0, err.getvalue()
     assert [line.rsplit("] ", 1)[1] for line in replies] == ["first", "second"]
     assert f"[replica-{victim.host} " not in replies[1]
-    assert "reconnected: " in err.getvalue()
-    assert "UNAVAILABLE" in err.getvalue()
+    # Two right outcomes, by timing: the second line goes out on the killed replica's
+    # stream, which breaks, and the session reconnects (noted, with the status); or the
+    # client already saw the replica unreachable and moved quietly before sending it,
+    # with nothing to resend and so nothing to note (seen once in a full CI run).
+    if "reconnected: " in err.getvalue():
+        assert "UNAVAILABLE" in err.getvalue()
+    else:
+        assert err.getvalue() == ""
 
 
 async def test_a_large_backlog_sent_to_a_frozen_replica_is_resent_whole(
