@@ -699,13 +699,11 @@ class UserClient:
 
     async def _pick(self, excluded: Collection[object], max_wait: float | None) -> Endpoint:
         exclude = [e for e in excluded if isinstance(e, Endpoint)] if excluded else ()
-        endpoints = self.endpoints
-        if endpoints.resolved:  # The common case: no wait, so no coroutine of the set's.
-            endpoint = endpoints.pick(exclude)
-            if endpoint is not None:
-                return endpoint
+        endpoint = self.endpoints.pick_resolved(exclude)  # The common case: no wait.
+        if endpoint is not None:
+            return endpoint
         try:
-            return await endpoints.wait_pick(exclude, max_wait=max_wait)
+            return await self.endpoints.wait_pick(exclude, max_wait=max_wait)
         except NoEndpointError as exc:
             raise AttemptFailed(_unavailable(str(exc)), None) from exc
 

@@ -102,8 +102,8 @@ class EndpointSet:
         self._draining: set[Endpoint] = set()
         self._drain_tasks: set[asyncio.Task[None]] = set()
         self._resolved = asyncio.Event()
-        #: Whether the resolver published an address set yet (it may have been empty): the
-        #: event's state, read on every pick without a call.
+        #: Whether the resolver published an address set yet (it may have been empty): what
+        #: ``_resolved`` says, read on every pick without a call; both set in ``_apply``.
         self.resolved = False
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
@@ -211,6 +211,13 @@ class EndpointSet:
         """The picker's choice among active endpoints; None when there is none."""
         return self._picker.pick(self._ordered, exclude)
 
+    def pick_resolved(self, exclude: Collection[Endpoint] = ()) -> Endpoint | None:
+        """The picker's choice once discovery has resolved; None before, or with no endpoint.
+
+        :meth:`wait_pick` without its coroutine, for the common case where no wait is needed.
+        """
+        return self._picker.pick(self._ordered, exclude) if self.resolved else None
+
     async def wait_pick(
         self, exclude: Collection[Endpoint] = (), *, max_wait: float | None = None
     ) -> Endpoint:
@@ -220,7 +227,7 @@ class EndpointSet:
             NoEndpointError: Still no endpoint after the wait, or after the
                 resolver published an empty set; its message says why.
         """
-        if not self._resolved.is_set():
+        if not self.resolved:
             self.start()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._resolved.wait(), max_wait)
@@ -235,7 +242,7 @@ class EndpointSet:
         reason: str | None = getattr(self._resolver, "last_failure", None)
         if reason:
             return reason
-        if self._resolved.is_set():
+        if self.resolved:
             return "the resolver lists no address"
         return "no address resolved yet"
 

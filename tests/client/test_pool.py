@@ -149,9 +149,11 @@ async def test_endpoints_keep_a_latency_estimate_only_for_a_picker_that_may_read
         maintenance_interval=None,
     )
     assert not endpoints.resolved
+    assert endpoints.pick_resolved() is None  # Nothing resolved yet: a wait is needed.
     endpoints.start()
     await eventually(lambda: endpoints.resolved)
     (endpoint,) = endpoints.endpoints
+    assert endpoints.pick_resolved() is endpoint
     endpoint.record_outcome(grpc.StatusCode.OK, 0.25)
     assert endpoint.latency_estimate() == (pytest.approx(0.25) if tracked else 0.0)
     await endpoints.close()
