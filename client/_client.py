@@ -45,7 +45,15 @@ from client._endpoint import (
     PoolConfig,
 )
 from client._errors import from_rpc_error
-from client._hedge import Copy, HedgeDelay, HedgeMark, HedgingPolicy, Won, call_with_hedging
+from client._hedge import (
+    Copy,
+    HedgeDelay,
+    HedgeMark,
+    HedgeTimer,
+    HedgingPolicy,
+    Won,
+    call_with_hedging,
+)
 from client._interceptors import (
     ATTEMPT_HEDGE,
     ATTEMPT_PEER,
@@ -346,6 +354,8 @@ class UserClient:
         self._hedge_counts: dict[str, list[int]] = {m: [0, 0] for m in self._hedges}
         #: Per hedged method, what each hedge sent reports to (made once, not per call).
         self._hedge_reports = {m: functools.partial(self._on_hedge, m) for m in self._hedges}
+        #: When each hedged call's first copy is due a hedge: one timer for all of them.
+        self._hedge_timer = HedgeTimer()
         self._retry = retry or RetryPolicy()
         self._deadlines = {**DEFAULT_DEADLINES, **(deadlines or {})}
         self._attempt_timeouts = {**DEFAULT_ATTEMPT_TIMEOUTS, **(attempt_timeouts or {})}
@@ -400,6 +410,7 @@ class UserClient:
     async def close(self) -> None:
         """Stop discovery and health watching and close every channel."""
         self._closed = True
+        self._hedge_timer.close()
         await self.endpoints.close()
 
     def stats(self) -> ClientStats:
@@ -609,6 +620,7 @@ class UserClient:
             per_attempt_timeout=self._policy(method).per_attempt_timeout,
             clock=self._clock,
             on_hedge=self._hedge_reports[method],
+            timer=self._hedge_timer,
         )
 
     def _on_hedge(self, method: str, number: int) -> None:
@@ -890,6 +902,7 @@ class UserClient:
             on_hedge=self._hedge_reports["ListUsers"],
             new_call=False,
             discard=self._close_stream,
+            timer=self._hedge_timer,
         )
         if won.number > 1:
             self._hedge_counts["ListUsers"][1] += 1

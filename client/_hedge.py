@@ -35,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import heapq
+import itertools
 import math
 import time
 from collections import deque
@@ -45,7 +47,7 @@ from typing import Any, Final, Generic, TypeVar
 import grpc
 
 from ._errors import rpc_code
-from ._histogram import percentile_of_sorted
+from ._hedge_delay import HedgeDelay
 from ._retry import AttemptFailed, RetryBudget, is_local_transport_failure, pushback_delay
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "Copy",
     "HedgeDelay",
     "HedgeMark",
+    "HedgeTimer",
     "HedgingPolicy",
     "Won",
     "call_with_hedging",
@@ -63,17 +66,11 @@ T = TypeVar("T")
 DEFAULT_NON_FATAL_CODES: Final = frozenset({grpc.StatusCode.UNAVAILABLE})
 #: gRFC A6 caps maxAttempts at 5, for hedging as for retries.
 _MAX_COPIES: Final = 5
-#: Latencies between two recomputations of an adaptive delay (a pass over the window).
-_REFRESH: Final = 32
-#: Latencies an endpoint needs in the window before its own percentile counts.
-_MIN_PER_ENDPOINT: Final = 10
+#: How far ahead of a due time a wake-up may come and still fire it: a timer's clock may
+#: run a hair ahead of the one the due time was read from.
+_EARLY: Final = 1e-9
 #: What the first copy's pick excludes.
 _NOTHING_USED: Final[frozenset[object]] = frozenset()
-#: Latencies above the delay, since the last recomputation, that mean the latencies
-#: shifted: recompute at once. A p99 lets through 0.32 of 32 on average; 4 or more
-#: of the 31 before a regular recomputation, once in about 4000 periods (an exact
-#: p99's; the window's estimate, about once in 1000).
-_SHIFT: Final = 4
 
 
 def _check(ok: bool, message: str) -> None:
@@ -184,122 +181,6 @@ class HedgingPolicy:
         return per_attempt_limited and code is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class HedgeDelay:
-    """The hedge delay of one method: fixed, or a clamped percentile of recent latencies.
-
-    The adaptive delay is the percentile of each endpoint's recent latencies,
-    then the (lower) median over endpoints: what a typical replica shows. One
-    percentile over every call would not do: with one replica of three stalled,
-    a third of the latencies are the stall, the p99 becomes the stall itself and
-    no hedge would ever go out. A copy that lost the race counts with the time it
-    ran, a lower bound of its latency.
-
-    Bounded and cheap: the last ``policy.window`` latencies, kept per endpoint
-    (so a recomputation sorts each endpoint's own, with no grouping pass), the
-    delay recomputed every 32 new ones, and at once when 4 of the latencies
-    since the last recomputation were above it: the latencies shifted up (a
-    load step), and the old delay would hedge nearly every call until the next
-    regular recomputation. An endpoint whose own median was above the delay at
-    the last recomputation (a slow replica, which the median over endpoints
-    ignores) is slow as expected: its latencies do not count towards that.
-    """
-
-    __slots__ = (
-        "_bar",
-        "_over",
-        "_policy",
-        "_rings",
-        "_seen",
-        "_slow",
-        "_value",
-        "_warmup",
-    )
-
-    def __init__(self, policy: HedgingPolicy) -> None:
-        self._policy = policy
-        self._warmup = max(1, policy.warmup)
-        #: Per endpoint: the sequence numbers and the latencies of its samples, oldest first.
-        self._rings: dict[object, tuple[deque[int], deque[float]]] = {}
-        self._seen = 0
-        #: A latency above this counts towards an early recomputation (none before
-        #: warm-up), unless its endpoint is in ``_slow`` (median above it).
-        self._bar = math.inf
-        self._slow: frozenset[object] = frozenset()
-        #: Latencies above ``_bar`` since the last recomputation.
-        self._over = 0
-        self._value = policy.delay if policy.delay is not None else policy.max_delay
-
-    @property
-    def policy(self) -> HedgingPolicy:
-        """The policy this delay follows."""
-        return self._policy
-
-    @property
-    def seen(self) -> int:
-        """Latencies observed so far."""
-        return self._seen
-
-    def current(self) -> float:
-        """Seconds to wait, now, before the next copy of a call of this method."""
-        return self._value
-
-    def observe(self, latency: float, endpoint: object = None) -> None:
-        """One copy's latency (seconds, from that copy's own start) on ``endpoint``.
-
-        ``endpoint`` is any hashable key; the client passes the Endpoint itself,
-        whose identity hash is cheaper than its address's.
-        """
-        policy = self._policy
-        if policy.delay is not None or not (latency >= 0 and math.isfinite(latency)):
-            return
-        ring = self._rings.get(endpoint)
-        if ring is None:
-            ring = self._rings[endpoint] = (
-                deque(maxlen=policy.window),
-                deque(maxlen=policy.window),
-            )
-        seen = self._seen = self._seen + 1
-        ring[0].append(seen)
-        ring[1].append(latency)
-        if (seen % _REFRESH == 0 or seen == self._warmup) and seen >= self._warmup:
-            self._refresh()
-        elif latency > self._bar and endpoint not in self._slow:
-            self._over += 1
-            if self._over >= _SHIFT:
-                self._refresh()  # The latencies shifted up: do not wait for the period.
-
-    def _refresh(self) -> None:
-        policy = self._policy
-        oldest = self._seen - policy.window  # Samples numbered up to this left the window.
-        for endpoint in list(self._rings):
-            numbers, latencies = self._rings[endpoint]
-            while numbers and numbers[0] <= oldest:
-                numbers.popleft()
-                latencies.popleft()
-            if not numbers:
-                del self._rings[endpoint]
-        everyone = [(endpoint, ring[1]) for endpoint, ring in self._rings.items()]
-        groups = [(e, g) for e, g in everyone if len(g) >= _MIN_PER_ENDPOINT] or everyone
-        own: list[tuple[float, float, object]] = []  # Percentile, median, endpoint.
-        for endpoint, latencies in groups:
-            ordered = sorted(latencies)
-            percentile = percentile_of_sorted(ordered, policy.percentile)
-            own.append((percentile, percentile_of_sorted(ordered, 0.5), endpoint))
-        ranked = sorted(percentile for percentile, _, _ in own)
-        raw = ranked[(len(ranked) - 1) // 2]
-        # Above the cap the typical replica itself is slow (overload everywhere): a copy
-        # would only add load, so no hedge until it is back under (failures still are).
-        value = math.inf if raw > policy.max_delay else max(raw, policy.min_delay)
-        bar = self._value = self._bar = value
-        # Most of a slow replica's latencies are above the delay, as expected: not a shift.
-        self._slow = frozenset(e for _, median, e in own if median > bar)
-        self._over = 0
-
-    def __repr__(self) -> str:
-        kind = "adaptive" if self._policy.adaptive else "fixed"
-        return f"<HedgeDelay {kind} {self._value * 1000:.2f} ms seen={self._seen}>"
-
-
 @dataclass(slots=True)
 class HedgeMark:
     """Which copy an attempt is, for its span, and how it ended if it lost.
@@ -343,6 +224,115 @@ class Won(Generic[T]):
     number: int
 
 
+class HedgeTimer:
+    """Tells each waiting first copy when its hedge delay has passed, from one wake-up for all.
+
+    A timer of asyncio's own per call (``loop.call_at``) is a Python-level
+    ``TimerHandle`` with a copy of the context, pushed on asyncio's heap with
+    Python comparisons and nearly always cancelled again: about 18,000
+    instructions a call, more than a tenth of the client's own path. Here a
+    call appends an entry to a queue and does nothing when it ends: an entry
+    whose copy is no longer waiting is dropped when the wake-up comes to it.
+    One wake-up is kept, for the earliest entry that was waiting when it was set.
+
+    Entries come in the order they are due as long as the delay holds still
+    (one method, or methods with one delay), so the queue is a deque; one due
+    before the last entry's (a shorter delay: another method's, or a new
+    estimate) goes on a heap beside it. Either way every entry fires at its
+    due time.
+
+    Args:
+        clock: monotonic seconds for the due times, with an injected ``sleep``.
+        sleep: ``asyncio.sleep`` to wake by the event loop's own timer
+            (``call_later``; due times then on ``time.monotonic``, the clock of
+            asyncio's loop, whatever ``clock`` is); any other (a fake clock's in
+            tests) to wake by a task that sleeps with it until the next due time.
+    """
+
+    __slots__ = ("_clock", "_due", "_early", "_heap", "_numbers", "_queue", "_sleep", "_wake_up")
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self._sleep = None if sleep is asyncio.sleep else sleep
+        self._clock = time.monotonic if self._sleep is None else clock
+        #: (due, first copy), in due order.
+        self._queue: deque[tuple[float, _FirstCopy[Any]]] = deque()
+        #: (due, arrival number, first copy) for entries due before the queue's last.
+        self._early: list[tuple[float, int, _FirstCopy[Any]]] = []
+        self._numbers = itertools.count()
+        self._wake_up: asyncio.TimerHandle | asyncio.Task[None] | None = None
+        #: When the wake-up is set for (None: none set).
+        self._due: float | None = None
+
+    def __len__(self) -> int:
+        """Entries held, those whose copy ended but not yet dropped included."""
+        return len(self._queue) + len(self._early)
+
+    def add(self, first: _FirstCopy[Any], delay: float) -> None:
+        """Call ``first._fire()`` ``delay`` seconds from now if it is still waiting then."""
+        due = self._clock() + delay
+        queue = self._queue
+        if not queue or queue[-1][0] <= due:
+            queue.append((due, first))
+        else:
+            heapq.heappush(self._early, (due, next(self._numbers), first))
+        if self._due is None or due < self._due:
+            self._set(due)
+
+    def close(self) -> None:
+        """Drop every entry and the wake-up; no copy is told anything any more."""
+        self._queue.clear()
+        self._early.clear()
+        self._cancel()
+
+    def _set(self, due: float) -> None:
+        self._cancel()
+        self._due = due
+        wait = max(0.0, due - self._clock())
+        if self._sleep is None:
+            self._wake_up = asyncio.get_running_loop().call_later(wait, self._wake)
+        else:
+            self._wake_up = asyncio.ensure_future(self._sleep_then_wake(wait))
+
+    def _cancel(self) -> None:
+        if self._wake_up is not None:
+            self._wake_up.cancel()
+            self._wake_up = None
+        self._due = None
+
+    async def _sleep_then_wake(self, wait: float) -> None:
+        assert self._sleep is not None
+        await self._sleep(wait)
+        self._wake_up = None  # Done: not for the next _set to cancel.
+        self._wake()
+
+    def _wake(self) -> None:
+        """Fire the entries due, drop those no longer waiting, set the next wake-up."""
+        self._wake_up = None
+        self._due = None
+        now = self._clock() + _EARLY
+        queue, early = self._queue, self._early
+        while queue:
+            due, first = queue[0]
+            if first._waiting and due > now:
+                break
+            queue.popleft()
+            if first._waiting:
+                first._fire()
+        while early:
+            due, _, first = early[0]
+            if first._waiting and due > now:
+                break
+            heapq.heappop(early)
+            if first._waiting:
+                first._fire()
+        if queue or early:
+            self._set(min(queue[0][0] if queue else math.inf, early[0][0] if early else math.inf))
+
+
 Pick = Callable[[frozenset[object], float | None], Awaitable[object]]
 Run = Callable[[object, Copy], Awaitable[T]]
 
@@ -375,6 +365,7 @@ class _Hedging(Generic[T]):
     sleep: Callable[[float], Awaitable[object]]
     on_hedge: Callable[[int], None] | None
     discard: Callable[[T], Awaitable[object]] | None
+    hedge_timer: HedgeTimer
     flights: dict[asyncio.Future[T], _Flight] = field(default_factory=dict)
     used: set[object] = field(default_factory=set)
     sent: int = 0
@@ -440,14 +431,16 @@ def call_with_hedging(
     on_hedge: Callable[[int], None] | None = None,
     new_call: bool = True,
     discard: Callable[[T], Awaitable[object]] | None = None,
+    timer: HedgeTimer | None = None,
 ) -> Coroutine[Any, Any, Won[T]]:
     """Run copies of one call by the module's rules until one answers OK or none can.
 
     Returns the coroutine to await (a function, not a coroutine of its own: one
-    frame less per call). The first copy runs in the caller's own task with one
-    timer beside it, so a call answered within the hedge delay (nearly every
-    call) costs no task and no wait; once the delay passed, the copies after it
-    run from a task of their own (:class:`_FirstCopy`).
+    frame less per call). The first copy runs in the caller's own task, its
+    hedge time an entry in ``timer``, so a call answered within the hedge delay
+    (nearly every call) costs no task, no wait and no timer handle of its own;
+    once the delay passed, the copies after it run from a task of their own
+    (:class:`_FirstCopy`).
 
     Args:
         pick: ``pick(used, max_wait)`` returns an endpoint, preferring one not in
@@ -468,6 +461,9 @@ def call_with_hedging(
         discard: called with the result of a copy that also answered OK but
             lost (it finished in the same instant as the winner), so a result
             that holds resources (an open stream) can release them.
+        timer: the :class:`HedgeTimer` shared by the caller's calls (a client
+            keeps one); ``None`` for one of this call's own, made on ``clock``
+            and ``sleep`` and closed when the call ends.
 
     Returns:
         The first OK copy's value and number.
@@ -478,6 +474,7 @@ def call_with_hedging(
             passed before the first copy. Any other exception from ``run``
             propagates at once (the other copies cancelled).
     """
+    own = timer is None
     state: _Hedging[T] = _Hedging(
         policy,
         delay,
@@ -490,10 +487,19 @@ def call_with_hedging(
         sleep,
         on_hedge,
         discard,
+        HedgeTimer(clock, sleep) if timer is None else timer,
     )
     if budget is not None and new_call:
         budget.on_call()
-    return _FirstCopy(state).run()
+    first = _FirstCopy(state).run()
+    return _closing(first, state.hedge_timer) if own else first
+
+
+async def _closing(call: Awaitable[Won[T]], timer: HedgeTimer) -> Won[T]:
+    try:
+        return await call
+    finally:
+        timer.close()
 
 
 class _FirstCopy(Generic[T]):
@@ -521,13 +527,15 @@ class _FirstCopy(Generic[T]):
         "_limited",
         "_running",
         "_state",
-        "_timer",
+        "_waiting",
     )
 
     def __init__(self, state: _Hedging[T]) -> None:
-        self._state = state
+        #: The call's state; None once this copy answered it on its own.
+        self._state: _Hedging[T] | None = state
         self._caller: asyncio.Task[Any] | None = None
-        self._timer: asyncio.TimerHandle | asyncio.Task[object] | None = None
+        #: Whether this copy's hedge time is still to come (an entry in the state's timer).
+        self._waiting = False
         self._flight: asyncio.Future[T] | None = None
         self._hedger: asyncio.Task[Won[T]] | None = None
         self._running = False
@@ -539,6 +547,7 @@ class _FirstCopy(Generic[T]):
     async def run(self) -> Won[T]:
         """The call's outcome: this copy's, or else the loop's (:func:`_loop`)."""
         state = self._state
+        assert state is not None
         self._caller = asyncio.current_task()
         state.next_at = None
         timeout, self._limited = state.timeout()
@@ -554,7 +563,9 @@ class _FirstCopy(Generic[T]):
         state.used.add(endpoint)
         copy = self._copy = Copy(1, timeout, HedgeMark(1))
         self._endpoint = endpoint
-        self._arm()
+        if state.hedges():
+            self._waiting = True
+            state.hedge_timer.add(self, state.delay)
         self._running = True
         try:
             value = await state.run(endpoint, copy)
@@ -573,6 +584,8 @@ class _FirstCopy(Generic[T]):
         self._running = False
         self._disarm()
         if self._hedger is None:
+            # The timer may hold this copy for a while yet: let go of the call's state now.
+            self._state = self._caller = None
             return Won(value, 1)
         if self._flight is not None and not self._flight.done():
             self._flight.set_result(value)
@@ -580,29 +593,15 @@ class _FirstCopy(Generic[T]):
             await state.discard(value)
         return await self._hedger
 
-    def _arm(self) -> None:
-        state = self._state
-        if not state.hedges():
-            return
-        if state.sleep is asyncio.sleep:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_at(loop.time() + state.delay, self._fire)
-        else:  # An injected sleep (a fake clock's) runs as a task.
-            timer = asyncio.ensure_future(_sleep(state.sleep, state.delay))
-            timer.add_done_callback(lambda done: None if done.cancelled() else self._fire())
-            self._timer = timer
-
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._waiting = False  # The timer drops the entry when it comes to it.
 
     def _fire(self) -> None:
         """The delay passed with no answer: start the hedger, this copy one of its flights."""
-        self._timer = None
-        if not self._running:
-            return
+        self._waiting = False
         state = self._state
+        if not self._running or state is None:
+            return
         if state.budget is not None and not state.budget.can_spend():
             # No hedge could go (rule 5): the copy goes on alone, no hedger to start.
             state.stopped = True
@@ -630,6 +629,7 @@ class _FirstCopy(Generic[T]):
         copy.mark.lost = True
         self._disarm()
         if self._hedger is not None:
+            assert self._state is not None
             await _abandon(self._hedger, self._state.discard)
         raise asyncio.CancelledError
 

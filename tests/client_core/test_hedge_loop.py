@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from client._hedge import Copy, HedgingPolicy, Won, call_with_hedging
+from client._hedge import Copy, HedgeTimer, HedgingPolicy, Won, call_with_hedging
 from client._retry import PUSHBACK_KEY, AttemptFailed, RetryBudget
 from tests.client_core.fakes import rpc_error
 
@@ -128,6 +128,7 @@ async def start(
     per_attempt_timeout: float | None = None,
     hedges: list[int] | None = None,
     delay: float = DELAY,
+    timer: HedgeTimer | None = None,
 ) -> asyncio.Task[Won[str]]:
     call: Awaitable[Won[str]] = call_with_hedging(
         replicas.pick,
@@ -140,6 +141,7 @@ async def start(
         clock=replicas.clock,
         sleep=replicas.clock.sleep,
         on_hedge=None if hedges is None else hedges.append,
+        timer=timer,
     )
     task = asyncio.ensure_future(call)
     await settle()  # the first copy is out

@@ -152,9 +152,23 @@ def test_memory_is_bounded_by_the_window_whatever_the_endpoints() -> None:
     delay = HedgeDelay(HedgingPolicy(warmup=1, window=window, min_delay=1e-4, max_delay=1))
     for n in range(10_000):  # A fresh endpoint every call: churn without end.
         delay.observe(0.001 * (1 + n % 7), f"endpoint-{n}")
-    kept = delay._rings  # What the window keeps between two recomputations.
-    assert len(kept) <= window + 32
-    assert sum(len(latencies) for _, latencies in kept.values()) <= window + 32
+        kept = delay._sorted  # What the window keeps, after every latency.
+        assert len(kept) <= window
+        assert sum(len(latencies) for latencies in kept.values()) <= window
+        assert len(delay._order) <= window
+
+
+def test_the_window_keeps_each_endpoints_latencies_in_order_and_only_the_last_ones() -> None:
+    window = 50
+    delay = HedgeDelay(HedgingPolicy(warmup=1, window=window, min_delay=1e-4, max_delay=1))
+    seen: list[tuple[str, float]] = []
+    for n in range(1_000):
+        endpoint, latency = f"e{n % 3}", ((n * 7919) % 101) / 1000
+        delay.observe(latency, endpoint)
+        seen.append((endpoint, latency))
+    last = seen[-window:]
+    for endpoint in ("e0", "e1", "e2"):
+        assert delay._sorted[endpoint] == sorted(v for e, v in last if e == endpoint)
 
 
 def test_invalid_latencies_are_ignored() -> None:

@@ -1,0 +1,147 @@
+"""The hedge delay of one method (:class:`HedgeDelay`): fixed, or adaptive.
+
+Split from :mod:`client._hedge` (the policy and the loop), which re-exports it.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, insort
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+from ._histogram import percentile_of_sorted
+
+if TYPE_CHECKING:
+    from ._hedge import HedgingPolicy
+
+__all__ = ["HedgeDelay"]
+
+#: Latencies between two recomputations of an adaptive delay.
+_REFRESH: Final = 32
+#: Latencies an endpoint needs in the window before its own percentile counts.
+_MIN_PER_ENDPOINT: Final = 10
+#: Latencies above the delay, since the last recomputation, that mean the latencies
+#: shifted: recompute at once. A p99 lets through 0.32 of 32 on average; 4 or more
+#: of the 31 before a regular recomputation, once in about 4000 periods (an exact
+#: p99's; the window's estimate, about once in 1000).
+_SHIFT: Final = 4
+
+
+class HedgeDelay:
+    """The hedge delay of one method: fixed, or a clamped percentile of recent latencies.
+
+    The adaptive delay is the percentile of each endpoint's recent latencies,
+    then the (lower) median over endpoints: what a typical replica shows. One
+    percentile over every call would not do: with one replica of three stalled,
+    a third of the latencies are the stall, the p99 becomes the stall itself and
+    no hedge would ever go out. A copy that lost the race counts with the time it
+    ran, a lower bound of its latency.
+
+    Bounded and cheap: the last ``policy.window`` latencies, each endpoint's
+    kept in ascending order as they come (a binary insertion, and the oldest
+    latency of the window taken out the same way), so a recomputation, every
+    32 new latencies, reads each endpoint's percentiles by index with no sort.
+    It also comes at once when 4 of the latencies since the last recomputation
+    were above the delay: the latencies shifted up (a load step), and the old
+    delay would hedge nearly every call until the next regular recomputation.
+    An endpoint whose own median was above the delay at the last recomputation
+    (a slow replica, which the median over endpoints ignores) is slow as
+    expected: its latencies do not count towards that.
+    """
+
+    __slots__ = (
+        "_bar",
+        "_order",
+        "_over",
+        "_policy",
+        "_seen",
+        "_slow",
+        "_sorted",
+        "_value",
+        "_warmup",
+    )
+
+    def __init__(self, policy: HedgingPolicy) -> None:
+        self._policy = policy
+        self._warmup = max(1, policy.warmup)
+        #: Per endpoint: its latencies in the window, ascending.
+        self._sorted: dict[object, list[float]] = {}
+        #: The window, oldest first: each latency with its endpoint and that one's list.
+        self._order: deque[tuple[object, list[float], float]] = deque()
+        self._seen = 0
+        #: A latency above this counts towards an early recomputation (none before
+        #: warm-up), unless its endpoint is in ``_slow`` (median above it).
+        self._bar = math.inf
+        self._slow: frozenset[object] = frozenset()
+        #: Latencies above ``_bar`` since the last recomputation.
+        self._over = 0
+        self._value = policy.delay if policy.delay is not None else policy.max_delay
+
+    @property
+    def policy(self) -> HedgingPolicy:
+        """The policy this delay follows."""
+        return self._policy
+
+    @property
+    def seen(self) -> int:
+        """Latencies observed so far."""
+        return self._seen
+
+    def current(self) -> float:
+        """Seconds to wait, now, before the next copy of a call of this method."""
+        return self._value
+
+    def observe(self, latency: float, endpoint: object = None) -> None:
+        """One copy's latency (seconds, from that copy's own start) on ``endpoint``.
+
+        ``endpoint`` is any hashable key; the client passes the Endpoint itself,
+        whose identity hash is cheaper than its address's.
+        """
+        policy = self._policy
+        if policy.delay is not None or not (latency >= 0 and math.isfinite(latency)):
+            return
+        ordered = self._sorted.get(endpoint)
+        if ordered is None:
+            ordered = self._sorted[endpoint] = []
+        insort(ordered, latency)
+        order = self._order
+        order.append((endpoint, ordered, latency))
+        if len(order) > policy.window:
+            gone, its, value = order.popleft()
+            del its[bisect_left(its, value)]
+            if not its:
+                del self._sorted[gone]
+        seen = self._seen = self._seen + 1
+        if (seen % _REFRESH == 0 or seen == self._warmup) and seen >= self._warmup:
+            self._refresh()
+        elif latency > self._bar and endpoint not in self._slow:
+            self._over += 1
+            if self._over >= _SHIFT:
+                self._refresh()  # The latencies shifted up: do not wait for the period.
+
+    def _refresh(self) -> None:
+        policy = self._policy
+        everyone = list(self._sorted.items())
+        groups = [(e, s) for e, s in everyone if len(s) >= _MIN_PER_ENDPOINT] or everyone
+        own = [
+            (
+                percentile_of_sorted(ordered, policy.percentile),
+                percentile_of_sorted(ordered, 0.5),
+                endpoint,
+            )
+            for endpoint, ordered in groups
+        ]
+        ranked = sorted(percentile for percentile, _, _ in own)
+        raw = ranked[(len(ranked) - 1) // 2]
+        # Above the cap the typical replica itself is slow (overload everywhere): a copy
+        # would only add load, so no hedge until it is back under (failures still are).
+        value = math.inf if raw > policy.max_delay else max(raw, policy.min_delay)
+        bar = self._value = self._bar = value
+        # Most of a slow replica's latencies are above the delay, as expected: not a shift.
+        self._slow = frozenset(e for _, median, e in own if median > bar)
+        self._over = 0
+
+    def __repr__(self) -> str:
+        kind = "adaptive" if self._policy.adaptive else "fixed"
+        return f"<HedgeDelay {kind} {self._value * 1000:.2f} ms seen={self._seen}>"
