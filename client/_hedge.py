@@ -69,6 +69,8 @@ _MAX_COPIES: Final = 5
 #: How far ahead of a due time a wake-up may come and still fire it: a timer's clock may
 #: run a hair ahead of the one the due time was read from.
 _EARLY: Final = 1e-9
+#: ``_Hedging.late_on`` while the first copy is not (or no longer) past its hedge time.
+_NOT_LATE: Final = object()
 #: What the first copy's pick excludes.
 _NOTHING_USED: Final[frozenset[object]] = frozenset()
 
@@ -249,7 +251,7 @@ class HedgeTimer:
             tests) to wake by a task that sleeps with it until the next due time.
     """
 
-    __slots__ = ("_clock", "_due", "_early", "_heap", "_numbers", "_queue", "_sleep", "_wake_up")
+    __slots__ = ("_clock", "_due", "_early", "_late", "_numbers", "_queue", "_sleep", "_wake_up")
 
     def __init__(
         self,
@@ -266,6 +268,8 @@ class HedgeTimer:
         self._wake_up: asyncio.TimerHandle | asyncio.Task[None] | None = None
         #: When the wake-up is set for (None: none set).
         self._due: float | None = None
+        #: Per endpoint: first copies there past their hedge time and still running.
+        self._late: dict[object, int] = {}
 
     def __len__(self) -> int:
         """Entries held, those whose copy ended but not yet dropped included."""
@@ -281,6 +285,20 @@ class HedgeTimer:
             heapq.heappush(self._early, (due, next(self._numbers), first))
         if self._due is None or due < self._due:
             self._set(due)
+
+    def late(self, endpoint: object) -> int:
+        """First copies on ``endpoint`` that are past their hedge time and still running."""
+        return self._late.get(endpoint, 0)
+
+    def _late_begins(self, endpoint: object) -> None:
+        self._late[endpoint] = self._late.get(endpoint, 0) + 1
+
+    def _late_ends(self, endpoint: object) -> None:
+        left = self._late[endpoint] - 1
+        if left:
+            self._late[endpoint] = left
+        else:
+            del self._late[endpoint]
 
     def close(self) -> None:
         """Drop every entry and the wake-up; no copy is told anything any more."""
@@ -366,6 +384,8 @@ class _Hedging(Generic[T]):
     on_hedge: Callable[[int], None] | None
     discard: Callable[[T], Awaitable[object]] | None
     hedge_timer: HedgeTimer
+    #: The first copy's endpoint while that copy runs past its hedge time (see _send).
+    late_on: object = _NOT_LATE
     flights: dict[asyncio.Future[T], _Flight] = field(default_factory=dict)
     used: set[object] = field(default_factory=set)
     sent: int = 0
@@ -386,8 +406,18 @@ class _Hedging(Generic[T]):
         return not self.stopped and self.sent < self.policy.max_attempts
 
     def due(self) -> bool:
-        """Whether the next copy should go now."""
-        return self.next_at is not None and self.next_at <= self.clock() and self.may_send()
+        """Whether the next copy should go now.
+
+        Not while a copy has ended unread: its answer (say, one that came in the
+        same turn of the event loop as the hedge time) is read first, and a copy
+        sent meanwhile would only be cancelled.
+        """
+        return (
+            self.next_at is not None
+            and self.next_at <= self.clock()
+            and self.may_send()
+            and not any(flight.done() for flight in self.flights)
+        )
 
     def in_flight(self) -> set[object]:
         return {flight.endpoint for flight in self.flights.values()}
@@ -570,19 +600,19 @@ class _FirstCopy(Generic[T]):
         try:
             value = await state.run(endpoint, copy)
         except asyncio.CancelledError:
-            self._running = False
+            self._stop(state)
             return await self._cancelled(copy)
         except Exception as error:
-            self._running = False
-            self._disarm()
+            self._stop(state)
             if self._hedger is None:
                 state.ended(error, self._limited)  # Raises what ends the call.
                 return await _loop(state)
             if self._flight is not None and not self._flight.done():
                 self._flight.set_exception(error)
             return await self._hedger
-        self._running = False
-        self._disarm()
+        self._running = self._waiting = False  # What _stop does, inline: nearly every call.
+        if state.late_on is not _NOT_LATE:
+            self._stop(state)
         if self._hedger is None:
             # The timer may hold this copy for a while yet: let go of the call's state now.
             self._state = self._caller = None
@@ -593,8 +623,12 @@ class _FirstCopy(Generic[T]):
             await state.discard(value)
         return await self._hedger
 
-    def _disarm(self) -> None:
-        self._waiting = False  # The timer drops the entry when it comes to it.
+    def _stop(self, state: _Hedging[T]) -> None:
+        """The copy ended: nothing to wait for (the timer drops the entry), and not late."""
+        self._running = self._waiting = False
+        if state.late_on is not _NOT_LATE:
+            state.hedge_timer._late_ends(state.late_on)
+            state.late_on = _NOT_LATE
 
     def _fire(self) -> None:
         """The delay passed with no answer: start the hedger, this copy one of its flights."""
@@ -602,6 +636,8 @@ class _FirstCopy(Generic[T]):
         state = self._state
         if not self._running or state is None:
             return
+        state.late_on = self._endpoint
+        state.hedge_timer._late_begins(self._endpoint)
         if state.budget is not None and not state.budget.can_spend():
             # No hedge could go (rule 5): the copy goes on alone, no hedger to start.
             state.stopped = True
@@ -627,7 +663,6 @@ class _FirstCopy(Generic[T]):
         if ours and self._hedger is not None:
             return await self._hedger
         copy.mark.lost = True
-        self._disarm()
         if self._hedger is not None:
             assert self._state is not None
             await _abandon(self._hedger, self._state.discard)
@@ -726,6 +761,14 @@ async def _send(state: _Hedging[T]) -> None:
         return
     # A hedge goes to an endpoint with no copy of this call in flight, or not at all.
     if endpoint in state.in_flight():
+        return
+    # Nor, for now, to one with as many late first copies as this call's: when every
+    # endpoint has them at once, the slowness is not the endpoint's (a saturated client,
+    # or every replica at once), and a copy elsewhere would wait as long. Asked again
+    # a delay later.
+    late_on, timer = state.late_on, state.hedge_timer
+    if late_on is not _NOT_LATE and timer.late(endpoint) >= timer.late(late_on):
+        state.next_at = state.clock() + state.delay
         return
     if state.budget is not None and not state.budget.try_spend():
         state.stopped = True

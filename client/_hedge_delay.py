@@ -21,6 +21,13 @@ __all__ = ["HedgeDelay"]
 _REFRESH: Final = 32
 #: Latencies an endpoint needs in the window before its own percentile counts.
 _MIN_PER_ENDPOINT: Final = 10
+#: The adaptive delay is at least this many times a typical endpoint's median: a copy
+#: sent after the delay wins only if the first one takes the delay plus the copy's own
+#: latency (about a median) or more. At a light load the percentile is several medians
+#: and this changes nothing; where the latencies bunch up (a saturated client, whose
+#: own queue every copy waits in) a hedge at the percentile would need the first copy
+#: to take little more than two medians, and in a saturated closed loop none did.
+_MEDIANS: Final = 2
 #: Latencies above the delay, since the last recomputation, that mean the latencies
 #: shifted: recompute at once. A p99 lets through 0.32 of 32 on average; 4 or more
 #: of the 31 before a regular recomputation, once in about 4000 periods (an exact
@@ -133,7 +140,10 @@ class HedgeDelay:
             for endpoint, ordered in groups
         ]
         ranked = sorted(percentile for percentile, _, _ in own)
-        raw = ranked[(len(ranked) - 1) // 2]
+        middle = (len(ranked) - 1) // 2
+        typical = sorted(median for _, median, _ in own)[middle]
+        # Not under a few medians: a copy sent then rarely wins (see _MEDIANS).
+        raw = max(ranked[middle], _MEDIANS * typical)
         # Above the cap the typical replica itself is slow (overload everywhere): a copy
         # would only add load, so no hedge until it is back under (failures still are).
         value = math.inf if raw > policy.max_delay else max(raw, policy.min_delay)

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import heapq
 import time
 import weakref
 
 import pytest
 
 from client._hedge import Copy, HedgeTimer, HedgingPolicy, Won, call_with_hedging
-from tests.client_core.test_hedge_loop import DELAY, FakeTimer, Replicas, settle, start
+from tests.client_core.test_hedge_loop import (
+    DELAY,
+    UNAVAILABLE,
+    FakeTimer,
+    Replicas,
+    settle,
+    start,
+)
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -181,4 +189,102 @@ async def test_on_the_event_loops_own_clock_a_hedge_goes_after_the_delay() -> No
     assert [name for name, _ in sent] == ["first", "second"]
     assert sent[1][1] - began >= 0.02
     assert len(timer) == 0
+    timer.close()
+
+
+async def test_no_hedge_goes_where_as_many_first_copies_are_late_as_on_the_calls_own() -> None:
+    # Two calls late at once, each on the endpoint the other would hedge to: the slowness
+    # is everywhere (a saturated client), and neither hedge goes.
+    clock = FakeTimer()
+    timer = shared(clock)
+    one, two = Replicas(clock, names=("a", "b")), Replicas(clock, names=("b", "a"))
+    hedges: list[int] = []
+    first = await start(one, hedges=hedges, timer=timer)
+    second = await start(two, hedges=hedges, timer=timer)
+    await clock.advance(DELAY)
+    assert (timer.late("a"), timer.late("b")) == (1, 1)
+    assert hedges == []
+    assert [len(one.sent), len(two.sent)] == [1, 1]
+    one.reply(1, "a")
+    two.reply(1, "b")
+    assert [await first, await second] == [Won("a", 1), Won("b", 1)]
+    assert (timer.late("a"), timer.late("b")) == (0, 0)
+    timer.close()
+
+
+async def test_a_hedge_goes_to_an_endpoint_with_fewer_late_first_copies() -> None:
+    # Two calls late on "a" (a stalled replica), one on "b": "b" has fewer, so the hedges
+    # of the calls on "a" go there; the one on "b" has nowhere with fewer than its own.
+    clock = FakeTimer()
+    timer = shared(clock)
+    on_a = [Replicas(clock, names=("a", "b")) for _ in range(2)]
+    on_b = Replicas(clock, names=("b", "a"))
+    tasks = [await start(r, timer=timer) for r in on_a]
+    tasks.append(await start(on_b, timer=timer))
+    await clock.advance(DELAY)
+    assert [len(r.sent) for r in on_a] == [2, 2]
+    assert [r.sent[1].endpoint for r in on_a] == ["b", "b"]
+    assert len(on_b.sent) == 1
+    for replicas in on_a:
+        replicas.reply(2, "b")
+    on_b.reply(1, "b")
+    assert [(await t).number for t in tasks] == [2, 2, 1]
+    assert (timer.late("a"), timer.late("b")) == (0, 0)
+    timer.close()
+
+
+async def test_a_held_back_hedge_is_asked_again_a_delay_later() -> None:
+    clock = FakeTimer()
+    timer = shared(clock)
+    one, two = Replicas(clock, names=("a", "b")), Replicas(clock, names=("b", "a"))
+    first = await start(one, timer=timer)
+    second = await start(two, timer=timer)
+    await clock.advance(DELAY)
+    assert [len(one.sent), len(two.sent)] == [1, 1]  # Both late at once: no hedge.
+    two.reply(1, "b")
+    assert await second == Won("b", 1)
+    assert timer.late("b") == 0
+    await clock.advance(DELAY - 1e-6)
+    assert len(one.sent) == 1
+    await clock.advance(1e-6)  # A delay after the held-back one: "b" has no late call now.
+    assert when(one) == [("a", 0.0), ("b", 2 * DELAY)]
+    one.reply(2, "b")
+    assert await first == Won("b", 2)
+    assert timer.late("a") == 0
+    timer.close()
+
+
+async def test_a_late_copy_failing_non_fatally_is_followed_at_once_wherever_calls_are_late() -> (
+    None
+):
+    clock = FakeTimer()
+    timer = shared(clock)
+    one, two = Replicas(clock, names=("a", "b")), Replicas(clock, names=("b", "a"))
+    first = await start(one, timer=timer)
+    second = await start(two, timer=timer)
+    await clock.advance(DELAY)
+    assert len(one.sent) == 1
+    one.reply(1, UNAVAILABLE)  # Rule 3: the next copy goes at once, late calls or not.
+    await settle()
+    assert [s.endpoint for s in one.sent] == ["a", "b"]
+    one.reply(2, "b")
+    two.reply(1, "b")
+    assert [(await first).number, (await second).number] == [2, 1]
+    timer.close()
+
+
+async def test_an_answer_in_the_same_turn_as_the_hedge_time_is_read_before_any_hedge() -> None:
+    clock = FakeTimer()
+    timer = shared(clock)
+    replicas = Replicas(clock)
+    hedges: list[int] = []
+    task = await start(replicas, hedges=hedges, timer=timer)
+    clock.now += DELAY
+    _, _, wake_up = heapq.heappop(clock._sleepers)  # The timer's own sleep.
+    wake_up.set_result(None)  # The hedge time comes first in this turn of the loop...
+    replicas.reply(1, "first")  # ...and the first copy's answer in the same turn.
+    await settle()
+    assert await task == Won("first", 1)
+    assert hedges == []
+    assert len(replicas.sent) == 1
     timer.close()
