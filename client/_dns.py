@@ -49,7 +49,7 @@ from client._discovery_backoff import DiscoveryBackoff
 from client._feed import FeedResolver
 from client._hosts import DEFAULT_HOSTS_FILE, local_addresses
 from client._resolver import Address, TargetError, _is_ip, parse_hostport
-from client._tasks import cancel_and_wait
+from client._tasks import cancel_and_wait, raise_if_cancelled
 
 __all__ = ["DEFAULT_DNS_SERVER_PORT", "DEFAULT_TARGET_PORT", "DnsResolver"]
 
@@ -277,8 +277,12 @@ class DnsResolver(FeedResolver):
                 lifetime=max(expires - time.monotonic(), 0.0),
             )
         except dns.resolver.NXDOMAIN as exc:
+            raise_if_cancelled()
             _log.debug("%r: %s answered NXDOMAIN", self, rdtype)
             return _Family((), _negative_ttl(exc, self._max_ttl), None)
+        # dnspython waits through asyncio.wait_for, which in Python 3.11 can drop a cancel
+        # that came as the answer did: without this, close() would wait for the next TTL.
+        raise_if_cancelled()
         found = tuple(str(rdata.address) for rdata in answer.rrset or ())
         return _Family(found, float(answer.chaining_result.minimum_ttl), answer.qname)
 
