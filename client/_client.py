@@ -607,8 +607,9 @@ class UserClient:
 
         def run(endpoint: object, copy: Copy) -> Awaitable[T]:
             assert isinstance(endpoint, Endpoint)
-            spec = Attempt(copy.number, copy.timeout, frozenset())
-            return self._run_on(method, endpoint, invoke, spec, deadline, True, copy.mark, hedge)
+            return self._run_on(
+                method, endpoint, invoke, copy.timeout, deadline, True, copy.mark, hedge
+            )
 
         return call_with_hedging(
             self._pick,
@@ -636,14 +637,14 @@ class UserClient:
         timed: bool,
     ) -> T:
         endpoint = await self._pick(spec.excluded, spec.timeout)
-        return await self._run_on(method, endpoint, invoke, spec, deadline, timed)
+        return await self._run_on(method, endpoint, invoke, spec.timeout, deadline, timed)
 
     async def _run_on(
         self,
         method: str,
         endpoint: Endpoint,
         invoke: Callable[[Lease, float | None], Awaitable[T]],
-        spec: Attempt,
+        timeout: float | None,
         deadline: float | None,
         timed: bool,
         mark: HedgeMark | None = None,
@@ -664,10 +665,10 @@ class UserClient:
             peer_token = ATTEMPT_PEER.set(endpoint.address)
             mark_token = ATTEMPT_HEDGE.set(mark)
         try:
-            result = await invoke(lease, spec.timeout)
+            result = await invoke(lease, timeout)
         except grpc.RpcError as err:
             self.metrics.record(method, _code(err), self._clock() - started)
-            cut = _cut_by_attempt(spec, started, deadline)
+            cut = _cut_by_attempt(timeout, started, deadline)
             # A replica that let an attempt time out is at least that slow.
             latency = self._clock() - started if cut and timed else None
             self._attempt_failed(endpoint, err, cut, latency)
@@ -1099,8 +1100,8 @@ def _lease(endpoint: Endpoint) -> Lease:
         raise AttemptFailed(_unavailable(str(exc)), endpoint) from exc
 
 
-def _cut_by_attempt(spec: Attempt, started: float, deadline: float | None) -> bool:
+def _cut_by_attempt(timeout: float | None, started: float, deadline: float | None) -> bool:
     """Whether the attempt's own timeout (not the call's deadline) limited it."""
-    if spec.timeout is None:
+    if timeout is None:
         return False
-    return deadline is None or started + spec.timeout < deadline - 1e-6
+    return deadline is None or started + timeout < deadline - 1e-6

@@ -59,23 +59,35 @@ class HedgeDelay:
 
     __slots__ = (
         "_bar",
+        "_fixed",
+        "_next_refresh",
         "_order",
+        "_order_endpoints",
         "_over",
-        "_policy",
         "_seen",
         "_slow",
         "_sorted",
         "_value",
-        "_warmup",
+        "_window",
+        "policy",
     )
 
     def __init__(self, policy: HedgingPolicy) -> None:
-        self._policy = policy
-        self._warmup = max(1, policy.warmup)
+        #: The policy this delay follows.
+        self.policy = policy
+        self._fixed = policy.delay is not None
+        self._window = policy.window
+        #: The count of latencies seen at which the next regular recomputation comes:
+        #: the end of the warm-up, then every multiple of 32.
+        self._next_refresh = max(1, policy.warmup)
         #: Per endpoint: its latencies in the window, ascending.
         self._sorted: dict[object, list[float]] = {}
-        #: The window, oldest first: each latency with its endpoint and that one's list.
-        self._order: deque[tuple[object, list[float], float]] = deque()
+        #: The window, oldest first: the latencies and, beside them, their endpoints (two
+        #: deques, not one of tuples: a tuple per latency would be an object for the
+        #: garbage collector to track, and each one lives long enough to reach its
+        #: oldest generation, whose collections walk every object in the process).
+        self._order: deque[float] = deque()
+        self._order_endpoints: deque[object] = deque()
         self._seen = 0
         #: A latency above this counts towards an early recomputation (none before
         #: warm-up), unless its endpoint is in ``_slow`` (median above it).
@@ -84,11 +96,6 @@ class HedgeDelay:
         #: Latencies above ``_bar`` since the last recomputation.
         self._over = 0
         self._value = policy.delay if policy.delay is not None else policy.max_delay
-
-    @property
-    def policy(self) -> HedgingPolicy:
-        """The policy this delay follows."""
-        return self._policy
 
     @property
     def seen(self) -> int:
@@ -103,24 +110,27 @@ class HedgeDelay:
         """One copy's latency (seconds, from that copy's own start) on ``endpoint``.
 
         ``endpoint`` is any hashable key; the client passes the Endpoint itself,
-        whose identity hash is cheaper than its address's.
+        whose identity hash is cheaper than its address's. Called for every
+        answer, so kept to C calls, with nothing allocated once the window is full.
         """
-        policy = self._policy
-        if policy.delay is not None or not (latency >= 0 and math.isfinite(latency)):
+        if self._fixed or not 0 <= latency < math.inf:  # NaN fails both comparisons.
             return
         ordered = self._sorted.get(endpoint)
         if ordered is None:
             ordered = self._sorted[endpoint] = []
         insort(ordered, latency)
-        order = self._order
-        order.append((endpoint, ordered, latency))
-        if len(order) > policy.window:
-            gone, its, value = order.popleft()
+        order, endpoints = self._order, self._order_endpoints
+        order.append(latency)
+        endpoints.append(endpoint)
+        if len(order) > self._window:
+            value, gone = order.popleft(), endpoints.popleft()
+            its = self._sorted[gone]
             del its[bisect_left(its, value)]
             if not its:
                 del self._sorted[gone]
         seen = self._seen = self._seen + 1
-        if (seen % _REFRESH == 0 or seen == self._warmup) and seen >= self._warmup:
+        if seen == self._next_refresh:
+            self._next_refresh = (seen // _REFRESH + 1) * _REFRESH
             self._refresh()
         elif latency > self._bar and endpoint not in self._slow:
             self._over += 1
@@ -128,7 +138,7 @@ class HedgeDelay:
                 self._refresh()  # The latencies shifted up: do not wait for the period.
 
     def _refresh(self) -> None:
-        policy = self._policy
+        policy = self.policy
         everyone = list(self._sorted.items())
         groups = [(e, s) for e, s in everyone if len(s) >= _MIN_PER_ENDPOINT] or everyone
         own = [
@@ -153,5 +163,5 @@ class HedgeDelay:
         self._over = 0
 
     def __repr__(self) -> str:
-        kind = "adaptive" if self._policy.adaptive else "fixed"
+        kind = "adaptive" if self.policy.adaptive else "fixed"
         return f"<HedgeDelay {kind} {self._value * 1000:.2f} ms seen={self._seen}>"
