@@ -3,7 +3,7 @@
 The public surface lives here; the modules behind it (``client._name``) are private.
 """
 
-from client._chat import ChatReconnect, ChatReconnected, ChatSession
+from client._chat import ChatMoved, ChatReconnect, ChatReconnected, ChatSession
 from client._client import (
     DEFAULT_ATTEMPT_TIMEOUTS,
     DEFAULT_DEADLINES,
@@ -82,6 +82,7 @@ __all__ = [  # noqa: RUF022 -- grouped by concept, as the modules are
     "UserListing",
     "ChatSession",
     "ChatReconnect",
+    "ChatMoved",
     "ChatReconnected",
     "NewUserSpec",
     "ClientStats",

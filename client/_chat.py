@@ -130,6 +130,24 @@ class ChatReconnected:
 
 
 @dataclass(frozen=True, slots=True)
+class ChatMoved:
+    """What ``on_move`` is told after a session left an endpoint that stopped taking calls.
+
+    A quiet move: nothing was owed on the old stream and nothing is sent again.
+
+    Attributes:
+        left: Address of the endpoint left.
+        endpoint: Address of the endpoint of the new stream.
+        state: Why the old one was left: its state then (``DRAINING``,
+            ``EJECTED``, ``UNREACHABLE`` or ``NOT_SERVING``).
+    """
+
+    left: str
+    endpoint: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
 class _End:
     """The reader is done: the stream ended (error None) or the session failed."""
 
@@ -173,6 +191,9 @@ class ChatSession:
         on_failure: Told of every failed stream (endpoint, error), for outlier accounting.
         reconnect: The reconnection settings (a default :class:`ChatReconnect` when None).
         on_reconnect: Told of every reconnect; an exception in it is ignored.
+        on_move: Told of every quiet move off an endpoint that stopped taking
+            calls (draining, ejected, unreachable, NOT_SERVING) while nothing
+            was owed; an exception in it is ignored.
         budget: Retry budget that every reconnect spends a token of; None for none.
         rng: Random source of the backoff's jitter.
         sleep: Awaitable sleep of the backoff; a seam for tests.
@@ -190,6 +211,7 @@ class ChatSession:
         budget: RetryBudget | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        on_move: Callable[[ChatMoved], None] | None = None,
     ) -> None:
         self._endpoints = endpoints
         self._user_id = user_id
@@ -197,6 +219,7 @@ class ChatSession:
         self._on_failure = on_failure
         self._policy = reconnect or ChatReconnect()
         self._on_reconnect = on_reconnect
+        self._on_move = on_move
         self._budget = budget
         self._rng = rng or random.Random()
         self._sleep = sleep
@@ -340,9 +363,16 @@ class ChatSession:
             if self._stream is not old:  # the reader replaced it meanwhile (it broke)
                 await _end_stream(new)
                 return
+            state = old.endpoint.state
             self._stream = new
         self.moves += 1
         await _end_stream(old)
+        if self._on_move is not None:
+            event = ChatMoved(str(old.endpoint.address), str(new.endpoint.address), state.name)
+            try:
+                self._on_move(event)
+            except Exception:  # observability never breaks the chat
+                _log.exception("on_move hook failed; the chat goes on")
 
     # --- writing --------------------------------------------------------------------------
 

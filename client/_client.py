@@ -35,7 +35,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, TracerProvider
 
-from client._chat import ChatReconnect, ChatReconnected, ChatSession
+from client._chat import ChatMoved, ChatReconnect, ChatReconnected, ChatSession
 from client._endpoint import (
     EjectionConfig,
     Endpoint,
@@ -975,6 +975,7 @@ class UserClient:
         user_id: str = "",
         reconnect: ChatReconnect | None = None,
         on_reconnect: Callable[[ChatReconnected], None] | None = None,
+        on_move: Callable[[ChatMoved], None] | None = None,
     ) -> ChatSession:
         """A chat stream that survives its replica (see :class:`ChatSession`).
 
@@ -994,6 +995,8 @@ class UserClient:
             reconnect: Reconnection settings; ``ChatReconnect(enabled=False)``
                 makes every failure surface.
             on_reconnect: Told of every reconnect (the CLI prints it).
+            on_move: Told of every quiet move off a replica that stopped taking
+                calls while nothing was owed (the CLI prints it too).
         """
         self._check_open()
 
@@ -1011,6 +1014,7 @@ class UserClient:
             on_reconnect=reconnected,
             budget=self._budget,
             rng=self._rng,
+            on_move=on_move,
         )
 
     def _chat_failed(self, endpoint: Endpoint, err: grpc.RpcError) -> None:

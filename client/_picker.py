@@ -152,8 +152,9 @@ class LeastConnPicker(_GroupPicker):
         return self._lighter(*self._draw(group))
 
     def _lighter(self, a: C, b: C) -> C:
-        """The one of the two with less load; the first drawn on a tie."""
-        return b if self._load(b) < self._load(a) else a
+        """The one of the two with fewer calls in flight; the first drawn on a tie."""
+        # Read in place, not through a cost function: two calls fewer on every pick.
+        return b if b.in_flight < a.in_flight else a
 
     def _draw(self, group: Sequence[C]) -> tuple[C, C]:
         """Two distinct endpoints of ``group`` (at least two), the ordered pair uniform."""
@@ -164,10 +165,6 @@ class LeastConnPicker(_GroupPicker):
         if second >= first:
             second += 1
         return group[first], group[second]
-
-    @staticmethod
-    def _load(endpoint: Candidate) -> float:
-        return endpoint.in_flight
 
 
 class LeastConnFullPicker(_GroupPicker):
@@ -283,7 +280,10 @@ class PeakEwmaPicker(LeastConnPicker):
     """
 
     reads_latency = True
-    _load = staticmethod(_ewma_cost)
+
+    def _lighter(self, a: C, b: C) -> C:
+        """The one of the two with the lower cost; the first drawn on a tie."""
+        return b if _ewma_cost(b) < _ewma_cost(a) else a
 
 
 _FACTORIES: dict[str, type[_GroupPicker]] = {

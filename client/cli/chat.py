@@ -17,7 +17,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
-from client._chat import ChatReconnected
+from client._chat import ChatMoved, ChatReconnected
 from client._client import UserClient
 from client.cli._common import (
     EXIT_OK,
@@ -42,7 +42,8 @@ def add_parser(commands: Any, parent: argparse.ArgumentParser) -> None:
         "printed. --timeout bounds each wait for the server (the stream to open, an\n"
         "echo, the end after end of input), not the time spent typing. A stream whose\n"
         "replica dies, drains or stops answering (5 s) reconnects to another and resends\n"
-        "the lines not answered yet; stderr notes each reconnect.",
+        "the lines not answered yet; stderr notes each reconnect, and each move off a\n"
+        "replica that stopped taking calls while no echo was owed.",
     )
     cmd.add_argument(
         "--user-id", default="", help="sent as the speaker of every message (default: anonymous)"
@@ -139,8 +140,12 @@ async def _chat(args: argparse.Namespace, client: UserClient, io: Io) -> int:
     def reconnected(event: ChatReconnected) -> None:
         io.err(f"reconnected: {event.failed} -> {event.endpoint} ({event.code}: {event.reason})")
 
+    def moved(event: ChatMoved) -> None:
+        io.err(f"moved: {event.left} -> {event.endpoint} ({event.state})")
+
     owed = _Owed(io.deadline, budget(args))
-    async with client.chat(user_id=args.user_id, on_reconnect=reconnected) as session:
+    chat = client.chat(user_id=args.user_id, on_reconnect=reconnected, on_move=moved)
+    async with chat as session:
         owed.idle()  # open: from now on only owed echoes count
         printer = asyncio.create_task(_print_replies(session, io, args.json, owed))
         try:

@@ -16,6 +16,7 @@ import grpc
 import pytest
 
 from client import (
+    ChatMoved,
     ChatReconnect,
     ChatReconnected,
     DeadlineExceededError,
@@ -215,8 +216,9 @@ def test_grpcio_local_write_failure_counts_as_unavailable() -> None:
 async def test_a_quiet_chat_leaves_a_replica_that_stopped_serving(
     replicas: list[InProcessServer],
 ) -> None:
+    moves: list[ChatMoved] = []
     async with chat_client(static_target(replicas)) as client:
-        async with client.chat() as session:
+        async with client.chat(on_move=moves.append) as session:
             await session.send("one")
             await anext(session)
             endpoint = session.endpoint
@@ -226,11 +228,34 @@ async def test_a_quiet_chat_leaves_a_replica_that_stopped_serving(
             await eventually(lambda: not endpoint.is_available())
             await session.send("two")  # nothing unanswered: moved before sending
             reply = await anext(session)
-            assert session.endpoint is not endpoint
+            new = session.endpoint
+            assert new is not None and new is not endpoint
         assert reply.message.text == "two"
         assert reply.replica != server.replica.config.replica_name
         assert (session.moves, session.reconnects, session.resent) == (1, 0, 0)
+        assert moves == [ChatMoved(str(endpoint.address), str(new.address), "NOT_SERVING")]
         assert client.stats().failures == 0
+
+
+async def test_a_failing_move_hook_does_not_break_the_chat(
+    replicas: list[InProcessServer],
+) -> None:
+    def broken(event: ChatMoved) -> None:
+        raise RuntimeError("a bug in the hook")
+
+    async with chat_client(static_target(replicas)) as client:
+        async with client.chat(on_move=broken) as session:
+            await session.send("one")
+            await anext(session)
+            endpoint = session.endpoint
+            assert endpoint is not None
+            server = next(s for s in replicas if s.address == str(endpoint.address))
+            await server.set_serving(False)
+            await eventually(lambda: not endpoint.is_available())
+            await session.send("two")
+            reply = await anext(session)
+        assert reply.message.text == "two"
+        assert session.moves == 1
 
 
 def test_the_keepalive_timeout_is_also_grpcio_s_ping_timeout() -> None:

@@ -8,7 +8,7 @@ import client
 
 EXPECTED = {
     # The client
-    "UserClient", "UserListing", "ChatSession", "ChatReconnect", "ChatReconnected",
+    "UserClient", "UserListing", "ChatSession", "ChatReconnect", "ChatMoved", "ChatReconnected",
     "NewUserSpec", "ClientStats", "HedgeStats",
     "DEFAULT_DEADLINES", "DEFAULT_HEDGING", "HEDGEABLE_METHODS",
     "DEFAULT_ATTEMPT_TIMEOUTS", "MAX_BATCH", "ROLES", "mint_token",
