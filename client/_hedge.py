@@ -35,12 +35,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import heapq
 import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Generic, TypeVar
 
@@ -333,22 +334,24 @@ class HedgeTimer:
         self._due = None
         now = self._clock() + _EARLY
         queue, early = self._queue, self._early
-        while queue:
-            due, first = queue[0]
-            if first._waiting and due > now:
-                break
-            queue.popleft()
-            if first._waiting:
-                first._fire()
-        while early:
-            due, _, first = early[0]
-            if first._waiting and due > now:
-                break
-            heapq.heappop(early)
-            if first._waiting:
-                first._fire()
+        _fire_due(queue, queue.popleft, now)
+        _fire_due(early, functools.partial(heapq.heappop, early), now)
         if queue or early:
             self._set(min(queue[0][0] if queue else math.inf, early[0][0] if early else math.inf))
+
+
+def _fire_due(
+    entries: Sequence[tuple[Any, ...]], pop_first: Callable[[], object], now: float
+) -> None:
+    """Take entries off the front (due time first, copy last) while due or no longer waiting."""
+    while entries:
+        head = entries[0]
+        first: _FirstCopy[Any] = head[-1]
+        if first._waiting and head[0] > now:
+            return
+        pop_first()
+        if first._waiting:
+            first._fire()
 
 
 Pick = Callable[[frozenset[object], float | None], Awaitable[object]]
