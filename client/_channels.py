@@ -262,11 +262,17 @@ class ChannelPool:
         assert not to_close  # taking a lease closes nothing (invariant 3)
         return pooled.lease
 
-    async def release(self, lease: Lease) -> None:
-        """Give back a slot taken by :meth:`acquire`; exactly once per acquire."""
+    def release(self, lease: Lease) -> Awaitable[None] | None:
+        """Give back a slot taken by :meth:`acquire`; exactly once per acquire; never awaits.
+
+        Returns:
+            None; or, when this slot's end leaves channels to close (an extra
+            channel idle too long, a drained pool's last call), the coroutine
+            that closes them, which the caller awaits. Nearly every call ends
+            with nothing to close, and then costs no coroutine.
+        """
         _, to_close = self._update_pool(release=lease._pooled)
-        if to_close:
-            await _close_all(to_close)
+        return _close_all(to_close) if to_close else None
 
     async def prune(self, *, new_primary: Callable[[], Awaitable[None]] | None = None) -> None:
         """Close extra channels idle longer than ``idle_timeout``; replace stale-credential ones.

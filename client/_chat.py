@@ -607,7 +607,9 @@ async def _write(stream: _Stream, request: user_pb2.ChatRequest | None) -> bool:
 
 async def _end_stream(stream: _Stream) -> None:
     stream.call.cancel()
-    await stream.endpoint.release(stream.lease)
+    closing = stream.endpoint.release(stream.lease)
+    if closing is not None:
+        await closing
 
 
 def _drain(queue: asyncio.Queue[Any]) -> list[Any]:

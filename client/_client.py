@@ -370,9 +370,13 @@ class UserClient:
         self._tracing = tracing_configured(tracer_provider) if tracing is None else tracing
         self.metrics = CallMetrics(clock)
         provider = token_provider or ((lambda: token) if token else None)
-        self._token = provider
+        #: Asked for the token per attempt; None for a fixed token (or none), whose
+        #: metadata is made once here.
+        self._token = token_provider
         #: The last token sent and its metadata, built again only when the token changes.
         self._sent_token: tuple[str | None, tuple[tuple[str, str], ...] | None] = (None, None)
+        if token_provider is None:
+            self._sent_token = (token, (("authorization", f"Bearer {token}"),) if token else None)
         # Unary calls and ListUsers carry the token and are timed in the attempt itself;
         # only Chat's stream-stream calls still go through those two interceptors.
         interceptors = client_interceptors(
@@ -566,21 +570,23 @@ class UserClient:
         timed: bool = True,
         attempt: Callable[[Attempt], Awaitable[T]] | None = None,
     ) -> T:
-        self._check_open()
+        if self._closed:
+            self._check_open()  # Raises.
         self._calls += 1
         hedge = self._hedges.get(method) if idempotent and timed and attempt is None else None
-
-        def one_attempt(spec: Attempt) -> Awaitable[T]:
-            return self._attempt(method, invoke, spec, deadline, timed)  # no frame of its own
-
         try:
             if hedge is not None:
                 won = await self._hedged(method, hedge, invoke, deadline)
                 if won.number > 1:
                     self._hedge_counts[method][1] += 1
                 return won.value
+            if attempt is None:
+
+                def attempt(spec: Attempt) -> Awaitable[T]:
+                    return self._attempt(method, invoke, spec, deadline, timed)  # no own frame
+
             return await call_with_retries(
-                attempt or one_attempt,
+                attempt,
                 policy=self._policy(method),
                 budget=self._budget,
                 deadline=deadline,
@@ -607,9 +613,7 @@ class UserClient:
 
         def run(endpoint: object, copy: Copy) -> Awaitable[T]:
             assert isinstance(endpoint, Endpoint)
-            return self._run_on(
-                method, endpoint, invoke, copy.timeout, deadline, True, copy.mark, hedge
-            )
+            return self._run_on(method, endpoint, invoke, copy.timeout, deadline, True, copy, hedge)
 
         return call_with_hedging(
             self._pick,
@@ -692,7 +696,9 @@ class UserClient:
             if tracing:
                 ATTEMPT_HEDGE.reset(mark_token)
                 ATTEMPT_PEER.reset(peer_token)
-            await endpoint.release(lease)
+            closing = endpoint.release(lease)
+            if closing is not None:
+                await closing
         elapsed = self._clock() - started
         if hedge is not None:
             hedge.observe(elapsed, endpoint)
@@ -703,7 +709,9 @@ class UserClient:
 
     def _metadata(self) -> tuple[tuple[str, str], ...] | None:
         """The attempt's call metadata: the bearer token, asked of the provider per attempt."""
-        token = self._token() if self._token is not None else None
+        if self._token is None:  # A fixed token: its metadata never changes.
+            return self._sent_token[1]
+        token = self._token()
         last, metadata = self._sent_token
         if token != last:
             metadata = (("authorization", f"Bearer {token}"),) if token else None
@@ -890,7 +898,7 @@ class UserClient:
         async def open_copy(endpoint: object, copy: Copy) -> _OpenStream:
             assert isinstance(endpoint, Endpoint)
             opened = self._open_stream(endpoint, cursor.request(), copy)
-            return await _timed(hedge, endpoint, copy.mark, self._clock, opened)
+            return await _timed(hedge, endpoint, copy, self._clock, opened)
 
         won = await call_with_hedging(
             pick,
@@ -916,7 +924,7 @@ class UserClient:
         started = self._clock()
         lease = _lease(endpoint)
         peer = ATTEMPT_PEER.set(endpoint.address)
-        mark = ATTEMPT_HEDGE.set(copy.mark)
+        mark = ATTEMPT_HEDGE.set(copy)
         call = stream = None
         try:
             call = lease.stub.ListUsers(request, timeout=copy.timeout, metadata=self._metadata())
@@ -926,7 +934,7 @@ class UserClient:
             if call is not None:
                 call.cancel()
             await _close_iterator(stream)  # ends a tracing span now, not at collection
-            await endpoint.release(lease)
+            await _released(endpoint, lease)
             if isinstance(exc, grpc.RpcError):
                 self.metrics.record("ListUsers", _code(exc), self._clock() - started)
                 self._attempt_failed(endpoint, exc, cut=False)
@@ -943,7 +951,7 @@ class UserClient:
         """Release a stream that answered but lost the race to another copy."""
         opened.call.cancel()
         await _close_iterator(opened.stream)
-        await opened.endpoint.release(opened.lease)
+        await _released(opened.endpoint, opened.lease)
 
     async def _read_listing(
         self, opened: _OpenStream, cursor: _ListCursor, queue: asyncio.Queue[_Listed | _End]
@@ -963,7 +971,7 @@ class UserClient:
         finally:
             opened.call.cancel()
             await _close_iterator(opened.stream)
-            await endpoint.release(opened.lease)
+            await _released(endpoint, opened.lease)
         self.metrics.record("ListUsers", grpc.StatusCode.OK, self._clock() - opened.started)
         endpoint.record_outcome(grpc.StatusCode.OK)
 
@@ -1102,6 +1110,13 @@ def _lease(endpoint: Endpoint) -> Lease:
         return endpoint.acquire()
     except EndpointDrainingError as exc:  # Drained between the pick and the lease.
         raise AttemptFailed(_unavailable(str(exc)), endpoint) from exc
+
+
+async def _released(endpoint: Endpoint, lease: Lease) -> None:
+    """Give ``lease`` back and close what that leaves to close (off the unary hot path)."""
+    closing = endpoint.release(lease)
+    if closing is not None:
+        await closing
 
 
 def _cut_by_attempt(timeout: float | None, started: float, deadline: float | None) -> bool:

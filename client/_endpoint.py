@@ -140,6 +140,16 @@ class Endpoint:
             rng=rng,
         )
         self._ejection = OutlierEjection(ejection or EjectionConfig(), clock, name=str(address))
+        # The pool's own methods, bound once: a lease taken and given back per call
+        # costs no frame of the endpoint's.
+        #: Take one call's slot on the least busy channel and return its :class:`Lease`;
+        #: never awaits, so no cancellation falls between taking the slot and handing
+        #: over the lease. Raises EndpointDrainingError when draining or closed
+        #: (nothing taken).
+        self.acquire: Callable[[], Lease] = self._channels.acquire
+        #: Give back a slot taken by ``acquire``, exactly once per acquire; never awaits.
+        #: Returns None, or a coroutine closing channels that are done with, to await.
+        self.release: Callable[[Lease], Awaitable[None] | None] = self._channels.release
         #: Recent answer latency, for the peak_ewma picker; None when no picker reads it.
         self._latency = PeakEwma(clock=clock) if track_latency else None
         #: Failed attempts, whatever their kind.
@@ -264,24 +274,6 @@ class Endpoint:
 
     # --- leases ---------------------------------------------------------------------------
 
-    def acquire(self) -> Lease:
-        """Take one call's slot on the least busy channel; give it back with :meth:`release`.
-
-        Never awaits, so no cancellation can fall between taking the slot and
-        handing over the lease that gives it back.
-
-        Raises:
-            EndpointDrainingError: The endpoint is draining or closed (nothing taken).
-        """
-        return self._channels.acquire()
-
-    def release(self, lease: Lease) -> Awaitable[None]:
-        """Give back a slot taken by :meth:`acquire`; exactly once per acquire. Await it.
-
-        The pool's own coroutine is handed back, so a release costs one frame, not two.
-        """
-        return self._channels.release(lease)
-
     @contextlib.asynccontextmanager
     async def lease(self) -> AsyncIterator[Lease]:
         """Hold one call's slot on the least busy channel for the block's duration.
@@ -293,7 +285,9 @@ class Endpoint:
         try:
             yield lease
         finally:
-            await self._channels.release(lease)
+            closing = self._channels.release(lease)
+            if closing is not None:
+                await closing
 
     async def prune(self) -> None:
         """Close extra channels idle longer than ``idle_timeout`` (also done on every release),

@@ -13,7 +13,7 @@ from typing import Any, cast
 import grpc
 import pytest
 
-from client._channels import ChannelPool, EndpointDrainingError, PoolConfig
+from client._channels import ChannelPool, EndpointDrainingError, Lease, PoolConfig
 from client._endpoint import Endpoint
 from client._resolver import Address
 from client.testing import FakeClock
@@ -47,10 +47,28 @@ class CountingClock(FakeClock):
         return self.now
 
 
+async def give_back(pool: ChannelPool, lease: Lease) -> None:
+    """Release ``lease`` and close what that leaves to close, as the client's callers do."""
+    closing = pool.release(lease)
+    if closing is not None:
+        await closing
+
+
 def make_pool(**settings: Any) -> tuple[ChannelPool, Opened, CountingClock]:
     opened, clock = Opened(), CountingClock()
     pool = ChannelPool(ADDRESS, PoolConfig(**settings), OWNER, opened, clock=clock)
     return pool, opened, clock
+
+
+async def test_a_release_that_leaves_nothing_to_close_costs_no_coroutine() -> None:
+    pool, opened, _ = make_pool(max_channels=2, max_concurrent_per_channel=1, idle_timeout=1.0)
+    first = pool.acquire()
+    assert pool.release(first) is None  # The one channel stays (min_channels).
+    first, second = pool.acquire(), pool.acquire()
+    assert pool.release(second) is None  # Idle, but not for long yet.
+    assert pool.release(first) is None
+    await pool.close()
+    assert opened.channels
 
 
 async def test_a_lease_is_one_object_per_channel_naming_its_owner() -> None:
@@ -60,8 +78,8 @@ async def test_a_lease_is_one_object_per_channel_naming_its_owner() -> None:
     second = pool.acquire()
     assert first is second and first.endpoint is OWNER
     assert first.channel is opened.channels[0] and pool.channel_loads() == [2]
-    await pool.release(first)
-    await pool.release(second)
+    await give_back(pool, first)
+    await give_back(pool, second)
     assert (pool.in_flight, pool.total_calls) == (0, 2)
     await pool.close()
 
@@ -72,7 +90,7 @@ async def test_extra_channels_open_only_when_every_channel_is_full_up_to_the_max
     assert len(opened.channels) == 2
     assert pool.channel_loads() == [3, 2]  # past the max, the least busy takes more
     for lease in leases:
-        await pool.release(lease)
+        await give_back(pool, lease)
     assert pool.channel_loads() == [0, 0]
     await pool.close()
 
@@ -81,15 +99,17 @@ async def test_an_idle_extra_channel_closes_after_the_timeout_and_the_first_stay
     pool, _, clock = make_pool(max_concurrent_per_channel=1, max_channels=3, idle_timeout=5.0)
     leases = [pool.acquire() for _ in range(3)]
     for lease in leases:
-        await pool.release(lease)
+        await give_back(pool, lease)
     clock.advance(5.0)
     await pool.prune()
     assert pool.channel_count == 3  # not idle *longer* than the timeout yet
     clock.advance(0.1)
     lease = pool.acquire()  # taking a lease closes nothing
     assert pool.channel_count == 3
-    await pool.release(lease)  # ...giving one back does
+    closing = pool.release(lease)  # ...giving one back does: out of the pool at once,
     assert pool.channel_count == 1
+    assert closing is not None  # closed by the coroutine handed back
+    await closing
     await pool.close()
 
 
@@ -98,9 +118,9 @@ async def test_calls_on_a_busy_channel_do_not_read_the_clock() -> None:
     holding = pool.acquire()
     reads = clock.reads
     for _ in range(100):
-        await pool.release(pool.acquire())
+        await give_back(pool, pool.acquire())
     assert clock.reads == reads
-    await pool.release(holding)
+    await give_back(pool, holding)
     assert clock.reads == reads + 1  # the channel became idle: stamped once
     await pool.close()
 
@@ -112,7 +132,7 @@ async def test_a_draining_pool_refuses_leases_and_closes_with_its_last_call() ->
     with pytest.raises(EndpointDrainingError, match=r"127\.0\.0\.2:9 is draining"):
         pool.acquire()
     assert pool.channel_count == 1
-    await pool.release(lease)
+    await give_back(pool, lease)
     assert pool.channel_count == 0
     assert opened.channels[0].get_state() is grpc.ChannelConnectivity.SHUTDOWN
 
@@ -123,7 +143,7 @@ async def test_drain_waits_for_the_last_call_but_no_longer_than_the_grace() -> N
     drained = asyncio.get_running_loop().create_task(pool.drain(grace=30.0))
     await asyncio.sleep(0.01)
     assert not drained.done() and pool.draining
-    await pool.release(lease)
+    await give_back(pool, lease)
     await asyncio.wait_for(drained, 5.0)
     stuck, _, _ = make_pool()
     stuck.acquire()
@@ -134,9 +154,9 @@ async def test_drain_waits_for_the_last_call_but_no_longer_than_the_grace() -> N
 async def test_releasing_more_than_was_taken_is_caught() -> None:
     pool, _, _ = make_pool()
     lease = pool.acquire()
-    await pool.release(lease)
+    await give_back(pool, lease)
     with pytest.raises(AssertionError, match="in-flight went negative"):
-        await pool.release(lease)
+        await give_back(pool, lease)
     await pool.close()
 
 
@@ -187,7 +207,7 @@ async def test_a_sweep_replaces_every_channel_of_older_credentials() -> None:
         ADDRESS, config, OWNER, open_channel, clock=FakeClock(), generation=lambda: generation[0]
     )
     busy, idle = pool.acquire(), pool.acquire()
-    await pool.release(idle)
+    await give_back(pool, idle)
     await pool.prune(new_primary=new_primary)
     assert events == [] and pool.channel_count == 2  # same generation: nothing changes
 
@@ -199,9 +219,9 @@ async def test_a_sweep_replaces_every_channel_of_older_credentials() -> None:
     assert pool.channel_count == 1 and pool.primary_channel() is opened[2]
     fresh = pool.acquire()
     assert fresh.channel is opened[2] and pool.in_flight == 2
-    await pool.release(busy)
+    await give_back(pool, busy)
     assert events[-1] == "close #1(gen 0)"  # its last call ended
-    await pool.release(fresh)
+    await give_back(pool, fresh)
     assert pool.in_flight == 0 and pool.channel_count == 1
     await pool.prune(new_primary=new_primary)
     assert len(events) == 3  # nothing stale is left

@@ -172,7 +172,7 @@ async def test_the_second_copy_goes_exactly_at_the_delay_and_the_third_at_twice(
     assert await task == Won("from b", 2)
     assert [s.cancelled for s in replicas.sent] == [True, False, True]
     # Only the copy sent before the winner was outrun: the one sent after says nothing.
-    assert [s.copy.mark.outrun for s in replicas.sent] == [True, False, False]
+    assert [s.copy.outrun for s in replicas.sent] == [True, False, False]
 
 
 async def test_an_answer_before_the_delay_sends_no_hedge(replicas: Replicas) -> None:
@@ -352,7 +352,7 @@ async def test_the_caller_cancelling_cancels_every_copy(replicas: Replicas) -> N
     with pytest.raises(asyncio.CancelledError):
         await task
     assert [s.cancelled for s in replicas.sent] == [True, True]
-    assert all(s.copy.mark.lost for s in replicas.sent)
+    assert all(s.copy.lost for s in replicas.sent)
 
 
 async def test_the_losers_are_marked_lost_before_they_are_cancelled(replicas: Replicas) -> None:
@@ -360,8 +360,8 @@ async def test_the_losers_are_marked_lost_before_they_are_cancelled(replicas: Re
     await replicas.clock.advance(DELAY)
     replicas.reply(1, "a")
     await task
-    assert [s.copy.mark.lost for s in replicas.sent] == [False, True]
-    assert [s.copy.mark.number for s in replicas.sent] == [1, 2]
+    assert [s.copy.lost for s in replicas.sent] == [False, True]
+    assert [s.copy.number for s in replicas.sent] == [1, 2]
 
 
 async def test_a_bug_in_a_copy_propagates_unretried(replicas: Replicas) -> None:

@@ -81,16 +81,43 @@ async def test_entries_due_at_the_same_time_fire_in_the_order_they_came() -> Non
     timer.close()
 
 
-async def test_a_call_that_answered_sends_nothing_and_its_entry_is_dropped_at_the_wake_up() -> None:
+def sleeping(clock: FakeTimer) -> int:
+    """Sleeps on ``clock`` still to wake: the timer's wake-up, when one is set."""
+    return sum(not future.done() for *_, future in clock._sleepers)
+
+
+async def test_the_last_waiting_call_answering_drops_the_wake_up_and_every_entry() -> None:
     clock = FakeTimer()
     timer = shared(clock)
     answered = Replicas(clock)
     task = await start(answered, timer=timer)
+    assert len(timer) == 1 and sleeping(clock) == 1
     answered.reply(1, "quick")
     assert await task == Won("quick", 1)
-    assert len(timer) == 1  # Nothing done when a call ends: the entry waits for the wake-up.
+    await settle()
+    # Nothing waits any more: a wake-up would find nothing to fire (a turn of the
+    # event loop for nothing, one per call at one call in flight).
+    assert len(timer) == 0 and sleeping(clock) == 0
+    await clock.advance(DELAY)
+    assert len(answered.sent) == 1
+    again = Replicas(clock, names=("g1", "g2"))
+    later = await start(again, timer=timer)  # A new wake-up, for the new call's time.
+    await clock.advance(DELAY)
+    assert when(again) == [("g1", DELAY), ("g2", 2 * DELAY)]
+    again.reply(2, "g2")
+    assert await later == Won("g2", 2)
+
+
+async def test_a_call_that_answered_while_another_waits_is_dropped_at_the_wake_up() -> None:
+    clock = FakeTimer()
+    timer = shared(clock)
     waiting = Replicas(clock, names=("w1", "w2"))
     later = await start(waiting, timer=timer, delay=2 * DELAY)
+    answered = Replicas(clock)
+    task = await start(answered, timer=timer)  # Due first: the wake-up is set for it.
+    answered.reply(1, "quick")
+    assert await task == Won("quick", 1)
+    assert len(timer) == 2  # Another call waits: the answered entry stays until its time.
     await clock.advance(DELAY)
     assert len(answered.sent) == 1  # Its due time passed: dropped, no hedge.
     assert len(timer) == 1  # Only the call still waiting.
@@ -111,6 +138,9 @@ async def test_an_answered_entry_does_not_keep_its_call_alive() -> None:
     request = Request()
     gone = weakref.ref(request)
     replicas = Replicas(clock)
+    # Another call still waits, so the timer keeps the answered call's entry a while.
+    other = Replicas(clock, names=("o1", "o2"))
+    pending = await start(other, timer=timer, delay=2 * DELAY)
 
     async def run(endpoint: object, copy: Copy, held: Request = request) -> str:
         return "answer"
@@ -129,9 +159,11 @@ async def test_an_answered_entry_does_not_keep_its_call_alive() -> None:
     assert won == Won("answer", 1)
     del request, run
     gc.collect()
-    assert len(timer) == 1
+    assert len(timer) == 2
     assert gone() is None  # The request (held by the call's state) is free already.
-    timer.close()
+    other.reply(1, "o1")
+    assert await pending == Won("o1", 1)
+    assert len(timer) == 0
 
 
 async def test_close_drops_every_entry_and_its_wake_up() -> None:

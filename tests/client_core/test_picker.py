@@ -167,11 +167,12 @@ def test_least_conn_picks_the_lighter_of_its_two_random_choices(
     assert chosen is not None
     draws = list(rng.draws)
     if not excluded and len(endpoints) >= 2:
-        # First over every endpoint; kept when both are available.
+        # First over every endpoint: the lighter (the first drawn on a tie) is kept
+        # when it is available, whatever the other one is.
         a, b = _pair(endpoints, draws.pop(0), draws.pop(0))
-        if a.is_available() and b.is_available():
-            assert chosen in (a, b)
-            assert chosen.in_flight == min(a.in_flight, b.in_flight)
+        lighter = b if b.in_flight < a.in_flight else a
+        if lighter.is_available():
+            assert chosen is lighter
             assert draws == []
             return
     group = preferred_group(endpoints, excluded)
@@ -185,8 +186,8 @@ def test_least_conn_picks_the_lighter_of_its_two_random_choices(
 
 
 def test_least_conn_draws_every_available_pair_as_often() -> None:
-    # The fast path draws from every endpoint and falls back when a draw is
-    # unavailable: the pair chosen must still be uniform over the available ones.
+    # The fast path draws from every endpoint and falls back when the lighter draw
+    # is unavailable: the choice must still be uniform over the available ones.
     endpoints = fleet(0, 0, 0, 0)
     endpoints[3].available = False
     picker = LeastConnPicker(random.Random(7))
@@ -194,6 +195,26 @@ def test_least_conn_draws_every_available_pair_as_often() -> None:
     assert counts["e3"] == 0
     for name in ("e0", "e1", "e2"):
         assert 1800 < counts[name] < 2200  # a third each, give or take 4.5 sigma
+
+
+def test_least_conn_asks_one_availability_per_pick_when_the_lighter_is_available() -> None:
+    asked: Counter[str] = Counter()
+
+    class Asked(FakeCandidate):
+        def is_available(self) -> bool:
+            asked[self.name] += 1
+            return super().is_available()
+
+    endpoints: list[FakeCandidate] = [
+        Asked("e0", load=1),
+        Asked("e1", load=9, available=False),
+        Asked("e2", load=1),
+    ]
+    picker = LeastConnPicker(random.Random(3))
+    counts = tally(picker, endpoints, 600)
+    assert counts["e1"] == 0  # Heavier, and unavailable: never the choice.
+    assert sum(asked.values()) == 600  # Only ever the lighter one asked.
+    assert asked["e1"] == 0
 
 
 def test_least_conn_breaks_ties_at_random() -> None:
