@@ -622,7 +622,9 @@ class UserClient:
             delay=hedge.current(),
             budget=self._budget,
             deadline=deadline,
-            per_attempt_timeout=self._policy(method).per_attempt_timeout,
+            per_attempt_timeout=(
+                self._policies.get(method) or self._policy(method)
+            ).per_attempt_timeout,
             clock=self._clock,
             on_hedge=self._hedge_reports[method],
             timer=self._hedge_timer,

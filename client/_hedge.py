@@ -72,6 +72,8 @@ _MAX_COPIES: Final = 5
 _EARLY: Final = 1e-9
 #: ``_Hedging.late_on`` while the first copy is not (or no longer) past its hedge time.
 _NOT_LATE: Final = object()
+#: The clock of asyncio's own loops (``time.monotonic``), the one the timer's due times use.
+_MONOTONIC_LOOP_TIME: Final = asyncio.BaseEventLoop.time
 #: What the first copy's pick excludes.
 _NOTHING_USED: Final[frozenset[object]] = frozenset()
 
@@ -314,7 +316,8 @@ class HedgeTimer:
             self._waiting = 0
             self._queue.clear()
             self._early.clear()
-            self._cancel()
+            if self._wake_up is not None:
+                self._cancel()
 
     def late(self, endpoint: object) -> int:
         """First copies on ``endpoint`` that are past their hedge time and still running."""
@@ -341,10 +344,14 @@ class HedgeTimer:
         if self._wake_up is not None:
             self._wake_up.cancel()
         self._due = due
-        wait = max(0.0, due - self._clock())
         if self._sleep is None:
-            self._wake_up = asyncio.get_running_loop().call_later(wait, self._wake)
+            loop = asyncio.get_running_loop()
+            if type(loop).time is _MONOTONIC_LOOP_TIME:  # Due times are on the loop's clock.
+                self._wake_up = loop.call_at(due, self._wake)
+            else:  # A loop of another clock (uvloop's): by the time left.
+                self._wake_up = loop.call_later(max(0.0, due - self._clock()), self._wake)
         else:
+            wait = max(0.0, due - self._clock())
             self._wake_up = asyncio.ensure_future(self._sleep_then_wake(wait))
 
     def _cancel(self) -> None:
@@ -482,10 +489,6 @@ class _Hedging(Generic[T]):
         if not self.policy.is_non_fatal(rpc_error, per_attempt_limited):
             raise rpc_error
         self.failed(rpc_error)
-
-    def hedges(self) -> bool:
-        """Whether a copy could ever follow the first without a failure first."""
-        return math.isfinite(self.delay) and self.policy.max_attempts > 1
 
 
 def call_with_hedging(
@@ -634,7 +637,8 @@ class _FirstCopy(Generic[T]):
         state.used.add(endpoint)
         copy = self._copy = Copy(1, False, False, timeout)
         self._endpoint = endpoint
-        if state.hedges():
+        # Whether a copy could ever follow this one without a failure first (NaN: no).
+        if state.delay < math.inf and state.policy.max_attempts > 1:
             self._waiting = True
             state.hedge_timer.add(self, state.delay)
         self._running = True
