@@ -400,6 +400,8 @@ def _fire_due(
 
 
 Pick = Callable[[frozenset[object], float | None], Awaitable[object]]
+#: A pick that does not wait: an endpoint, or None when only :data:`Pick` can tell.
+PickNow = Callable[[frozenset[object]], object | None]
 Run = Callable[[object, Copy], Awaitable[T]]
 
 
@@ -432,6 +434,7 @@ class _Hedging(Generic[T]):
     on_hedge: Callable[[int], None] | None
     discard: Callable[[T], Awaitable[object]] | None
     hedge_timer: HedgeTimer
+    pick_now: PickNow | None
     #: The first copy's endpoint while that copy runs past its hedge time (see _send).
     late_on: object = _NOT_LATE
     flights: dict[asyncio.Future[T], _Flight] = field(default_factory=dict)
@@ -506,6 +509,7 @@ def call_with_hedging(
     new_call: bool = True,
     discard: Callable[[T], Awaitable[object]] | None = None,
     timer: HedgeTimer | None = None,
+    pick_now: PickNow | None = None,
 ) -> Coroutine[Any, Any, Won[T]]:
     """Run copies of one call by the module's rules until one answers OK or none can.
 
@@ -538,6 +542,9 @@ def call_with_hedging(
         timer: the :class:`HedgeTimer` shared by the caller's calls (a client
             keeps one); ``None`` for one of this call's own, made on ``clock``
             and ``sleep`` and closed when the call ends.
+        pick_now: asked first for each copy's endpoint, without waiting; when it
+            gives None, ``pick`` is awaited. It spares the common pick (one
+            that needs no wait) a coroutine.
 
     Returns:
         The first OK copy's value and number.
@@ -562,6 +569,7 @@ def call_with_hedging(
         on_hedge,
         discard,
         HedgeTimer(clock, sleep) if timer is None else timer,
+        pick_now,
     )
     if budget is not None and new_call:
         budget.on_call()
@@ -627,12 +635,14 @@ class _FirstCopy(Generic[T]):
         timeout, self._limited = state.timeout()
         if timeout is not None and timeout <= 0:
             return await _loop(state)  # Nothing to run or send: the loop fails the call.
-        try:
-            endpoint = await state.pick(_NOTHING_USED, timeout)
-        except AttemptFailed as failed:  # Nowhere to send at all: failed before the wire.
-            state.sent += 1
-            state.failed(failed.error)
-            return await _loop(state)
+        endpoint = None if state.pick_now is None else state.pick_now(_NOTHING_USED)
+        if endpoint is None:
+            try:
+                endpoint = await state.pick(_NOTHING_USED, timeout)
+            except AttemptFailed as failed:  # Nowhere to send at all: failed before the wire.
+                state.sent += 1
+                state.failed(failed.error)
+                return await _loop(state)
         state.sent = 1
         state.used.add(endpoint)
         copy = self._copy = Copy(1, False, False, timeout)

@@ -486,3 +486,40 @@ async def test_the_caller_cancelling_as_the_first_copy_loses_still_cancels_the_c
         await task
     assert replicas.sent[0].cancelled
     assert hedger_done == [True]  # the winner had ended before the first copy was cancelled
+
+
+async def test_a_pick_that_needs_no_wait_is_asked_first_and_a_none_falls_back_to_the_wait(
+    replicas: Replicas,
+) -> None:
+    asked: list[frozenset[object]] = []
+
+    def pick_now(used: frozenset[object]) -> object | None:
+        asked.append(used)
+        return "b" if len(asked) == 1 else None  # The second call: not resolved yet.
+
+    async def one_call() -> Won[str]:
+        return await call_with_hedging(
+            replicas.pick,
+            replicas.run,
+            policy=HedgingPolicy(max_attempts=2, delay=DELAY),
+            delay=DELAY,
+            budget=None,
+            deadline=None,
+            clock=replicas.clock,
+            sleep=replicas.clock.sleep,
+            pick_now=pick_now,
+        )
+
+    first = asyncio.ensure_future(one_call())
+    await settle()
+    assert [s.endpoint for s in replicas.sent] == ["b"]
+    assert replicas.picks == []  # The waiting pick was never awaited.
+    replicas.reply(1, "from b")
+    assert await first == Won("from b", 1)
+    second = asyncio.ensure_future(one_call())
+    await settle()
+    assert [s.endpoint for s in replicas.sent] == ["b", "a"]  # From the waiting pick.
+    assert replicas.picks == [frozenset()]
+    assert asked == [frozenset(), frozenset()]
+    replicas.reply(2, "from a")
+    assert await second == Won("from a", 1)
