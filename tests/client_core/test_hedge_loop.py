@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
-from client._hedge import Copy, HedgeTimer, HedgingPolicy, Won, call_with_hedging
+from client._hedge import Copy, HedgeTimer, HedgingPolicy, PickNow, Won, call_with_hedging
 from client._retry import PUSHBACK_KEY, AttemptFailed, RetryBudget
 from tests.client_core.fakes import rpc_error
 
@@ -129,6 +129,7 @@ async def start(
     hedges: list[int] | None = None,
     delay: float = DELAY,
     timer: HedgeTimer | None = None,
+    pick_now: PickNow | None = None,
 ) -> asyncio.Task[Won[str]]:
     call: Awaitable[Won[str]] = call_with_hedging(
         replicas.pick,
@@ -142,6 +143,7 @@ async def start(
         sleep=replicas.clock.sleep,
         on_hedge=None if hedges is None else hedges.append,
         timer=timer,
+        pick_now=pick_now,
     )
     task = asyncio.ensure_future(call)
     await settle()  # the first copy is out
@@ -497,27 +499,13 @@ async def test_a_pick_that_needs_no_wait_is_asked_first_and_a_none_falls_back_to
         asked.append(used)
         return "b" if len(asked) == 1 else None  # The second call: not resolved yet.
 
-    async def one_call() -> Won[str]:
-        return await call_with_hedging(
-            replicas.pick,
-            replicas.run,
-            policy=HedgingPolicy(max_attempts=2, delay=DELAY),
-            delay=DELAY,
-            budget=None,
-            deadline=None,
-            clock=replicas.clock,
-            sleep=replicas.clock.sleep,
-            pick_now=pick_now,
-        )
-
-    first = asyncio.ensure_future(one_call())
-    await settle()
+    policy = HedgingPolicy(max_attempts=2, delay=DELAY)
+    first = await start(replicas, policy, pick_now=pick_now)
     assert [s.endpoint for s in replicas.sent] == ["b"]
     assert replicas.picks == []  # The waiting pick was never awaited.
     replicas.reply(1, "from b")
     assert await first == Won("from b", 1)
-    second = asyncio.ensure_future(one_call())
-    await settle()
+    second = await start(replicas, policy, pick_now=pick_now)
     assert [s.endpoint for s in replicas.sent] == ["b", "a"]  # From the waiting pick.
     assert replicas.picks == [frozenset()]
     assert asked == [frozenset(), frozenset()]
