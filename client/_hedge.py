@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import heapq
@@ -256,6 +257,7 @@ class HedgeTimer:
 
     __slots__ = (
         "_clock",
+        "_context",
         "_due",
         "_early",
         "_late",
@@ -283,6 +285,8 @@ class HedgeTimer:
         self._due: float | None = None
         #: Per endpoint: first copies there past their hedge time and still running.
         self._late: dict[object, int] = {}
+        #: What the wake-up runs in: a context of its own, no call's.
+        self._context = contextvars.Context()
         #: Entries whose copy still waits for its hedge time.
         self._waiting = 0
 
@@ -346,13 +350,18 @@ class HedgeTimer:
         self._due = due
         if self._sleep is None:
             loop = asyncio.get_running_loop()
+            # The wake-up runs in the timer's own empty context, no call's: each hedger
+            # starts in its own call's (see _FirstCopy._fire).
             if type(loop).time is _MONOTONIC_LOOP_TIME:  # Due times are on the loop's clock.
-                self._wake_up = loop.call_at(due, self._wake)
+                self._wake_up = loop.call_at(due, self._wake, context=self._context)
             else:  # A loop of another clock (uvloop's): by the time left.
-                self._wake_up = loop.call_later(max(0.0, due - self._clock()), self._wake)
+                wait = max(0.0, due - self._clock())
+                self._wake_up = loop.call_later(wait, self._wake, context=self._context)
         else:
             wait = max(0.0, due - self._clock())
-            self._wake_up = asyncio.ensure_future(self._sleep_then_wake(wait))
+            self._wake_up = asyncio.get_running_loop().create_task(
+                self._sleep_then_wake(wait), context=self._context
+            )
 
     def _cancel(self) -> None:
         if self._wake_up is not None:
@@ -601,6 +610,7 @@ class _FirstCopy(Generic[T]):
 
     __slots__ = (
         "_caller",
+        "_context",
         "_copy",
         "_endpoint",
         "_flight",
@@ -616,6 +626,9 @@ class _FirstCopy(Generic[T]):
         #: The call's state; None once this copy answered it on its own.
         self._state: _Hedging[T] | None = state
         self._caller: asyncio.Task[Any] | None = None
+        #: The caller's context (its span, for one), for the hedger to run in: the timer
+        #: fires this copy from a wake-up that any call of the client may have set.
+        self._context: contextvars.Context | None = None
         #: Whether this copy's hedge time is still to come (an entry in the state's timer).
         self._waiting = False
         self._flight: asyncio.Future[T] | None = None
@@ -650,6 +663,7 @@ class _FirstCopy(Generic[T]):
         # Whether a copy could ever follow this one without a failure first (NaN: no).
         if state.delay < math.inf and state.policy.max_attempts > 1:
             self._waiting = True
+            self._context = contextvars.copy_context()
             state.hedge_timer.add(self, state.delay)
         self._running = True
         try:
@@ -673,7 +687,7 @@ class _FirstCopy(Generic[T]):
             self._stop(state)
         if self._hedger is None:
             # The timer may hold this copy for a while yet: let go of the call's state now.
-            self._state = self._caller = None
+            self._state = self._caller = self._context = None
             return Won(value, 1)
         if self._flight is not None and not self._flight.done():
             self._flight.set_result(value)
@@ -709,7 +723,9 @@ class _FirstCopy(Generic[T]):
         self._flight = flight
         state.flights[flight] = _Flight(self._endpoint, self._copy, self._limited)
         state.next_at = state.clock()
-        self._hedger = asyncio.ensure_future(_loop(state))
+        # In the caller's context, not the wake-up's: the copies it sends, their spans and
+        # the "hedge" event belong to this call.
+        self._hedger = asyncio.get_running_loop().create_task(_loop(state), context=self._context)
 
     def _lost(self, flight: asyncio.Future[T]) -> None:
         """The hedger cancelled this copy's flight: cancel the copy, in the caller's task."""

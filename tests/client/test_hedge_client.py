@@ -261,6 +261,29 @@ async def test_one_span_per_copy_and_the_loser_is_marked_cancelled(
     )
 
 
+async def test_each_hedge_is_traced_under_its_own_call_when_calls_share_the_timer(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # Two calls in flight at once, both hedged: the client's one timer fires the second
+    # call's hedge from a wake-up the first call's entry set. Its copy must still be a
+    # child of its own logical span, not of the call that happened to set the wake-up.
+    slow, quick = Holding("slow", delay=HOLD), Holding("quick")
+    async with pair(slow, quick, tracing=True, tracer_provider=provider) as client:
+        first = asyncio.ensure_future(client.get_user("u-1"))
+        await asyncio.sleep(0.01)
+        second = asyncio.ensure_future(client.get_user("u-2"))
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+    spans = exporter.get_finished_spans()
+    logical = [x for x in spans if x.name.endswith("GetUser logical")]
+    copies = [x for x in spans if x.kind is SpanKind.CLIENT and x.name.endswith("/GetUser")]
+    assert len(logical) == 2 and len(copies) == 4
+    for call in logical:
+        assert call.context is not None
+        mine = [c for c in copies if c.parent and c.parent.span_id == call.context.span_id]
+        numbers = sorted(str(c.attributes["meshdemo.hedge.number"]) for c in mine if c.attributes)
+        assert numbers == ["1", "2"], f"copies of {call.context.span_id:x}: {numbers}"
+
+
 async def test_a_listings_losing_copy_span_is_marked_cancelled(
     provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
