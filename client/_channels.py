@@ -300,7 +300,8 @@ class ChannelPool:
             if self._idle is None:
                 self._idle = asyncio.Event()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace)
+                async with asyncio.timeout(grace):  # wait_for (3.11) can drop a cancel
+                    await self._idle.wait()
         await self.close()
 
     async def close(self) -> None:

@@ -151,7 +151,8 @@ class FeedResolver(abc.ABC):
         task, self._task = self._task, None
         if task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(cancel_and_wait(task)), _CLOSE_WAIT)
+                async with asyncio.timeout(_CLOSE_WAIT):  # wait_for (3.11) can drop a cancel
+                    await asyncio.shield(cancel_and_wait(task))
             except TimeoutError:
                 _log.warning("%r: resolver task did not end within %.1f s", self, _CLOSE_WAIT)
         await self._aclose_resources()

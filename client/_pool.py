@@ -230,7 +230,8 @@ class EndpointSet:
         if not self.resolved:
             self.start()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._resolved.wait(), max_wait)
+                async with asyncio.timeout(max_wait):  # wait_for (3.11) can drop a cancel
+                    await self._resolved.wait()
         endpoint = self.pick(exclude)
         if endpoint is None:
             raise NoEndpointError(self._target, self._why_none())

@@ -202,7 +202,8 @@ class _Forwarder:
     async def close(self, drain_timeout: float) -> None:
         """Give queued requests ``drain_timeout`` seconds, then stop and close the channel."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), drain_timeout)
+            async with asyncio.timeout(drain_timeout):  # wait_for (3.11) can drop a cancel
+                await self._queue.join()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

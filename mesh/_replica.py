@@ -169,7 +169,8 @@ class Replica:
 
     async def wait_bound(self, timeout: float) -> None:
         """Wait until the first process has bound its port (its ``serving`` log line)."""
-        await asyncio.wait_for(self._bound.wait(), timeout)
+        async with asyncio.timeout(timeout):  # wait_for (3.11) can drop a cancel
+            await self._bound.wait()
 
     def kill(self, *, graceful: bool) -> int | None:
         """SIGTERM (drain, then exit) or SIGKILL the current process; the pid signalled."""
@@ -204,7 +205,8 @@ class Replica:
             child.signal(signal.SIGCONT)  # a paused process would not see the SIGTERM
             child.signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(asyncio.shield(child.wait()), timeout)
+                async with asyncio.timeout(timeout):  # wait_for (3.11) can drop a cancel
+                    await asyncio.shield(child.wait())
             except TimeoutError:
                 _log.warning("%s did not stop within %.1f s: SIGKILL", self.name, timeout)
                 child.signal(signal.SIGKILL)

@@ -153,7 +153,10 @@ class HealthReporter:
     async def probe(self) -> bool:
         """Ping the store once and publish the result; returns whether it answered."""
         try:
-            await asyncio.wait_for(self._store.ping(), self._probe_timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that
+            # lands as the ping answers, and stop() would then not stop the probe loop.
+            async with asyncio.timeout(self._probe_timeout):
+                await self._store.ping()
         except (StoreUnavailable, TimeoutError, OSError) as exc:
             ok = False
             reason = str(exc) or type(exc).__name__

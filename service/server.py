@@ -192,7 +192,8 @@ class Replica:
             log.info("draining", extra={"drain_delay_s": delay})
             waiter = skip_drain or asyncio.Event()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiter.wait(), delay)
+                async with asyncio.timeout(delay):  # Keeps a cancel (wait_for in 3.11 may not).
+                    await waiter.wait()
         log.info("stopping", extra={"grace_s": self.config.shutdown_grace})
         self.health.end_watches()
         await _run_step("gRPC server", lambda: self.server.stop(self.config.shutdown_grace))

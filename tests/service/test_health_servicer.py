@@ -121,3 +121,25 @@ async def test_a_probe_stuck_in_its_store_does_not_hold_the_shutdown() -> None:
     probe.cancel()  # the second cancel ends the store's long cleanup
     with contextlib.suppress(asyncio.CancelledError):
         await probe
+
+
+async def test_a_stop_that_lands_as_the_probe_answers_still_stops_it() -> None:
+    # Python 3.11's asyncio.wait_for returned the answer and dropped the cancel when both
+    # came in the same turn of the event loop: the probe loop then ran on after stop(),
+    # and a test's event loop could not close (its teardown waited on the loop for ever).
+    from service.health import HealthReporter
+
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[None] = loop.create_future()
+
+    class Store:
+        async def ping(self) -> None:
+            await answer
+
+    reporter = HealthReporter(Store(), interval=0.01)  # type: ignore[arg-type]
+    probe = asyncio.create_task(reporter.probe())
+    await asyncio.sleep(0)  # The probe waits on the store.
+    answer.set_result(None)
+    probe.cancel()  # In the same instant as the answer.
+    with pytest.raises(asyncio.CancelledError):
+        await probe
