@@ -55,6 +55,7 @@ __all__ = [
     "EndpointDrainingError",
     "Lease",
     "PoolConfig",
+    "await_closing",
     "default_factory",
 ]
 
@@ -441,6 +442,12 @@ def default_factory(
         )
 
     return open_channel
+
+
+async def await_closing(closing: Awaitable[None] | None) -> None:
+    """Await what :meth:`ChannelPool.release` handed back, if anything (off the hot path)."""
+    if closing is not None:
+        await closing
 
 
 async def _close_all(channels: Sequence[_PooledChannel]) -> None:

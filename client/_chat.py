@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from client._channels import await_closing
 from client._discovery_backoff import DiscoveryBackoff
 from client._endpoint import EndpointDrainingError
 from client._errors import UnavailableError, from_rpc_error, rpc_code, rpc_message
@@ -607,9 +608,7 @@ async def _write(stream: _Stream, request: user_pb2.ChatRequest | None) -> bool:
 
 async def _end_stream(stream: _Stream) -> None:
     stream.call.cancel()
-    closing = stream.endpoint.release(stream.lease)
-    if closing is not None:
-        await closing
+    await await_closing(stream.endpoint.release(stream.lease))
 
 
 def _drain(queue: asyncio.Queue[Any]) -> list[Any]:

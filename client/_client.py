@@ -35,6 +35,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, TracerProvider
 
+from client._channels import await_closing
 from client._chat import ChatMoved, ChatReconnect, ChatReconnected, ChatSession
 from client._endpoint import (
     EjectionConfig,
@@ -376,7 +377,7 @@ class UserClient:
         #: The last token sent and its metadata, built again only when the token changes.
         self._sent_token: tuple[str | None, tuple[tuple[str, str], ...] | None] = (None, None)
         if token_provider is None:
-            self._sent_token = (token, (("authorization", f"Bearer {token}"),) if token else None)
+            self._sent_token = (token, _bearer(token))
         # Unary calls and ListUsers carry the token and are timed in the attempt itself;
         # only Chat's stream-stream calls still go through those two interceptors.
         interceptors = client_interceptors(
@@ -575,8 +576,7 @@ class UserClient:
         timed: bool = True,
         attempt: Callable[[Attempt], Awaitable[T]] | None = None,
     ) -> T:
-        if self._closed:
-            self._check_open()  # Raises.
+        self._check_open()
         self._calls += 1
         hedge = self._hedges.get(method) if idempotent and timed and attempt is None else None
         try:
@@ -628,9 +628,7 @@ class UserClient:
             delay=hedge.current(),
             budget=self._budget,
             deadline=deadline,
-            per_attempt_timeout=(
-                self._policies.get(method) or self._policy(method)
-            ).per_attempt_timeout,
+            per_attempt_timeout=self._policy(method).per_attempt_timeout,
             clock=self._clock,
             on_hedge=self._hedge_reports[method],
             timer=self._hedge_timer,
@@ -724,22 +722,20 @@ class UserClient:
         token = self._token()
         last, metadata = self._sent_token
         if token != last:
-            metadata = (("authorization", f"Bearer {token}"),) if token else None
+            metadata = _bearer(token)
             self._sent_token = (token, metadata)
         return metadata
 
     def _pick_now(self, excluded: Collection[object]) -> Endpoint | None:
         """The pick when it needs no wait (the common case), or None: then :meth:`_pick`."""
-        exclude = [e for e in excluded if isinstance(e, Endpoint)] if excluded else ()
-        return self.endpoints.pick_resolved(exclude)
+        return self.endpoints.pick_resolved(_endpoints_in(excluded))
 
     async def _pick(self, excluded: Collection[object], max_wait: float | None) -> Endpoint:
         endpoint = self._pick_now(excluded)
         if endpoint is not None:
             return endpoint
-        exclude = [e for e in excluded if isinstance(e, Endpoint)] if excluded else ()
         try:
-            return await self.endpoints.wait_pick(exclude, max_wait=max_wait)
+            return await self.endpoints.wait_pick(_endpoints_in(excluded), max_wait=max_wait)
         except NoEndpointError as exc:
             raise AttemptFailed(_unavailable(str(exc)), None) from exc
 
@@ -949,7 +945,7 @@ class UserClient:
             if call is not None:
                 call.cancel()
             await _close_iterator(stream)  # ends a tracing span now, not at collection
-            await _released(endpoint, lease)
+            await await_closing(endpoint.release(lease))
             if isinstance(exc, grpc.RpcError):
                 self.metrics.record("ListUsers", _code(exc), self._clock() - started)
                 self._attempt_failed(endpoint, exc, cut=False)
@@ -966,7 +962,7 @@ class UserClient:
         """Release a stream that answered but lost the race to another copy."""
         opened.call.cancel()
         await _close_iterator(opened.stream)
-        await _released(opened.endpoint, opened.lease)
+        await await_closing(opened.endpoint.release(opened.lease))
 
     async def _read_listing(
         self, opened: _OpenStream, cursor: _ListCursor, queue: asyncio.Queue[_Listed | _End]
@@ -986,7 +982,7 @@ class UserClient:
         finally:
             opened.call.cancel()
             await _close_iterator(opened.stream)
-            await _released(endpoint, opened.lease)
+            await await_closing(endpoint.release(opened.lease))
         self.metrics.record("ListUsers", grpc.StatusCode.OK, self._clock() - opened.started)
         endpoint.record_outcome(grpc.StatusCode.OK)
 
@@ -1127,11 +1123,14 @@ def _lease(endpoint: Endpoint) -> Lease:
         raise AttemptFailed(_unavailable(str(exc)), endpoint) from exc
 
 
-async def _released(endpoint: Endpoint, lease: Lease) -> None:
-    """Give ``lease`` back and close what that leaves to close (off the unary hot path)."""
-    closing = endpoint.release(lease)
-    if closing is not None:
-        await closing
+def _endpoints_in(excluded: Collection[object]) -> Collection[Endpoint]:
+    """The endpoints among what a call already used (a hedge's keys may be anything)."""
+    return [e for e in excluded if isinstance(e, Endpoint)] if excluded else ()
+
+
+def _bearer(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """The call metadata that carries ``token`` (None without one)."""
+    return (("authorization", f"Bearer {token}"),) if token else None
 
 
 def _cut_by_attempt(timeout: float | None, started: float, deadline: float | None) -> bool:

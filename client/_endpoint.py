@@ -34,6 +34,7 @@ from client._channels import (
     EndpointDrainingError,
     Lease,
     PoolConfig,
+    await_closing,
     default_factory,
 )
 from client._ejection import EjectionConfig, OutlierEjection
@@ -285,9 +286,7 @@ class Endpoint:
         try:
             yield lease
         finally:
-            closing = self._channels.release(lease)
-            if closing is not None:
-                await closing
+            await await_closing(self._channels.release(lease))
 
     async def prune(self) -> None:
         """Close extra channels idle longer than ``idle_timeout`` (also done on every release),

@@ -73,8 +73,6 @@ _MAX_COPIES: Final = 5
 _EARLY: Final = 1e-9
 #: ``_Hedging.late_on`` while the first copy is not (or no longer) past its hedge time.
 _NOT_LATE: Final = object()
-#: The clock of asyncio's own loops (``time.monotonic``), the one the timer's due times use.
-_MONOTONIC_LOOP_TIME: Final = asyncio.BaseEventLoop.time
 #: What the first copy's pick excludes.
 _NOTHING_USED: Final[frozenset[object]] = frozenset()
 
@@ -348,20 +346,14 @@ class HedgeTimer:
         if self._wake_up is not None:
             self._wake_up.cancel()
         self._due = due
+        wait = max(0.0, due - self._clock())
+        loop = asyncio.get_running_loop()
+        # The wake-up runs in the timer's own empty context, no call's: each hedger
+        # starts in its own call's (see _FirstCopy._fire).
         if self._sleep is None:
-            loop = asyncio.get_running_loop()
-            # The wake-up runs in the timer's own empty context, no call's: each hedger
-            # starts in its own call's (see _FirstCopy._fire).
-            if type(loop).time is _MONOTONIC_LOOP_TIME:  # Due times are on the loop's clock.
-                self._wake_up = loop.call_at(due, self._wake, context=self._context)
-            else:  # A loop of another clock (uvloop's): by the time left.
-                wait = max(0.0, due - self._clock())
-                self._wake_up = loop.call_later(wait, self._wake, context=self._context)
+            self._wake_up = loop.call_later(wait, self._wake, context=self._context)
         else:
-            wait = max(0.0, due - self._clock())
-            self._wake_up = asyncio.get_running_loop().create_task(
-                self._sleep_then_wake(wait), context=self._context
-            )
+            self._wake_up = loop.create_task(self._sleep_then_wake(wait), context=self._context)
 
     def _cancel(self) -> None:
         if self._wake_up is not None:
@@ -658,7 +650,7 @@ class _FirstCopy(Generic[T]):
                 return await _loop(state)
         state.sent = 1
         state.used.add(endpoint)
-        copy = self._copy = Copy(1, False, False, timeout)
+        copy = self._copy = Copy(1, timeout=timeout)
         self._endpoint = endpoint
         # Whether a copy could ever follow this one without a failure first (NaN: no).
         if state.delay < math.inf and state.policy.max_attempts > 1:
@@ -852,7 +844,7 @@ async def _send(state: _Hedging[T]) -> None:
         return
     state.sent += 1
     state.used.add(endpoint)
-    copy = Copy(state.sent, False, False, timeout)
+    copy = Copy(state.sent, timeout=timeout)
     task = asyncio.ensure_future(state.run(endpoint, copy))
     state.flights[task] = _Flight(endpoint, copy, per_attempt_limited)
     state.next_at = state.clock() + state.delay if math.isfinite(state.delay) else None

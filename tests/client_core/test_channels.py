@@ -13,7 +13,13 @@ from typing import Any, cast
 import grpc
 import pytest
 
-from client._channels import ChannelPool, EndpointDrainingError, Lease, PoolConfig
+from client._channels import (
+    ChannelPool,
+    EndpointDrainingError,
+    Lease,
+    PoolConfig,
+    await_closing,
+)
 from client._endpoint import Endpoint
 from client._resolver import Address
 from client.testing import FakeClock
@@ -49,9 +55,7 @@ class CountingClock(FakeClock):
 
 async def give_back(pool: ChannelPool, lease: Lease) -> None:
     """Release ``lease`` and close what that leaves to close, as the client's callers do."""
-    closing = pool.release(lease)
-    if closing is not None:
-        await closing
+    await await_closing(pool.release(lease))
 
 
 def make_pool(**settings: Any) -> tuple[ChannelPool, Opened, CountingClock]:
