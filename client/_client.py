@@ -728,7 +728,8 @@ class UserClient:
 
     def _pick_now(self, excluded: Collection[object]) -> Endpoint | None:
         """The pick when it needs no wait (the common case), or None: then :meth:`_pick`."""
-        return self.endpoints.pick_resolved(_endpoints_in(excluded))
+        # Nothing excluded (every first copy): no call for the list.
+        return self.endpoints.pick_resolved(_endpoints_in(excluded) if excluded else ())
 
     async def _pick(self, excluded: Collection[object], max_wait: float | None) -> Endpoint:
         endpoint = self._pick_now(excluded)
