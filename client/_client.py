@@ -50,9 +50,9 @@ from client._hedge import (
     Copy,
     HedgeDelay,
     HedgeMark,
+    Hedger,
     HedgeTimer,
     HedgingPolicy,
-    Won,
     call_with_hedging,
 )
 from client._interceptors import (
@@ -365,6 +365,13 @@ class UserClient:
         self._policies: dict[str, RetryPolicy] = {}
         self._budget = budget if budget is not None else RetryBudget(clock=clock)
         self._clock = clock
+        #: Per hedged unary method, what its calls share and its delay (made once, not per
+        #: call). ListUsers hedges its first response inside a retry attempt instead.
+        self._hedgers: dict[str, tuple[Hedger[Any], HedgeDelay]] = {
+            method: (self._hedger(method, hedge), hedge)
+            for method, hedge in self._hedges.items()
+            if method != "ListUsers"
+        }
         self._rng = rng or random.Random()
         self._connect_timeout = connect_timeout
         self._tracer = trace.get_tracer("meshdemo.client", tracer_provider=tracer_provider)
@@ -578,13 +585,16 @@ class UserClient:
     ) -> T:
         self._check_open()
         self._calls += 1
-        hedge = self._hedges.get(method) if idempotent and timed and attempt is None else None
+        hedged = self._hedgers.get(method) if idempotent and timed and attempt is None else None
         try:
-            if hedge is not None:
-                won = await self._hedged(method, hedge, invoke, deadline)
-                if won.number > 1:
-                    self._hedge_counts[method][1] += 1
-                return won.value
+            if hedged is not None:
+                # One unary call as hedged copies (gRFC A6: instead of the retry loop); each
+                # copy is _run_on(endpoint, copy, method, invoke, deadline, hedge).
+                hedger, hedge = hedged
+                call: Awaitable[T] = hedger.call(
+                    self._run_on, deadline, hedge.current(), method, invoke, deadline, hedge
+                )
+                return await call
             if attempt is None:
 
                 def attempt(spec: Attempt) -> Awaitable[T]:
@@ -604,39 +614,25 @@ class UserClient:
             self._failures += 1
             _raise_mapped(err)
 
-    def _hedged(
-        self,
-        method: str,
-        hedge: HedgeDelay,
-        invoke: Callable[[Lease, float | None], Awaitable[T]],
-        deadline: float | None,
-    ) -> Awaitable[Won[T]]:
-        """One unary call as hedged copies (gRFC A6: instead of the retry loop), to await.
-
-        A function: it hands back the hedging loop's coroutine, one frame less per call.
-        """
-
-        def run(endpoint: object, copy: Copy) -> Awaitable[T]:
-            assert isinstance(endpoint, Endpoint)
-            return self._run_on(method, endpoint, invoke, copy.timeout, deadline, True, copy, hedge)
-
-        return call_with_hedging(
+    def _hedger(self, method: str, hedge: HedgeDelay) -> Hedger[Any]:
+        return Hedger(
             self._pick,
-            run,
             pick_now=self._pick_now,
             policy=hedge.policy,
-            delay=hedge.current(),
             budget=self._budget,
-            deadline=deadline,
+            timer=self._hedge_timer,
             per_attempt_timeout=self._policy(method).per_attempt_timeout,
             clock=self._clock,
             on_hedge=self._hedge_reports[method],
-            timer=self._hedge_timer,
+            on_won=functools.partial(self._on_won, method),
         )
 
     def _on_hedge(self, method: str, number: int) -> None:
         self._hedge_counts[method][0] += 1
         trace.get_current_span().add_event("hedge", {"meshdemo.hedge.number": number})
+
+    def _on_won(self, method: str, number: int) -> None:
+        self._hedge_counts[method][1] += 1
 
     async def _attempt(
         self,
@@ -649,20 +645,26 @@ class UserClient:
         endpoint = self._pick_now(spec.excluded)  # No coroutine for a pick that needs no wait.
         if endpoint is None:
             endpoint = await self._pick(spec.excluded, spec.timeout)
-        return await self._run_on(method, endpoint, invoke, spec.timeout, deadline, timed)
+        return await self._run_on(
+            endpoint, None, method, invoke, deadline, None, spec.timeout, timed
+        )
 
     async def _run_on(
         self,
-        method: str,
         endpoint: Endpoint,
+        mark: Copy | None,
+        method: str,
         invoke: Callable[[Lease, float | None], Awaitable[T]],
-        timeout: float | None,
         deadline: float | None,
-        timed: bool,
-        mark: HedgeMark | None = None,
         hedge: HedgeDelay | None = None,
+        timeout: float | None = None,
+        timed: bool = True,
     ) -> T:
         """One attempt (or hedge copy) on ``endpoint``, its outcome reported to the endpoint.
+
+        ``mark`` is the hedge copy this attempt is, whose timeout it takes, or None
+        for an attempt of the retry loop, of ``timeout``. A hedged call's copies run
+        it as it is (``run(endpoint, copy, *args)``): no frame between.
 
         The attempt's timing goes to ``self.metrics`` here, not in an interceptor:
         a grpc.aio interceptor costs every call an extra task and wrapper. A hedge
@@ -670,6 +672,8 @@ class UserClient:
         lost race's as a lower bound.
         """
         started = self._clock()
+        if mark is not None:
+            timeout = mark.timeout
         lease = _lease(endpoint)
         # For the attempt's span only: with no tracing, nothing reads them.
         tracing = self._tracing

@@ -1,8 +1,9 @@
 """Hedged calls with gRFC A6's hedging-policy semantics: the policy, the delay, and the loop.
 
-:func:`call_with_hedging` sends the first copy of a call at once and, while no
-answer came, one more copy each hedge delay, each to an endpoint that has no
-copy of this call in flight, at most ``policy.max_attempts`` copies in all.
+:meth:`Hedger.call` (and :func:`call_with_hedging`, for a single call) sends
+the first copy of a call at once and, while no answer came, one more copy each
+hedge delay, each to an endpoint that has no copy of this call in flight, at
+most ``policy.max_attempts`` copies in all.
 The rules, as gRFC A6 writes them:
 
 1. the first OK wins: every other copy is cancelled (the servers see the cancel);
@@ -43,7 +44,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeVar
 
 import grpc
@@ -58,6 +59,7 @@ __all__ = [
     "HedgeDelay",
     "HedgeMark",
     "HedgeTimer",
+    "Hedger",
     "HedgingPolicy",
     "Won",
     "call_with_hedging",
@@ -207,9 +209,10 @@ class Copy(HedgeMark):
 
     ``number`` and ``timeout`` never change once made; the mark's ``lost`` and
     ``outrun`` are set when the copy lost the race. A copy is its own mark (one
-    object per copy, not two: one is made for every call). Not frozen: a frozen
-    dataclass sets each field through ``object.__setattr__``, which made it
-    three times as dear to build.
+    object per copy, not two), and a call's first copy is the object that runs
+    the call (:class:`_FirstCopy`), so a call answered by its first copy makes
+    no copy of its own. Not frozen: a frozen dataclass sets each field through
+    ``object.__setattr__``, which made it three times as dear to build.
 
     Attributes:
         number: 1 for the first copy, 2 for the first hedge, ...
@@ -410,7 +413,8 @@ def _fire_due(
 Pick = Callable[[frozenset[object], float | None], Awaitable[object]]
 #: A pick that does not wait: an endpoint, or None when only :data:`Pick` can tell.
 PickNow = Callable[[frozenset[object]], object | None]
-Run = Callable[[object, Copy], Awaitable[T]]
+#: ``run(endpoint, copy, *args)``: one copy on ``endpoint``; ``args`` are the call's own.
+Run = Callable[..., Awaitable[T]]
 
 
 @dataclass(eq=False)
@@ -420,46 +424,193 @@ class _Flight:
     per_attempt_limited: bool
 
 
-@dataclass(eq=False, slots=True)
-class _Hedging(Generic[T]):
-    """The state of one hedged call and what it calls; changed by one task at a time.
+def _copy_timeout(
+    per_attempt: float | None, deadline: float | None, clock: Callable[[], float]
+) -> tuple[float | None, bool]:
+    """A copy's timeout (the per-attempt one or the time left, the shorter), and which it is."""
+    remaining = None if deadline is None else deadline - clock()
+    if per_attempt is not None and (remaining is None or per_attempt < remaining):
+        return per_attempt, True
+    return remaining, False
 
-    That task is the caller's until the hedge delay first passes, then the
-    hedger's (:class:`_FirstCopy`): the two never change it in the same stretch.
-    A flight is a copy's task, or for a first copy that runs in the caller's
-    task, a future the caller completes with that copy's outcome.
+
+class Hedger(Generic[T]):
+    """What the hedged calls of one method share, made once; :meth:`call` makes one call.
+
+    The policy, the budget, the picks, the timer and the hooks are the same for
+    every call of a method, so a client keeps one of these per hedged method and
+    a call brings only its own part: what runs a copy, its deadline and its
+    delay. The rules are the module's; :func:`call_with_hedging` is the same for
+    a single call.
+
+    Args:
+        pick: ``pick(used, max_wait)`` returns an endpoint, preferring one not in
+            ``used``; raises :class:`AttemptFailed` when there is none.
+        policy: the hedging policy.
+        budget: the retry budget every copy after the first spends from.
+        timer: the :class:`HedgeTimer` the calls share.
+        per_attempt_timeout: the most one copy may take, or ``None``.
+        clock: monotonic seconds.
+        sleep: waits the given seconds (a fake clock's in tests).
+        on_hedge: called with the copy number each time a copy after the first is sent.
+        on_won: called with the winning copy's number when a copy after the first won.
+        discard: called with the result of a copy that also answered OK but
+            lost (it finished in the same instant as the winner), so a result
+            that holds resources (an open stream) can release them.
+        pick_now: asked first for each copy's endpoint, without waiting; when it
+            gives None, ``pick`` is awaited. It spares the common pick (one
+            that needs no wait) a coroutine.
     """
 
-    policy: HedgingPolicy
-    delay: float
-    budget: RetryBudget | None
-    deadline: float | None
-    per_attempt_timeout: float | None
-    clock: Callable[[], float]
-    pick: Pick
-    run: Run[T]
-    sleep: Callable[[float], Awaitable[object]]
-    on_hedge: Callable[[int], None] | None
-    discard: Callable[[T], Awaitable[object]] | None
-    hedge_timer: HedgeTimer
-    pick_now: PickNow | None
-    #: The first copy's endpoint while that copy runs past its hedge time (see _send).
-    late_on: object = _NOT_LATE
-    flights: dict[asyncio.Future[T], _Flight] = field(default_factory=dict)
-    used: set[object] = field(default_factory=set)
-    sent: int = 0
-    stopped: bool = False
-    next_at: float | None = None
-    timer: asyncio.Task[object] | None = None
-    timer_due: float | None = None
-    last_error: grpc.RpcError | None = None
+    __slots__ = (
+        "budget",
+        "clock",
+        "discard",
+        "on_hedge",
+        "on_won",
+        "per_attempt_timeout",
+        "pick",
+        "pick_now",
+        "policy",
+        "sleep",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        pick: Pick,
+        *,
+        policy: HedgingPolicy,
+        budget: RetryBudget | None,
+        timer: HedgeTimer,
+        per_attempt_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        on_hedge: Callable[[int], None] | None = None,
+        on_won: Callable[[int], None] | None = None,
+        discard: Callable[[Any], Awaitable[object]] | None = None,
+        pick_now: PickNow | None = None,
+    ) -> None:
+        self.pick = pick
+        self.policy = policy
+        self.budget = budget
+        self.timer = timer
+        self.per_attempt_timeout = per_attempt_timeout
+        self.clock = clock
+        self.sleep = sleep
+        self.on_hedge = on_hedge
+        self.on_won = on_won
+        self.discard = discard
+        self.pick_now = pick_now
+
+    def call(
+        self,
+        run: Run[T],
+        deadline: float | None,
+        delay: float,
+        *args: Any,
+        new_call: bool = True,
+    ) -> Coroutine[Any, Any, T]:
+        """One hedged call; returns the coroutine to await for the winning copy's value.
+
+        A function, not a coroutine of its own: one frame less per call. The
+        first copy runs in the caller's own task, its hedge time an entry in
+        the shared timer, so a call answered within the hedge delay (nearly
+        every call) costs no task, no wait and no timer handle of its own;
+        once the delay passed, the copies after it run from a task of their own
+        (:class:`_FirstCopy`).
+
+        Args:
+            run: ``run(endpoint, copy, *args)`` makes one copy on ``endpoint``;
+                raises ``grpc.RpcError`` or :class:`AttemptFailed` on failure.
+            deadline: absolute time on ``clock`` by which the call must end, or ``None``.
+            delay: seconds between copies (the method's :meth:`HedgeDelay.current`).
+            args: passed on to every ``run`` of this call.
+            new_call: whether this is a logical call of its own, which deposits in
+                the budget; False when it runs inside a retry loop's attempt (that
+                loop deposited already).
+
+        Raises:
+            grpc.RpcError: the fatal status, or the last non-fatal one once no copy
+                is left to run or send; DEADLINE_EXCEEDED if the deadline had
+                passed before the first copy. Any other exception from ``run``
+                propagates at once (the other copies cancelled).
+        """
+        if new_call and self.budget is not None:
+            self.budget.on_call()
+        return _FirstCopy(self, run, args, deadline, delay).run()
+
+
+class _Hedging(Generic[T]):
+    """The state of one hedged call past its first copy alone; changed by one task at a time.
+
+    Made only when a call needs more than its first copy (the hedge delay
+    passed, or the first copy failed or could not go): nearly every call never
+    makes one. That task is the caller's until the hedge delay first passes,
+    then the hedger's (:class:`_FirstCopy`): the two never change it in the
+    same stretch. A flight is a copy's task, or for a first copy that runs in
+    the caller's task, a future the caller completes with that copy's outcome.
+    """
+
+    __slots__ = (
+        "args",
+        "budget",
+        "clock",
+        "deadline",
+        "delay",
+        "discard",
+        "flights",
+        "hedge_timer",
+        "last_error",
+        "late_on",
+        "next_at",
+        "on_hedge",
+        "per_attempt_timeout",
+        "pick",
+        "policy",
+        "run",
+        "sent",
+        "sleep",
+        "stopped",
+        "timer",
+        "timer_due",
+        "used",
+    )
+
+    def __init__(
+        self,
+        hedger: Hedger[T],
+        run: Run[T],
+        args: tuple[Any, ...],
+        deadline: float | None,
+        delay: float,
+    ) -> None:
+        self.policy = hedger.policy
+        self.budget = hedger.budget
+        self.per_attempt_timeout = hedger.per_attempt_timeout
+        self.clock = hedger.clock
+        self.pick = hedger.pick
+        self.sleep = hedger.sleep
+        self.on_hedge = hedger.on_hedge
+        self.discard = hedger.discard
+        self.hedge_timer = hedger.timer
+        self.run = run
+        self.args = args
+        self.deadline = deadline
+        self.delay = delay
+        #: The first copy's endpoint while that copy runs past its hedge time (see _send).
+        self.late_on: object = _NOT_LATE
+        self.flights: dict[asyncio.Future[T], _Flight] = {}
+        self.used: set[object] = set()
+        self.sent = 0
+        self.stopped = False
+        self.next_at: float | None = None
+        self.timer: asyncio.Task[object] | None = None
+        self.timer_due: float | None = None
+        self.last_error: grpc.RpcError | None = None
 
     def timeout(self) -> tuple[float | None, bool]:
-        remaining = None if self.deadline is None else self.deadline - self.clock()
-        per_attempt = self.per_attempt_timeout
-        if per_attempt is not None and (remaining is None or per_attempt < remaining):
-            return per_attempt, True
-        return remaining, False
+        return _copy_timeout(self.per_attempt_timeout, self.deadline, self.clock)
 
     def may_send(self) -> bool:
         return not self.stopped and self.sent < self.policy.max_attempts
@@ -521,79 +672,50 @@ def call_with_hedging(
 ) -> Coroutine[Any, Any, Won[T]]:
     """Run copies of one call by the module's rules until one answers OK or none can.
 
-    Returns the coroutine to await (a function, not a coroutine of its own: one
-    frame less per call). The first copy runs in the caller's own task, its
-    hedge time an entry in ``timer``, so a call answered within the hedge delay
-    (nearly every call) costs no task, no wait and no timer handle of its own;
-    once the delay passed, the copies after it run from a task of their own
-    (:class:`_FirstCopy`).
+    One call with a :class:`Hedger` of its own (the arguments are
+    :class:`Hedger`'s and :meth:`Hedger.call`'s; ``run`` is called as
+    ``run(endpoint, copy)``); a caller that makes many calls of one method
+    keeps a :class:`Hedger` instead, and spares each call building one.
 
     Args:
-        pick: ``pick(used, max_wait)`` returns an endpoint, preferring one not in
-            ``used``; raises :class:`AttemptFailed` when there is none.
-        run: ``run(endpoint, copy)`` makes one copy on ``endpoint``; raises
-            ``grpc.RpcError`` or :class:`AttemptFailed` on failure.
-        policy: the hedging policy.
-        delay: seconds between copies (the method's :meth:`HedgeDelay.current`).
-        budget: the retry budget every copy after the first spends from.
-        deadline: absolute time on ``clock`` by which the call must end, or ``None``.
-        per_attempt_timeout: the most one copy may take, or ``None``.
-        clock: monotonic seconds.
-        sleep: waits the given seconds (a fake clock's in tests).
-        on_hedge: called with the copy number each time a copy after the first is sent.
-        new_call: whether this is a logical call of its own, which deposits in
-            ``budget``; False when it runs inside a retry loop's attempt (that
-            loop deposited already).
-        discard: called with the result of a copy that also answered OK but
-            lost (it finished in the same instant as the winner), so a result
-            that holds resources (an open stream) can release them.
-        timer: the :class:`HedgeTimer` shared by the caller's calls (a client
-            keeps one); ``None`` for one of this call's own, made on ``clock``
-            and ``sleep`` and closed when the call ends.
-        pick_now: asked first for each copy's endpoint, without waiting; when it
-            gives None, ``pick`` is awaited. It spares the common pick (one
-            that needs no wait) a coroutine.
+        timer: the :class:`HedgeTimer` shared by the caller's calls; ``None``
+            for one of this call's own, made on ``clock`` and ``sleep`` and
+            closed when the call ends.
 
     Returns:
-        The first OK copy's value and number.
-
-    Raises:
-        grpc.RpcError: the fatal status, or the last non-fatal one once no copy
-            is left to run or send; DEADLINE_EXCEEDED if the deadline had
-            passed before the first copy. Any other exception from ``run``
-            propagates at once (the other copies cancelled).
+        The coroutine to await for the first OK copy's value and number.
     """
-    own = timer is None
-    state: _Hedging[T] = _Hedging(
-        policy,
-        delay,
-        budget,
-        deadline,
-        per_attempt_timeout,
-        clock,
+    own = None
+    if timer is None:
+        own = timer = HedgeTimer(clock, sleep)
+    numbers: list[int] = []
+    hedger: Hedger[T] = Hedger(
         pick,
-        run,
-        sleep,
-        on_hedge,
-        discard,
-        HedgeTimer(clock, sleep) if timer is None else timer,
-        pick_now,
+        policy=policy,
+        budget=budget,
+        timer=timer,
+        per_attempt_timeout=per_attempt_timeout,
+        clock=clock,
+        sleep=sleep,
+        on_hedge=on_hedge,
+        on_won=numbers.append,
+        discard=discard,
+        pick_now=pick_now,
     )
-    if budget is not None and new_call:
-        budget.on_call()
-    first = _FirstCopy(state).run()
-    return _closing(first, state.hedge_timer) if own else first
+    return _numbered(hedger.call(run, deadline, delay, new_call=new_call), numbers, own)
 
 
-async def _closing(call: Awaitable[Won[T]], timer: HedgeTimer) -> Won[T]:
+async def _numbered(call: Awaitable[T], numbers: list[int], own_timer: HedgeTimer | None) -> Won[T]:
     try:
-        return await call
+        value = await call
     finally:
-        timer.close()
+        if own_timer is not None:
+            own_timer.close()
+    return Won(value, numbers[-1] if numbers else 1)
 
 
-class _FirstCopy(Generic[T]):
-    """The first copy of a hedged call, run in the caller's task.
+class _FirstCopy(Copy, Generic[T]):
+    """One hedged call, seen from its first copy, which runs in the caller's task; that copy too.
 
     Until the hedge delay passes, the call is just this copy: if it answers,
     that is the call's outcome, and if it fails the caller goes on to the loop
@@ -605,126 +727,170 @@ class _FirstCopy(Generic[T]):
     (the server sees the cancel) and takes the hedger's outcome. The caller's
     own cancellation is told apart by the task's cancel count, as
     ``asyncio.timeout`` does.
+
+    It is the first copy's :class:`Copy` (number 1) as well, and makes the
+    call's :class:`_Hedging` state only when the call needs more than this copy.
     """
 
     __slots__ = (
+        "_args",
         "_caller",
         "_context",
-        "_copy",
+        "_deadline",
+        "_delay",
         "_endpoint",
         "_flight",
         "_hedger",
         "_interrupted",
         "_limited",
+        "_of",
+        "_run",
         "_running",
         "_state",
         "_waiting",
     )
 
-    def __init__(self, state: _Hedging[T]) -> None:
-        #: The call's state; None once this copy answered it on its own.
-        self._state: _Hedging[T] | None = state
+    def __init__(
+        self,
+        of: Hedger[T],
+        run: Run[T],
+        args: tuple[Any, ...],
+        deadline: float | None,
+        delay: float,
+    ) -> None:
+        self.number = 1
+        self.lost = self.outrun = False
+        self.timeout = None
+        self._of = of
+        #: What runs the copies and their arguments; None once this copy answered the call.
+        self._run: Run[T] | None = run
+        self._args = args
+        self._deadline = deadline
+        self._delay = delay
+        #: The call's state past this copy alone; None until it is needed.
+        self._state: _Hedging[T] | None = None
         self._caller: asyncio.Task[Any] | None = None
         #: The caller's context (its span, for one), for the hedger to run in: the timer
         #: fires this copy from a wake-up that any call of the client may have set.
         self._context: contextvars.Context | None = None
-        #: Whether this copy's hedge time is still to come (an entry in the state's timer).
+        #: Whether this copy's hedge time is still to come (an entry in the timer).
         self._waiting = False
         self._flight: asyncio.Future[T] | None = None
         self._hedger: asyncio.Task[Won[T]] | None = None
         self._running = False
         self._interrupted = False
         self._endpoint: object = None
-        self._copy: Copy | None = None
         self._limited = False
 
-    async def run(self) -> Won[T]:
+    async def run(self) -> T:
         """The call's outcome: this copy's, or else the loop's (:func:`_loop`)."""
-        state = self._state
-        assert state is not None
+        of = self._of
+        run = self._run
+        assert run is not None
         self._caller = asyncio.current_task()
-        state.next_at = None
-        timeout, self._limited = state.timeout()
-        if timeout is not None and timeout <= 0:
-            return await _loop(state)  # Nothing to run or send: the loop fails the call.
-        endpoint = None if state.pick_now is None else state.pick_now(_NOTHING_USED)
+        timeout, self._limited = _copy_timeout(of.per_attempt_timeout, self._deadline, of.clock)
+        self.timeout = timeout
+        if timeout is not None and timeout <= 0:  # Nothing to run or send: the loop fails it.
+            return self._value(await _loop(self._hedging(sent=False)))
+        endpoint = None if of.pick_now is None else of.pick_now(_NOTHING_USED)
         if endpoint is None:
             try:
-                endpoint = await state.pick(_NOTHING_USED, timeout)
+                endpoint = await of.pick(_NOTHING_USED, timeout)
             except AttemptFailed as failed:  # Nowhere to send at all: failed before the wire.
+                state = self._hedging(sent=False)
                 state.sent += 1
                 state.failed(failed.error)
-                return await _loop(state)
-        state.sent = 1
-        state.used.add(endpoint)
-        copy = self._copy = Copy(1, timeout=timeout)
+                return self._value(await _loop(state))
         self._endpoint = endpoint
         # Whether a copy could ever follow this one without a failure first (NaN: no).
-        if state.delay < math.inf and state.policy.max_attempts > 1:
+        if self._delay < math.inf and of.policy.max_attempts > 1:
             self._waiting = True
             self._context = contextvars.copy_context()
-            state.hedge_timer.add(self, state.delay)
+            of.timer.add(self, self._delay)
         self._running = True
         try:
-            value = await state.run(endpoint, copy)
+            value = await run(endpoint, self, *self._args)
         except asyncio.CancelledError:
-            self._stop(state)
-            return await self._cancelled(copy)
+            self._stop()
+            return await self._cancelled()
         except Exception as error:
-            self._stop(state)
+            self._stop()
             if self._hedger is None:
+                state = self._hedging(sent=True)
                 state.ended(error, self._limited)  # Raises what ends the call.
-                return await _loop(state)
+                return self._value(await _loop(state))
             if self._flight is not None and not self._flight.done():
                 self._flight.set_exception(error)
-            return await self._hedger
+            return self._value(await self._hedger)
         self._running = False  # What _stop does, inline: nearly every call.
         if self._waiting:
             self._waiting = False
-            state.hedge_timer.answered()
-        if state.late_on is not _NOT_LATE:
-            self._stop(state)
-        if self._hedger is None:
-            # The timer may hold this copy for a while yet: let go of the call's state now.
-            self._state = self._caller = self._context = None
-            return Won(value, 1)
+            of.timer.answered()
+        hedging = self._state
+        if hedging is not None and hedging.late_on is not _NOT_LATE:
+            self._stop()
+        hedger = self._hedger
+        if hedger is None:
+            # The timer may hold this copy for a while yet: let go of the call's own now.
+            self._run = self._caller = self._context = self._state = None
+            self._args = ()
+            return value
         if self._flight is not None and not self._flight.done():
             self._flight.set_result(value)
-        elif state.discard is not None:  # It lost in this same instant.
-            await state.discard(value)
-        return await self._hedger
+        elif of.discard is not None:  # It lost in this same instant.
+            await of.discard(value)
+        return self._value(await hedger)
 
-    def _stop(self, state: _Hedging[T]) -> None:
+    def _hedging(self, *, sent: bool) -> _Hedging[T]:
+        """The call's state past this copy alone, made now if need be (``sent``: this copy went)."""
+        state = self._state
+        if state is None:
+            assert self._run is not None
+            state = self._state = _Hedging(
+                self._of, self._run, self._args, self._deadline, self._delay
+            )
+            if sent:
+                state.sent = 1
+                state.used.add(self._endpoint)
+        return state
+
+    def _value(self, won: Won[T]) -> T:
+        if won.number > 1 and self._of.on_won is not None:
+            self._of.on_won(won.number)
+        return won.value
+
+    def _stop(self) -> None:
         """The copy ended: nothing to wait for (the timer drops the entry), and not late."""
         self._running = False
         if self._waiting:
             self._waiting = False
-            state.hedge_timer.answered()
-        if state.late_on is not _NOT_LATE:
+            self._of.timer.answered()
+        state = self._state
+        if state is not None and state.late_on is not _NOT_LATE:
             state.hedge_timer._late_ends(state.late_on)
             state.late_on = _NOT_LATE
 
     def _fire(self) -> None:
         """The delay passed with no answer: start the hedger, this copy one of its flights."""
         self._waiting = False
-        state = self._state
-        if not self._running or state is None:
+        if not self._running or self._run is None:
             return
+        state = self._hedging(sent=True)
         state.late_on = self._endpoint
         state.hedge_timer._late_begins(self._endpoint)
         if state.budget is not None and not state.budget.can_spend():
             # No hedge could go (rule 5): the copy goes on alone, no hedger to start.
             state.stopped = True
             return
-        assert self._copy is not None
-        flight: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        flight: asyncio.Future[T] = loop.create_future()
         flight.add_done_callback(self._lost)
         self._flight = flight
-        state.flights[flight] = _Flight(self._endpoint, self._copy, self._limited)
+        state.flights[flight] = _Flight(self._endpoint, self, self._limited)
         state.next_at = state.clock()
         # In the caller's context, not the wake-up's: the copies it sends, their spans and
         # the "hedge" event belong to this call.
-        self._hedger = asyncio.get_running_loop().create_task(_loop(state), context=self._context)
+        self._hedger = loop.create_task(_loop(state), context=self._context)
 
     def _lost(self, flight: asyncio.Future[T]) -> None:
         """The hedger cancelled this copy's flight: cancel the copy, in the caller's task."""
@@ -732,16 +898,16 @@ class _FirstCopy(Generic[T]):
             self._interrupted = True
             self._caller.cancel()
 
-    async def _cancelled(self, copy: Copy) -> Won[T]:
+    async def _cancelled(self) -> T:
         """The copy was cancelled: by the hedger (it lost) or by the caller."""
         caller = asyncio.current_task()
         ours = self._interrupted and caller is not None and caller.uncancel() == 0
-        if ours and self._hedger is not None:
-            return await self._hedger
-        copy.lost = True
-        if self._hedger is not None:
-            assert self._state is not None
-            await _abandon(self._hedger, self._state.discard)
+        hedger = self._hedger
+        if ours and hedger is not None:
+            return self._value(await hedger)
+        self.lost = True
+        if hedger is not None:
+            await _abandon(hedger, self._of.discard)
         raise asyncio.CancelledError
 
 
@@ -852,7 +1018,7 @@ async def _send(state: _Hedging[T]) -> None:
     state.sent += 1
     state.used.add(endpoint)
     copy = Copy(state.sent, timeout=timeout)
-    task = asyncio.ensure_future(state.run(endpoint, copy))
+    task = asyncio.ensure_future(state.run(endpoint, copy, *state.args))
     state.flights[task] = _Flight(endpoint, copy, per_attempt_limited)
     state.next_at = state.clock() + state.delay if math.isfinite(state.delay) else None
     if state.on_hedge is not None:
