@@ -9,6 +9,7 @@ a warmer or colder machine.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from bench.client._cluster import Cluster
 from bench.client._loop import Call, LoopResult, closed_loop
 from service.testing import reader_token
 
-__all__ = ["Bounds", "alternate", "measure", "medians", "shares"]
+__all__ = ["Bounds", "alternate", "measure", "medians", "paired_ratio", "shares"]
 
 Measure = Callable[[str], Awaitable[dict[str, Any]]]
 
@@ -126,3 +127,18 @@ def medians(
         side: {key: float(statistics.median(f[key] for f in rounds)) for key in keys}
         for side, rounds in figures.items()
     }
+
+
+def paired_ratio(
+    ours: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], key: str
+) -> float:
+    """The median over rounds of ``ours[r][key] / baseline[r][key]``: each round's own ratio.
+
+    The two sides of one round ran within seconds of each other, so a slow
+    stretch of a shared machine weighs on both; the ratio of the two medians
+    pairs a side's median round with the other's, which may have run minutes
+    apart. A round whose baseline figure is 0 has no ratio and is left out
+    (NaN when every round is).
+    """
+    ratios = [o[key] / b[key] for o, b in zip(ours, baseline, strict=True) if b[key]]
+    return float(statistics.median(ratios)) if ratios else math.nan

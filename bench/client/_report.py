@@ -23,14 +23,20 @@ def row(
     goal: str,
     met: bool | None,
     show_ratio: bool = True,
+    paired: float | None = None,
 ) -> dict[str, Any]:
-    """One table row; ``met`` is None for a figure that has no goal of its own."""
+    """One table row; ``met`` is None for a figure that has no goal of its own.
+
+    ``paired``: the ratio to show when it was taken round by round
+    (:func:`bench.client._compare.paired_ratio`) rather than of the medians shown.
+    """
+    shown = ratio(ours, baseline) if paired is None else paired
     return {
         "scenario": scenario,
         "figure": figure,
         "ours": ours,
         "baseline": baseline,
-        "ratio": ratio(ours, baseline) if show_ratio else None,
+        "ratio": shown if show_ratio else None,
         "goal": goal,
         "met": met,
     }

@@ -30,8 +30,13 @@ async def test_each_level_reports_cpu_and_rate_for_every_side() -> None:
         hedged = figures["median"][OURS]
         assert 0 <= hedged["hedges_won"] <= hedged["hedges"]
         assert 0 <= hedged["hedge_share"] <= 1
+        for side in (OURS, OURS_NO_HEDGING, BASELINE):
+            assert len(figures["rounds"][side]) == TINY.rounds, (level, side)
         for side in (OURS, OURS_NO_HEDGING):
             ratios = figures[side]
+            own = figures["rounds"][side][0]["cpu_us_per_call"]
+            base = figures["rounds"][BASELINE][0]["cpu_us_per_call"]
+            assert ratios["cpu_ratio"] == pytest.approx(own / base)  # One round: its own ratio.
             ok = ratios["cpu_ratio"] <= CPU_GOAL and ratios["rate_ratio"] >= RATE_GOAL
             assert ratios["met"] is ok
             verdicts.append(ok)
