@@ -11,7 +11,7 @@ import math
 import pytest
 
 from bench.client import Bounds, Cluster, throughput
-from bench.client._clients import SIDES
+from bench.client._clients import BASELINE, OURS, SIDES
 from bench.client._cluster import HOSTS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(40)]
@@ -35,5 +35,7 @@ async def test_throughput_scenario_reports_sane_figures() -> None:
         assert all(n > 0 for n in figures["per_replica"].values()), figures["per_replica"]
         assert math.isclose(sum(figures["share"].values()), 1.0, abs_tol=0.01)
     assert result["ratio"] > 0
+    (ours,), (baseline,) = result["rounds"][OURS], result["rounds"][BASELINE]
+    assert result["ratio"] == pytest.approx(ours["rate"] / baseline["rate"])  # One round's own.
     assert result["met"] == (result["ratio"] >= 0.9)
     assert result["rows"][0]["figure"] == "GetUser calls/s"
