@@ -554,23 +554,15 @@ class _Hedging(Generic[T]):
 
     __slots__ = (
         "args",
-        "budget",
-        "clock",
         "deadline",
         "delay",
-        "discard",
         "flights",
-        "hedge_timer",
         "last_error",
         "late_on",
         "next_at",
-        "on_hedge",
-        "per_attempt_timeout",
-        "pick",
-        "policy",
+        "of",
         "run",
         "sent",
-        "sleep",
         "stopped",
         "timer",
         "timer_due",
@@ -585,15 +577,8 @@ class _Hedging(Generic[T]):
         deadline: float | None,
         delay: float,
     ) -> None:
-        self.policy = hedger.policy
-        self.budget = hedger.budget
-        self.per_attempt_timeout = hedger.per_attempt_timeout
-        self.clock = hedger.clock
-        self.pick = hedger.pick
-        self.sleep = hedger.sleep
-        self.on_hedge = hedger.on_hedge
-        self.discard = hedger.discard
-        self.hedge_timer = hedger.timer
+        #: What every call of the method shares: policy, budget, picks, timer, hooks.
+        self.of = hedger
         self.run = run
         self.args = args
         self.deadline = deadline
@@ -610,10 +595,10 @@ class _Hedging(Generic[T]):
         self.last_error: grpc.RpcError | None = None
 
     def timeout(self) -> tuple[float | None, bool]:
-        return _copy_timeout(self.per_attempt_timeout, self.deadline, self.clock)
+        return _copy_timeout(self.of.per_attempt_timeout, self.deadline, self.of.clock)
 
     def may_send(self) -> bool:
-        return not self.stopped and self.sent < self.policy.max_attempts
+        return not self.stopped and self.sent < self.of.policy.max_attempts
 
     def due(self) -> bool:
         """Whether the next copy should go now.
@@ -624,7 +609,7 @@ class _Hedging(Generic[T]):
         """
         return (
             self.next_at is not None
-            and self.next_at <= self.clock()
+            and self.next_at <= self.of.clock()
             and self.may_send()
             and not any(flight.done() for flight in self.flights)
         )
@@ -637,18 +622,18 @@ class _Hedging(Generic[T]):
         self.last_error = error
         pushback = pushback_delay(error)
         if pushback is None:
-            self.next_at = self.clock()
+            self.next_at = self.of.clock()
         elif math.isinf(pushback):
             self.stopped = True
         else:
-            self.next_at = self.clock() + pushback
+            self.next_at = self.of.clock() + pushback
 
     def ended(self, error: BaseException, per_attempt_limited: bool) -> None:
         """A copy failed: raise what ends the call, or note a non-fatal failure."""
         if not isinstance(error, AttemptFailed | grpc.RpcError):
             raise error
         rpc_error = error.error if isinstance(error, AttemptFailed) else error
-        if not self.policy.is_non_fatal(rpc_error, per_attempt_limited):
+        if not self.of.policy.is_non_fatal(rpc_error, per_attempt_limited):
             raise rpc_error
         self.failed(rpc_error)
 
@@ -867,7 +852,7 @@ class _FirstCopy(Copy, Generic[T]):
             self._of.timer.answered()
         state = self._state
         if state is not None and state.late_on is not _NOT_LATE:
-            state.hedge_timer._late_ends(state.late_on)
+            state.of.timer._late_ends(state.late_on)
             state.late_on = _NOT_LATE
 
     def _fire(self) -> None:
@@ -877,8 +862,8 @@ class _FirstCopy(Copy, Generic[T]):
             return
         state = self._hedging(sent=True)
         state.late_on = self._endpoint
-        state.hedge_timer._late_begins(self._endpoint)
-        if state.budget is not None and not state.budget.can_spend():
+        state.of.timer._late_begins(self._endpoint)
+        if state.of.budget is not None and not state.of.budget.can_spend():
             # No hedge could go (rule 5): the copy goes on alone, no hedger to start.
             state.stopped = True
             return
@@ -887,7 +872,7 @@ class _FirstCopy(Copy, Generic[T]):
         flight.add_done_callback(self._lost)
         self._flight = flight
         state.flights[flight] = _Flight(self._endpoint, self, self._limited)
-        state.next_at = state.clock()
+        state.next_at = state.of.clock()
         # In the caller's context, not the wake-up's: the copies it sends, their spans and
         # the "hedge" event belong to this call.
         self._hedger = loop.create_task(_loop(state), context=self._context)
@@ -920,7 +905,7 @@ async def _loop(state: _Hedging[T]) -> Won[T]:
             done, fired = await _next_event(state)
             if fired:
                 # The timer's own clock may run a hair ahead of ``clock``: it is due.
-                state.next_at = state.clock()
+                state.next_at = state.of.clock()
             won = _settle(state, done)
             if won is not None:
                 for flight in state.flights.values():
@@ -941,13 +926,13 @@ async def _next_event(state: _Hedging[Any]) -> tuple[set[asyncio.Future[Any]], b
         grpc.RpcError: no copy is running and none can be sent any more.
     """
     due = state.next_at if state.may_send() else None
-    if state.sleep is asyncio.sleep:
+    if state.of.sleep is asyncio.sleep:
         if not state.flights:
             if due is None:
                 raise state.last_error or _deadline_passed()
-            await asyncio.sleep(max(0.0, due - state.clock()))
+            await asyncio.sleep(max(0.0, due - state.of.clock()))
             return set(), True
-        timeout = None if due is None else max(0.0, due - state.clock())
+        timeout = None if due is None else max(0.0, due - state.of.clock())
         done, _ = await asyncio.wait(
             state.flights, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
@@ -972,7 +957,7 @@ def _arm(state: _Hedging[Any]) -> None:
         state.timer.cancel()
         state.timer = None
     if due is not None and state.timer is None:
-        state.timer = asyncio.ensure_future(_sleep(state.sleep, due - state.clock()))
+        state.timer = asyncio.ensure_future(_sleep(state.of.sleep, due - state.of.clock()))
         state.timer_due = due
 
 
@@ -998,7 +983,7 @@ async def _send(state: _Hedging[T]) -> None:
     if not state.may_send() or (timeout is not None and timeout <= 0):
         return
     try:
-        endpoint = await state.pick(frozenset(state.used), timeout)
+        endpoint = await state.of.pick(frozenset(state.used), timeout)
     except AttemptFailed:
         return
     # A hedge goes to an endpoint with no copy of this call in flight, or not at all.
@@ -1008,11 +993,11 @@ async def _send(state: _Hedging[T]) -> None:
     # endpoint has them at once, the slowness is not the endpoint's (a saturated client,
     # or every replica at once), and a copy elsewhere would wait as long. Asked again
     # a delay later.
-    late_on, timer = state.late_on, state.hedge_timer
+    late_on, timer = state.late_on, state.of.timer
     if late_on is not _NOT_LATE and timer.late(endpoint) >= timer.late(late_on):
-        state.next_at = state.clock() + state.delay
+        state.next_at = state.of.clock() + state.delay
         return
-    if state.budget is not None and not state.budget.try_spend():
+    if state.of.budget is not None and not state.of.budget.try_spend():
         state.stopped = True
         return
     state.sent += 1
@@ -1020,9 +1005,9 @@ async def _send(state: _Hedging[T]) -> None:
     copy = Copy(state.sent, timeout=timeout)
     task = asyncio.ensure_future(state.run(endpoint, copy, *state.args))
     state.flights[task] = _Flight(endpoint, copy, per_attempt_limited)
-    state.next_at = state.clock() + state.delay if math.isfinite(state.delay) else None
-    if state.on_hedge is not None:
-        state.on_hedge(copy.number)
+    state.next_at = state.of.clock() + state.delay if math.isfinite(state.delay) else None
+    if state.of.on_hedge is not None:
+        state.of.on_hedge(copy.number)
 
 
 async def _cancel_rest(state: _Hedging[T]) -> None:
@@ -1050,8 +1035,8 @@ async def _cancel_rest(state: _Hedging[T]) -> None:
         except Exception:  # A loser's own failure is not the call's outcome.
             continue
         else:
-            if state.discard is not None and task in copies:
-                await state.discard(result)
+            if state.of.discard is not None and task in copies:
+                await state.of.discard(result)
     if cancelled_meanwhile:
         raise asyncio.CancelledError
 

@@ -6,8 +6,8 @@ order. Goals (issue #8): CPU per call ≤ 1.1x the baseline's and calls/s ≥
 the median of the rounds' own ratios (the two sides of a round ran seconds
 apart, so a slow stretch of the shared machine weighs on both), as the
 service benchmarks take theirs; the table shows each side's median figures
-beside it, and the results keep every round and the ratio of the medians. The defaults'
-hedges per call are reported beside: a hedge costs about as much CPU as a
+beside it, and the results keep every round and the ratio of the medians.
+The defaults' hedges per call are reported beside: a hedge costs about as much CPU as a
 call of its own and its cancelled copy, so they, more than the per-call path,
 set the gap between hedging on and off.
 
