@@ -20,9 +20,23 @@ from bench.client._cluster import Cluster
 from bench.client._loop import Call, LoopResult, closed_loop
 from service.testing import reader_token
 
-__all__ = ["Bounds", "alternate", "measure", "medians", "paired_ratio", "shares"]
+__all__ = [
+    "CONFIDENCE",
+    "Bounds",
+    "Paired",
+    "alternate",
+    "measure",
+    "median_interval",
+    "medians",
+    "paired",
+    "paired_ratio",
+    "paired_ratios",
+    "shares",
+]
 
 Measure = Callable[[str], Awaitable[dict[str, Any]]]
+#: The least confidence of the interval reported beside a paired ratio.
+CONFIDENCE = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,5 +154,82 @@ def paired_ratio(
     apart. A round whose baseline figure is 0 has no ratio and is left out
     (NaN when every round is).
     """
-    ratios = [o[key] / b[key] for o, b in zip(ours, baseline, strict=True) if b[key]]
-    return float(statistics.median(ratios)) if ratios else math.nan
+    return paired(ours, baseline, key).ratio
+
+
+def paired_ratios(
+    ours: Sequence[Mapping[str, Any]], baseline: Sequence[Mapping[str, Any]], key: str
+) -> list[float]:
+    """Each round's own ``ours[r][key] / baseline[r][key]``, rounds whose baseline is 0 left out."""
+    return [o[key] / b[key] for o, b in zip(ours, baseline, strict=True) if b[key]]
+
+
+@dataclass(frozen=True, slots=True)
+class Paired:
+    """A ratio taken round by round, and how well the rounds pin it down.
+
+    Attributes:
+        ratio: The median of the rounds' own ratios (:func:`paired_ratio`).
+        low: The interval's lower end (:func:`median_interval`).
+        high: Its upper end.
+        coverage: The probability that it holds the true median.
+    """
+
+    ratio: float
+    low: float
+    high: float
+    coverage: float
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """(low, high)."""
+        return self.low, self.high
+
+    def figures(self, name: str) -> dict[str, Any]:
+        """JSON-ready: ``name``, ``name_interval`` and ``name_interval_coverage``."""
+        return {
+            name: self.ratio,
+            f"{name}_interval": [self.low, self.high],
+            f"{name}_interval_coverage": round(self.coverage, 4),
+        }
+
+
+def paired(
+    ours: Sequence[Mapping[str, Any]],
+    baseline: Sequence[Mapping[str, Any]],
+    key: str,
+    confidence: float = CONFIDENCE,
+) -> Paired:
+    """The paired ratio of ``key`` with its interval at ``confidence``."""
+    ratios = paired_ratios(ours, baseline, key)
+    middle = float(statistics.median(ratios)) if ratios else math.nan
+    return Paired(middle, *median_interval(ratios, confidence))
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.9) -> tuple[float, float, float]:
+    """A distribution-free interval for the median of what ``values`` were drawn from.
+
+    The order statistics ``x(k) <= x(n + 1 - k)`` cover the true median with
+    probability ``1 - 2 P(B < k)``, B binomial(n, 1/2), whatever the distribution
+    (rounds on a shared machine are far from normal: one slow stretch makes an
+    outlier). ``k`` is the largest whose coverage is at least ``confidence``;
+    with too few values for that, the widest interval (min, max) and its lower
+    coverage.
+
+    Returns:
+        (low, high, coverage); NaN for all three when ``values`` is empty.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    ordered = sorted(values)
+    n = len(ordered)
+    if not n:
+        return math.nan, math.nan, math.nan
+    below = 0.0  # P(B < k), for k = 1, 2, ...: P(B <= k - 1).
+    k, coverage = 1, 1.0 - 2 * 0.5**n
+    for j in range(n // 2):  # k = j + 1 has coverage 1 - 2 P(B <= j).
+        below += math.comb(n, j) * 0.5**n
+        if 1 - 2 * below < confidence:
+            break
+        k, coverage = j + 1, 1 - 2 * below
+    return ordered[k - 1], ordered[n - k], coverage

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from bench.client._compare import CONFIDENCE
 
 __all__ = ["markdown_table", "ratio", "row"]
 
@@ -24,11 +26,14 @@ def row(
     met: bool | None,
     show_ratio: bool = True,
     paired: float | None = None,
+    interval: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """One table row; ``met`` is None for a figure that has no goal of its own.
 
     ``paired``: the ratio to show when it was taken round by round
-    (:func:`bench.client._compare.paired_ratio`) rather than of the medians shown.
+    (:func:`bench.client._compare.paired_ratio`) rather than of the medians shown;
+    ``interval``: the (low, high) that the ratio's true median lies in at the
+    run's stated confidence (:func:`bench.client._compare.median_interval`).
     """
     shown = ratio(ours, baseline) if paired is None else paired
     return {
@@ -37,6 +42,7 @@ def row(
         "ours": ours,
         "baseline": baseline,
         "ratio": shown if show_ratio else None,
+        "interval": list(interval) if interval is not None and show_ratio else None,
         "goal": goal,
         "met": met,
     }
@@ -56,15 +62,30 @@ def _met(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "**no**")
 
 
-def markdown_table(rows: Iterable[Mapping[str, Any]]) -> str:
-    """The rows as a GitHub markdown table."""
+_INTERVAL_LEGEND = (
+    "A ratio with a range in parentheses is the median of the rounds' own ratios; the range "
+    f"holds the true median with at least {CONFIDENCE * 100:.0f} % confidence, from the "
+    "rounds' order statistics (with too few rounds for that, it runs from the lowest round to "
+    "the highest, and the JSON's `*_interval_coverage` gives its lower confidence: 75 % for 3 "
+    "rounds, 94 % for 5)."
+)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows as a GitHub markdown table, and a legend when a ratio has an interval."""
     lines = [
         "| Scenario | Figure | Ours | Baseline | Ours / baseline | Goal | Met |",
         "| --- | --- | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
+        shown = _number(r["ratio"])
+        interval = r.get("interval")
+        if interval is not None:
+            shown += f" ({_number(interval[0])} to {_number(interval[1])})"
         lines.append(
             f"| {r['scenario']} | {r['figure']} | {_number(r['ours'])} | "
-            f"{_number(r['baseline'])} | {_number(r['ratio'])} | {r['goal']} | {_met(r['met'])} |"
+            f"{_number(r['baseline'])} | {shown} | {r['goal']} | {_met(r['met'])} |"
         )
+    if any(r.get("interval") is not None for r in rows):
+        lines += ["", _INTERVAL_LEGEND]
     return "\n".join(lines)

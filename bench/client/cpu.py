@@ -25,7 +25,7 @@ from typing import Any
 
 from bench.client._clients import BASELINE, OURS, OURS_NO_HEDGING
 from bench.client._cluster import Cluster
-from bench.client._compare import Bounds, alternate, measure, medians, paired_ratio
+from bench.client._compare import Bounds, alternate, measure, medians, paired
 from bench.client._loop import Call, LoopResult, closed_loop
 from bench.client._report import ratio, row
 
@@ -86,13 +86,13 @@ async def cpu_per_call(
             },
         }
         for ours in (OURS, OURS_NO_HEDGING):
-            cpu = paired_ratio(rounds[ours], rounds[BASELINE], "cpu_us_per_call")
-            rate = paired_ratio(rounds[ours], rounds[BASELINE], "rate")
-            ok = cpu <= CPU_GOAL and rate >= RATE_GOAL
+            cpu = paired(rounds[ours], rounds[BASELINE], "cpu_us_per_call")
+            rate = paired(rounds[ours], rounds[BASELINE], "rate")
+            ok = cpu.ratio <= CPU_GOAL and rate.ratio >= RATE_GOAL
             met = met and ok
             level_result[ours] = {
-                "cpu_ratio": cpu,
-                "rate_ratio": rate,
+                **cpu.figures("cpu_ratio"),
+                **rate.figures("rate_ratio"),
                 "met": ok,
                 # The statistic before 2026-12-07, for comparison with older runs.
                 "cpu_ratio_of_medians": ratio(
@@ -107,8 +107,9 @@ async def cpu_per_call(
                     mid[ours]["cpu_us_per_call"],
                     mid[BASELINE]["cpu_us_per_call"],
                     goal=f"ratio <= {CPU_GOAL}",
-                    met=cpu <= CPU_GOAL,
-                    paired=cpu,
+                    met=cpu.ratio <= CPU_GOAL,
+                    paired=cpu.ratio,
+                    interval=cpu.interval,
                 )
             )
             rows.append(
@@ -118,8 +119,9 @@ async def cpu_per_call(
                     mid[ours]["rate"],
                     mid[BASELINE]["rate"],
                     goal=f"ratio >= {RATE_GOAL}",
-                    met=rate >= RATE_GOAL,
-                    paired=rate,
+                    met=rate.ratio >= RATE_GOAL,
+                    paired=rate.ratio,
+                    interval=rate.interval,
                 )
             )
         rows.append(

@@ -6,7 +6,7 @@ from typing import Any
 
 from bench.client._clients import BASELINE, OURS
 from bench.client._cluster import Cluster
-from bench.client._compare import Bounds, alternate, measure, medians, paired_ratio
+from bench.client._compare import Bounds, alternate, measure, medians, paired
 from bench.client._loop import Call, LoopResult, closed_loop
 from bench.client._report import ratio, row
 
@@ -44,13 +44,13 @@ async def throughput(cluster: Cluster, bounds: Bounds) -> dict[str, Any]:
 
     rounds = await alternate(bounds.rounds, side)
     mid = medians(rounds, ["rate", "cpu_us_per_call", "p50_ms", "p99_ms", "failed", "min_share"])
-    value = paired_ratio(rounds[OURS], rounds[BASELINE], "rate")
-    met = value >= GOAL
+    value = paired(rounds[OURS], rounds[BASELINE], "rate")
+    met = value.ratio >= GOAL
     return {
         "settings": {"concurrency": bounds.concurrency, "duration_s": bounds.duration},
         "rounds": rounds,
         "median": mid,
-        "ratio": value,
+        **value.figures("ratio"),
         "ratio_of_medians": ratio(mid[OURS]["rate"], mid[BASELINE]["rate"]),
         "met": met,
         "rows": [
@@ -61,7 +61,8 @@ async def throughput(cluster: Cluster, bounds: Bounds) -> dict[str, Any]:
                 mid[BASELINE]["rate"],
                 goal=f"ratio >= {GOAL}",
                 met=met,
-                paired=value,
+                paired=value.ratio,
+                interval=value.interval,
             ),
             row(
                 _NAME,

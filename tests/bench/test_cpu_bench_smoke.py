@@ -37,6 +37,9 @@ async def test_each_level_reports_cpu_and_rate_for_every_side() -> None:
             own = figures["rounds"][side][0]["cpu_us_per_call"]
             base = figures["rounds"][BASELINE][0]["cpu_us_per_call"]
             assert ratios["cpu_ratio"] == pytest.approx(own / base)  # One round: its own ratio.
+            # ... and an interval of that ratio alone, which one round cannot vouch for.
+            assert ratios["cpu_ratio_interval"] == [ratios["cpu_ratio"]] * 2
+            assert ratios["cpu_ratio_interval_coverage"] == 0
             ok = ratios["cpu_ratio"] <= CPU_GOAL and ratios["rate_ratio"] >= RATE_GOAL
             assert ratios["met"] is ok
             verdicts.append(ok)
