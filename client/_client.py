@@ -855,11 +855,20 @@ class UserClient:
             invoke = self._listing_invoker(cursor, queue, self._metadata)
             hedge = self._hedges.get("ListUsers")
 
-            async def hedged(spec: Attempt) -> None:
-                assert hedge is not None
-                await self._hedged_listing(cursor, queue, spec, deadline, hedge)
+            async def attempt(spec: Attempt) -> None:
+                try:
+                    if hedge is not None:
+                        await self._hedged_listing(cursor, queue, spec, deadline, hedge)
+                    else:
+                        await self._attempt("ListUsers", invoke, spec, deadline, False)
+                except AttemptFailed:
+                    # Every user asked for had arrived, and only the stream's end was lost
+                    # (its replica went away after the last one): the listing is complete,
+                    # and a retry would wait out a backoff to ask for nothing. The attempt
+                    # was still counted, and its replica charged, as the failure it was.
+                    if not cursor.done:
+                        raise
 
-            attempt = hedged if hedge is not None else None
             await self._with_retries(
                 "ListUsers", invoke, deadline, True, timed=False, attempt=attempt
             )
