@@ -66,7 +66,14 @@ from client._interceptors import (
 from client._picker import Picker
 from client._pool import EndpointSet, NoEndpointError
 from client._resolver import Resolver, resolver_for
-from client._retry import Attempt, AttemptFailed, RetryBudget, RetryPolicy, call_with_retries
+from client._retry import (
+    Attempt,
+    AttemptFailed,
+    RetryBudget,
+    RetryPolicy,
+    call_with_retries,
+    time_left,
+)
 from client._tasks import cancel_and_wait
 from client._tls import TlsConfig, channel_security
 from meshdemo import contract
@@ -643,11 +650,15 @@ class UserClient:
         timed: bool,
     ) -> T:
         endpoint = self._pick_now(spec.excluded)  # No coroutine for a pick that needs no wait.
+        timeout = spec.timeout
         if endpoint is None:
-            endpoint = await self._pick(spec.excluded, spec.timeout)
-        return await self._run_on(
-            endpoint, None, method, invoke, deadline, None, spec.timeout, timed
-        )
+            # Only discovery's first answer is waited for here, before anything was sent:
+            # the call's own time bounds it, and the attempt's timeout runs from the send.
+            endpoint = await self._pick(spec.excluded, time_left(deadline, self._clock))
+            left = time_left(deadline, self._clock)
+            if left is not None and (timeout is None or left < timeout):
+                timeout = left
+        return await self._run_on(endpoint, None, method, invoke, deadline, None, timeout, timed)
 
     async def _run_on(
         self,

@@ -51,7 +51,14 @@ import grpc
 
 from ._errors import rpc_code
 from ._hedge_delay import HedgeDelay
-from ._retry import AttemptFailed, RetryBudget, is_local_transport_failure, pushback_delay
+from ._retry import (
+    AttemptFailed,
+    RetryBudget,
+    bounded_timeout,
+    is_local_transport_failure,
+    pushback_delay,
+    time_left,
+)
 
 __all__ = [
     "DEFAULT_NON_FATAL_CODES",
@@ -424,16 +431,6 @@ class _Flight:
     per_attempt_limited: bool
 
 
-def _copy_timeout(
-    per_attempt: float | None, deadline: float | None, clock: Callable[[], float]
-) -> tuple[float | None, bool]:
-    """A copy's timeout (the per-attempt one or the time left, the shorter), and which it is."""
-    remaining = None if deadline is None else deadline - clock()
-    if per_attempt is not None and (remaining is None or per_attempt < remaining):
-        return per_attempt, True
-    return remaining, False
-
-
 class Hedger(Generic[T]):
     """What the hedged calls of one method share, made once; :meth:`call` makes one call.
 
@@ -445,7 +442,9 @@ class Hedger(Generic[T]):
 
     Args:
         pick: ``pick(used, max_wait)`` returns an endpoint, preferring one not in
-            ``used``; raises :class:`AttemptFailed` when there is none.
+            ``used``; raises :class:`AttemptFailed` when there is none. It waits,
+            at most ``max_wait`` seconds, only while discovery has not answered
+            yet; the first copy gives it the call's time left.
         policy: the hedging policy.
         budget: the retry budget every copy after the first spends from.
         timer: the :class:`HedgeTimer` the calls share.
@@ -595,7 +594,7 @@ class _Hedging(Generic[T]):
         self.last_error: grpc.RpcError | None = None
 
     def timeout(self) -> tuple[float | None, bool]:
-        return _copy_timeout(self.of.per_attempt_timeout, self.deadline, self.of.clock)
+        return bounded_timeout(self.of.per_attempt_timeout, self.deadline, self.of.clock)
 
     def may_send(self) -> bool:
         return not self.stopped and self.sent < self.of.policy.max_attempts
@@ -773,19 +772,28 @@ class _FirstCopy(Copy, Generic[T]):
         run = self._run
         assert run is not None
         self._caller = asyncio.current_task()
-        timeout, self._limited = _copy_timeout(of.per_attempt_timeout, self._deadline, of.clock)
+        timeout, self._limited = bounded_timeout(of.per_attempt_timeout, self._deadline, of.clock)
         self.timeout = timeout
         if timeout is not None and timeout <= 0:  # Nothing to run or send: the loop fails it.
             return self._value(await _loop(self._hedging(sent=False)))
         endpoint = None if of.pick_now is None else of.pick_now(_NOTHING_USED)
         if endpoint is None:
             try:
-                endpoint = await of.pick(_NOTHING_USED, timeout)
+                # A pick waits only for discovery's first answer, before any copy went
+                # anywhere: the call's own time bounds it, not a copy's timeout.
+                endpoint = await of.pick(_NOTHING_USED, time_left(self._deadline, of.clock))
             except AttemptFailed as failed:  # Nowhere to send at all: failed before the wire.
                 state = self._hedging(sent=False)
                 state.sent += 1
                 state.failed(failed.error)
                 return self._value(await _loop(state))
+            # The copy's timeout runs from when it is sent, within what is left of the call.
+            timeout, self._limited = bounded_timeout(
+                of.per_attempt_timeout, self._deadline, of.clock
+            )
+            self.timeout = timeout
+            if timeout is not None and timeout <= 0:
+                return self._value(await _loop(self._hedging(sent=False)))
         self._endpoint = endpoint
         # Whether a copy could ever follow this one without a failure first (NaN: no).
         if self._delay < math.inf and of.policy.max_attempts > 1:

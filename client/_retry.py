@@ -41,9 +41,11 @@ __all__ = [
     "AttemptFailed",
     "RetryBudget",
     "RetryPolicy",
+    "bounded_timeout",
     "call_with_retries",
     "is_stream_removed",
     "pushback_delay",
+    "time_left",
 ]
 
 _log = logging.getLogger(__name__)
@@ -191,6 +193,26 @@ class RetryPolicy:
         ):
             return True
         return self.retry_stream_removed and is_stream_removed(error)
+
+
+def time_left(deadline: float | None, clock: Callable[[], float]) -> float | None:
+    """Seconds until ``deadline`` on ``clock`` (negative once it passed); None for no deadline."""
+    return None if deadline is None else deadline - clock()
+
+
+def bounded_timeout(
+    per_attempt: float | None, deadline: float | None, clock: Callable[[], float]
+) -> tuple[float | None, bool]:
+    """An attempt's timeout, the per-attempt one or the time left, the shorter; and which.
+
+    Returns:
+        (timeout, whether the per-attempt timeout set it); the timeout is ``<= 0``
+        once the deadline has passed, None with neither.
+    """
+    remaining = time_left(deadline, clock)
+    if per_attempt is not None and (remaining is None or per_attempt < remaining):
+        return per_attempt, True
+    return remaining, False
 
 
 def is_local_transport_failure(error: grpc.RpcError) -> bool:
@@ -373,11 +395,7 @@ class _Loop:
 
         The timeout is ``<= 0`` when the deadline has passed.
         """
-        per_attempt = self.policy.per_attempt_timeout
-        remaining = None if self.deadline is None else self.deadline - self.clock()
-        if per_attempt is not None and (remaining is None or per_attempt < remaining):
-            return per_attempt, True
-        return remaining, False
+        return bounded_timeout(self.policy.per_attempt_timeout, self.deadline, self.clock)
 
     def next_delay(
         self, number: int, error: grpc.RpcError, per_attempt_limited: bool

@@ -8,6 +8,7 @@ internal class name; a bad target names the accepted forms.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Iterator
 
@@ -19,6 +20,7 @@ from client import (
     DnsResolver,
     EndpointSet,
     NoEndpointError,
+    NotFoundError,
     PoolConfig,
     TargetError,
     UnavailableError,
@@ -170,3 +172,36 @@ def test_the_accepted_forms_are_worded_as_the_cli_help() -> None:
     [option] = [a for a in get._actions if "--target" in a.option_strings]
     assert option.help is not None
     assert TARGET_FORMS in option.help
+
+
+@pytest.mark.parametrize("hedging", [True, False], ids=["hedged", "retry-loop"])
+async def test_a_slow_first_resolution_is_waited_for_within_the_calls_deadline(
+    hedging: bool, store_url: str
+) -> None:
+    # No attempt reaches a replica before discovery has answered, so the wait for the
+    # first answer is bounded by the call's deadline, not by one attempt's timeout
+    # (GetUser's is 0.5 s: before, the call gave up after its copies' waits, about 1 s,
+    # with "no address resolved yet", whatever its own timeout).
+    resolver = ManualResolver()
+    async with (
+        serve("127.0.0.2", store_url=store_url) as replica,
+        UserClient(
+            "static:///127.0.0.2:1",  # The resolver given decides the addresses.
+            resolver=resolver,
+            token=admin_token(),
+            tracing=False,
+            hedging=None if hedging else False,
+        ) as client,
+    ):
+        call = asyncio.ensure_future(client.get_user("no-such-user", timeout=5.0))
+        await asyncio.sleep(1.6)  # Three of GetUser's attempt timeouts.
+        assert not call.done()
+        resolver.publish(replica.address)
+        with pytest.raises(NotFoundError):  # The replica's answer: the call reached it.
+            await call
+        stats = client.stats()
+    assert stats.retries == 0
+    assert stats.hedges == 0
+    # The attempt itself had GetUser's own attempt timeout, from when it was sent.
+    [endpoint] = stats.endpoints
+    assert endpoint.total_calls == 1
