@@ -485,6 +485,11 @@ class LoadSnapshot:
     ``window_hedges`` (hedges it sent); ``hedges`` and ``hedges_won`` count hedges
     sent and hedges that answered first since the run started.
     ``endpoints`` lists the client's endpoints now, one row per address.
+    The windows never overlap, so their counts add up to the run's. The rates
+    (``rps``, each endpoint's ``rate``) of a final snapshot that came less than
+    a tick after the previous one are over the time since the snapshot before
+    that: a run's tail (its last calls draining, a few milliseconds) is too
+    short for a rate.
     """
 
     elapsed: float
@@ -851,6 +856,8 @@ class _Run:
         self._base_hedges = (baseline.hedges, baseline.hedges_won)
         self._endpoints = _Endpoints(baseline)
         self._window = _Window(time=self.started)
+        #: The window before ``_window``: what a final snapshot with a short tail reports from.
+        self._previous: _Window | None = None
 
     def now(self) -> float:
         return self._clock()
@@ -913,19 +920,27 @@ class _Run:
             for address, tally in self._endpoints.items()
         ]
 
-    def snapshot(self, stats: ClientInfo) -> LoadSnapshot:
-        """The run now; starts the next window (call it once per tick)."""
+    def snapshot(self, stats: ClientInfo, *, final: bool = False) -> LoadSnapshot:
+        """The run now; starts the next window (call it once per tick, and once at the end).
+
+        ``final``: the run ended; rates over a tail shorter than a tick reach
+        back a tick further (see :class:`LoadSnapshot`).
+        """
         now = self._clock()
         self._endpoints.observe(stats)
         last, done, retries = self._window, self.ok + self.failed, self._retries(stats)
-        span = now - last.time
+        base = last  # What the rates are taken since.
+        if final and self._previous is not None and now - last.time < self.config.tick_interval:
+            base = self._previous
+        span = now - base.time
 
         def rate(address: str, tally: _Tally) -> float:
-            return (tally.calls - last.calls.get(address, 0)) / span if span > 0 else 0.0
+            return (tally.calls - base.calls.get(address, 0)) / span if span > 0 else 0.0
 
         rows = self._rows(rate)
         hedges, hedges_won = self._hedges(stats)
         calls = {r.address: r.calls for r in rows}
+        self._previous = self._window
         self._window = _Window(now, done, self.failed, retries, calls, hedges=hedges)
         elapsed = self.elapsed()
         return LoadSnapshot(
@@ -937,7 +952,7 @@ class _Run:
             in_flight=self.in_flight,
             late=self.late,
             retries=retries,
-            rps=(done - last.done) / span if span > 0 else 0.0,
+            rps=(done - base.done) / span if span > 0 else 0.0,
             rps_overall=done / elapsed if elapsed > 0 else 0.0,
             target_rps=self.config.rps,
             errors_by_code=dict(self.errors),
@@ -1100,5 +1115,5 @@ async def run_load(
         if ticker is not None:
             await cancel_and_wait(ticker)
     if on_tick is not None:
-        on_tick(run.snapshot(client.stats()))
+        on_tick(run.snapshot(client.stats(), final=True))
     return run.summary(client.stats(), seeded, seed)

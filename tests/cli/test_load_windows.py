@@ -163,6 +163,20 @@ def test_rates_per_endpoint_are_per_tick_not_cumulative(scripted: Any) -> None:
     assert _row(draining, A).share < 0.5  # the share stays cumulative
 
 
+def test_a_final_snapshot_soon_after_a_tick_takes_its_rates_over_a_tick_more() -> None:
+    # The run ends 13 ms after its last tick, with two calls in that tail: a rate over
+    # it alone would read 150/s for a steady 120/s (and 0/s for a tail of none).
+    _, snapshots, summary = _run(duration=4.51)
+    final, tick = snapshots[-1], snapshots[-2]
+    assert final.elapsed - tick.elapsed < 0.02
+    assert final.rps == pytest.approx(120, abs=3)
+    assert sum(r.rate for r in final.endpoints) == pytest.approx(120, abs=3)
+    # Its window counts are still its own: the windows add up to the run.
+    assert final.window_latency_ms.max <= 5.1
+    assert sum(s.window_failed for s in snapshots) == summary.failed
+    assert sum(s.window_retries for s in snapshots) == summary.retries
+
+
 def test_window_failures_and_retries_cover_only_the_failing_second(scripted: Any) -> None:
     _, snapshots, summary = scripted
     windows = {round(s.elapsed, 1): s.window_failed for s in snapshots}
