@@ -41,11 +41,18 @@ def _code_set_on(context: Context) -> grpc.StatusCode | None:
     return code if isinstance(code, grpc.StatusCode) else None
 
 
+#: Seconds before the server's deadline within which a cancel counts as the deadline. A
+#: client cancels its call when its own deadline passes; the server's copy of that deadline
+#: runs later by the time the request took to arrive, so the client's cancel can reach the
+#: server first (seen on a loaded machine: the call counted as CANCELLED).
+_DEADLINE_SLACK = 0.05
+
+
 def _ended_by_client(context: Context) -> grpc.StatusCode:
     # The handler was cancelled (or its stream abandoned): either the deadline
     # passed or the client (or server shutdown) cancelled it.
     remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
+    if remaining is not None and remaining <= _DEADLINE_SLACK:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
 

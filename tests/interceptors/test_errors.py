@@ -183,6 +183,9 @@ class _FakeContext:
         (asyncio.CancelledError(), _FakeContext(), grpc.StatusCode.CANCELLED),
         (asyncio.CancelledError(), _FakeContext(remaining=3.0), grpc.StatusCode.CANCELLED),
         (asyncio.CancelledError(), _FakeContext(remaining=0.0), grpc.StatusCode.DEADLINE_EXCEEDED),
+        # The client's own deadline cancel, arriving just before the server's copy of it.
+        (asyncio.CancelledError(), _FakeContext(remaining=0.01), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (asyncio.CancelledError(), _FakeContext(remaining=0.2), grpc.StatusCode.CANCELLED),
         (GeneratorExit(), _FakeContext(), grpc.StatusCode.CANCELLED),
         (NotImplementedError(), _FakeContext(), grpc.StatusCode.UNIMPLEMENTED),
         (RuntimeError("x"), _FakeContext(grpc.StatusCode.NOT_FOUND), grpc.StatusCode.INTERNAL),
