@@ -71,6 +71,7 @@ from client._retry import (
     AttemptFailed,
     RetryBudget,
     RetryPolicy,
+    bounded_timeout,
     call_with_retries,
     time_left,
 )
@@ -655,9 +656,7 @@ class UserClient:
             # Only discovery's first answer is waited for here, before anything was sent:
             # the call's own time bounds it, and the attempt's timeout runs from the send.
             endpoint = await self._pick(spec.excluded, time_left(deadline, self._clock))
-            left = time_left(deadline, self._clock)
-            if left is not None and (timeout is None or left < timeout):
-                timeout = left
+            timeout, _ = bounded_timeout(spec.timeout, deadline, self._clock)
         return await self._run_on(endpoint, None, method, invoke, deadline, None, timeout, timed)
 
     async def _run_on(
@@ -902,8 +901,6 @@ class UserClient:
         metadata: Callable[[], tuple[tuple[str, str], ...] | None],
     ) -> Callable[[Lease, float | None], Awaitable[None]]:
         async def invoke(lease: Lease, attempt_timeout: float | None) -> None:
-            if cursor.done:
-                return
             request = cursor.request()
             call = lease.stub.ListUsers(request, timeout=attempt_timeout, metadata=metadata())
             try:
@@ -925,8 +922,6 @@ class UserClient:
         hedge: HedgeDelay,
     ) -> None:
         """One attempt of a listing: its first response hedged, the rest read from the winner."""
-        if cursor.done:
-            return
 
         async def pick(used: frozenset[object], max_wait: float | None) -> Endpoint:
             return await self._pick(spec.excluded | used, max_wait)

@@ -206,7 +206,9 @@ def paired(
     return Paired(middle, *median_interval(ratios, confidence))
 
 
-def median_interval(values: Sequence[float], confidence: float = 0.9) -> tuple[float, float, float]:
+def median_interval(
+    values: Sequence[float], confidence: float = CONFIDENCE
+) -> tuple[float, float, float]:
     """A distribution-free interval for the median of what ``values`` were drawn from.
 
     The order statistics ``x(k) <= x(n + 1 - k)`` cover the true median with

@@ -44,7 +44,7 @@ def _code_set_on(context: Context) -> grpc.StatusCode | None:
 #: Seconds before the server's deadline within which a cancel counts as the deadline. A
 #: client cancels its call when its own deadline passes; the server's copy of that deadline
 #: runs later by the time the request took to arrive, so the client's cancel can reach the
-#: server first (seen on a loaded machine: the call counted as CANCELLED).
+#: server first (the likely cause of a deadline counted as CANCELLED on a loaded machine).
 _DEADLINE_SLACK = 0.05
 
 
